@@ -1,0 +1,17 @@
+"""Errors the project raises for bad input, each naming what was wrong."""
+
+
+class JaxserveError(Exception):
+    """Base class for errors caused by bad input (a model, a file, a request)."""
+
+
+class ModelNotFoundError(JaxserveError):
+    """An unknown model name or a missing model file."""
+
+
+class GGUFError(JaxserveError):
+    """A GGUF file that is truncated, corrupt, or uses something this project does not support."""
+
+
+class UnsupportedArchitectureError(GGUFError):
+    """A GGUF whose `general.architecture` has no model class here."""
