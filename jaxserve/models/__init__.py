@@ -1,0 +1,10 @@
+"""Model families, keyed by GGUF `general.architecture`."""
+
+from __future__ import annotations
+
+from jaxserve.models.llama import LAYER_TENSORS as LLAMA_LAYER_TENSORS
+from jaxserve.models.llama import Llama
+
+ARCHITECTURES = {"llama": (Llama, LLAMA_LAYER_TENSORS)}
+
+__all__ = ["ARCHITECTURES", "Llama"]

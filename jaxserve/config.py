@@ -1,0 +1,84 @@
+"""Frozen configs in the project's own vocabulary, translated once from GGUF metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from jaxserve.errors import GGUFError, UnsupportedArchitectureError
+
+WeightFormat = Literal["int8", "f32"]
+RopeStyle = Literal["interleaved", "neox"]
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of a decoder-only transformer."""
+
+    architecture: str
+    name: str
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position: int
+    rope_theta: float
+    rope_style: RopeStyle
+    norm_eps: float
+    tie_embeddings: bool
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise GGUFError(
+                f"head_count {self.num_heads} is not a multiple of head_count_kv {self.num_kv_heads}"
+            )
+        for field in ("num_layers", "hidden_size", "intermediate_size", "head_dim", "vocab_size"):
+            if getattr(self, field) <= 0:
+                raise GGUFError(f"model config has a non-positive {field}")
+
+    @property
+    def q_per_kv(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    @classmethod
+    def from_gguf(cls, meta: Mapping[str, Any], *, has_output: bool) -> ModelConfig:
+        """Translate GGUF metadata (`general.*`, `{arch}.*`) into a ModelConfig."""
+        arch = meta.get("general.architecture")
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedArchitectureError(
+                f"unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+
+        def get(key: str, default: Any = None) -> Any:
+            value = meta.get(f"{arch}.{key}", default)
+            if value is None:
+                raise GGUFError(f"GGUF metadata lacks {arch}.{key}")
+            return value
+
+        hidden = int(get("embedding_length"))
+        num_heads = int(get("attention.head_count"))
+        head_dim = int(meta.get(f"{arch}.attention.key_length", hidden // num_heads))
+        vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", ()))
+        return cls(
+            architecture=arch,
+            name=str(meta.get("general.name", arch)),
+            num_layers=int(get("block_count")),
+            hidden_size=hidden,
+            intermediate_size=int(get("feed_forward_length")),
+            num_heads=num_heads,
+            num_kv_heads=int(get("attention.head_count_kv", num_heads)),
+            head_dim=head_dim,
+            vocab_size=int(vocab),
+            max_position=int(get("context_length")),
+            rope_theta=float(get("rope.freq_base", 10000.0)),
+            # llama.cpp's converter permutes llama Q/K rows for its interleaved-pair RoPE.
+            rope_style="interleaved",
+            norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+            tie_embeddings=not has_output,
+        )

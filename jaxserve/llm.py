@@ -1,0 +1,122 @@
+"""The Python API for notebooks and scripts: `LLM(...).generate(...)` and `.chat(...)`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from jaxserve.chat_template import ChatTemplate
+from jaxserve.config import WeightFormat
+from jaxserve.engine import Engine, EngineConfig
+from jaxserve.loader import GGUFModelFile
+from jaxserve.outputs import RequestOutput
+from jaxserve.pull import DEFAULT_MODEL, resolve_model
+from jaxserve.runner import ModelRunner
+from jaxserve.sampling_params import SamplingParams
+from jaxserve.tokenizer import Tokenizer
+
+Prompt = str | Sequence[int]
+Message = dict[str, Any]
+
+
+def _is_single_prompt(prompts: Prompt | Sequence[Prompt]) -> bool:
+    return isinstance(prompts, str) or (
+        len(prompts) > 0 and all(isinstance(t, int) for t in prompts)  # type: ignore[arg-type]
+    )
+
+
+class LLM:
+    """A model loaded for offline generation.
+
+    model: a known model name (pulled on first use, e.g. "smollm2-135m") or a path to a `.gguf`.
+    weights: "int8" (per-32-block scales; the CPU default) or "f32" (exact dequantized weights).
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        weights: WeightFormat = "int8",
+        max_model_len: int | None = None,
+        kv_cache_bytes: int = 512 * 2**20,
+        max_num_seqs: int = 16,
+        seed: int = 0,
+        quiet: bool = True,
+    ) -> None:
+        config = EngineConfig(
+            weights=weights,
+            max_model_len=max_model_len,
+            kv_cache_bytes=kv_cache_bytes,
+            max_num_seqs=max_num_seqs,
+            seed=seed,
+        )
+        self.model_file = GGUFModelFile.open(resolve_model(model, quiet=quiet))
+        self.config = self.model_file.config
+        self.tokenizer = Tokenizer.from_metadata(self.model_file.metadata)
+        self.template = ChatTemplate(self.tokenizer.chat_template)
+        max_len = min(max_model_len or 8192, self.config.max_position)
+        page_bytes = ModelRunner.bytes_per_page(self.config, config.page_size)
+        num_pages = max(config.kv_cache_bytes // page_bytes, 2)
+        runner = ModelRunner(
+            self.model_file.build_model(weights),
+            self.config,
+            num_pages=num_pages,
+            page_size=config.page_size,
+            seed=seed,
+        )
+        self.engine = Engine(self.tokenizer, runner, config, max_model_len=max_len)
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special=add_special)
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(token_ids)
+
+    def generate(
+        self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | None = None
+    ) -> list[RequestOutput]:
+        """Continue each prompt (text, or token ids); one output per prompt, in order."""
+        batch = [prompts] if _is_single_prompt(prompts) else list(prompts)  # type: ignore[list-item]
+        params = params or SamplingParams()
+        requests = [self._add(p, params) for p in batch]
+        while self.engine.has_unfinished():
+            self.engine.step()
+        return [r.output for r in requests]
+
+    def chat(
+        self,
+        messages: Sequence[Message] | Sequence[Sequence[Message]],
+        params: SamplingParams | None = None,
+        *,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """Render each conversation with the model's chat template, then generate."""
+        single = len(messages) > 0 and isinstance(messages[0], dict)
+        conversations = [messages] if single else list(messages)
+        prompts = [self.render_chat(c, add_generation_prompt=add_generation_prompt) for c in conversations]
+        return self.generate([self.tokenizer.encode(p, add_special=False, parse_special=True) for p in prompts], params)
+
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        return self.template.render(
+            list(messages),
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.tokenizer.bos_text,
+            eos_token=self.tokenizer.eos_text,
+        )
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:
+        """Yield the text of one prompt's continuation as it is generated."""
+        request = self._add(prompt, params or SamplingParams())
+        while not request.finished:
+            for event in self.engine.step():
+                if event.output is request.output and event.delta:
+                    yield event.delta
+
+    def _add(self, prompt: Prompt, params: SamplingParams):
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+            return self.engine.add_request(ids, params, prompt=prompt)
+        return self.engine.add_request(list(prompt), params)
+
+
+__all__ = ["LLM"]

@@ -1,0 +1,92 @@
+"""A request's host-side state: tokens so far, pages, incremental text, stop detection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from jaxserve.detokenizer import IncrementalDetokenizer
+from jaxserve.outputs import RequestOutput, TokenLogprob
+from jaxserve.sampling_params import SamplingParams
+
+
+@dataclass
+class Request:
+    request_id: int
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    seed: int
+    max_len: int  # the request ends with "length" once prompt + output reaches this
+    detokenizer: IncrementalDetokenizer
+    prompt: str | None = None
+    pages: list[int] = field(default_factory=list)
+    num_prefilled: int = 0
+    output: RequestOutput = field(init=False)
+    _pending: str = ""  # decoded text held back because it may begin a stop string
+
+    def __post_init__(self) -> None:
+        self.output = RequestOutput(
+            request_id=self.request_id,
+            prompt=self.prompt,
+            prompt_token_ids=list(self.prompt_token_ids),
+            logprobs=[] if self.params.logprobs is not None else None,
+            prompt_logprobs=[None] if self.params.prompt_logprobs is not None else None,
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output.token_ids)
+
+    @property
+    def is_prefilled(self) -> bool:
+        return self.num_prefilled == len(self.prompt_token_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.output.finish_reason is not None
+
+    def append_token(
+        self, token_id: int, logprob: TokenLogprob | None, *, eos_ids: frozenset[int]
+    ) -> str:
+        """Record one generated token; returns the text that became final (may be empty)."""
+        out = self.output
+        out.token_ids.append(token_id)
+        if out.logprobs is not None and logprob is not None:
+            out.logprobs.append(logprob)
+        is_eos = token_id in eos_ids and not self.params.ignore_eos
+        if is_eos or token_id in self.params.stop_token_ids:
+            return self.finish("stop")
+        self._pending += self.detokenizer.add(token_id)
+        delta = self._check_stop_strings()
+        if not self.finished and (
+            len(out.token_ids) >= self.params.max_tokens or self.num_tokens >= self.max_len
+        ):
+            return delta + self.finish("length")
+        return delta
+
+    def finish(self, reason: str) -> str:
+        """End the request; returns the held-back text that is now final."""
+        if self.output.finish_reason is None:
+            self.output.finish_reason = reason  # type: ignore[assignment]
+            if reason == "length":
+                self._pending += self.detokenizer.flush()
+        delta, self._pending = self._pending, ""
+        self.output.text += delta
+        return delta
+
+    def _check_stop_strings(self) -> str:
+        stops = self.params.stop
+        if not stops:
+            delta, self._pending = self._pending, ""
+            self.output.text += delta
+            return delta
+        # Text is held back until no stop string can begin in it, so a stop string that spans
+        # two tokens is always found whole in the pending text.
+        hits = [i for i in (self._pending.find(s) for s in stops) if i >= 0]
+        if hits:
+            self._pending = self._pending[: min(hits)]
+            return self.finish("stop")
+        keep = max(len(s) for s in stops) - 1
+        delta = self._pending[: max(0, len(self._pending) - keep)]
+        self._pending = self._pending[len(delta) :]
+        self.output.text += delta
+        return delta

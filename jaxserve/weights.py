@@ -1,0 +1,155 @@
+"""GGUF tensors -> in-memory weights (host side, numpy only).
+
+Every tensor is dequantized with `gguf.quants` to float32, then kept either exactly (`f32`) or
+re-quantized to int8 with one float scale per 32 consecutive input values (`int8`, the CPU default:
+XLA dequantizes inside the scanned layer faster than it streams f32 weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gguf
+import numpy as np
+
+from jaxserve.config import WeightFormat
+from jaxserve.errors import GGUFError
+
+BLOCK = 32
+Q = gguf.GGMLQuantizationType
+# Types whose dequantization this project tests; gguf.quants covers a few more (IQ*, TQ*), which load
+# through the same path.
+TESTED_TYPES = frozenset(
+    {Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q6_K}
+)
+
+
+@dataclass(frozen=True)
+class QuantArray:
+    """int8 values with one f32 scale per BLOCK values along the last axis.
+
+    `q[..., n]` int8 and `scales[..., n // BLOCK]` f32; value = q * scale (symmetric, no offset).
+    """
+
+    q: np.ndarray
+    scales: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.q.shape
+
+    def dequantize(self) -> np.ndarray:
+        blocks = self.q.reshape(*self.q.shape[:-1], -1, BLOCK).astype(np.float32)
+        return (blocks * self.scales[..., None]).reshape(self.q.shape)
+
+
+Weight = np.ndarray | QuantArray
+
+
+def quantize_int8(x: np.ndarray) -> QuantArray:
+    """Symmetric int8 with a per-32 scale along the last axis (which must divide by 32)."""
+    if x.shape[-1] % BLOCK:
+        raise ValueError(f"last axis {x.shape[-1]} is not a multiple of {BLOCK}")
+    blocks = x.reshape(*x.shape[:-1], -1, BLOCK).astype(np.float32)
+    amax = np.abs(blocks).max(axis=-1)
+    scales = (amax / 127.0).astype(np.float32)
+    safe = np.where(scales == 0, 1.0, scales)
+    q = np.clip(np.rint(blocks / safe[..., None]), -127, 127).astype(np.int8)
+    return QuantArray(q=q.reshape(x.shape), scales=scales)
+
+
+def dequantize_tensor(tensor: gguf.ReaderTensor) -> np.ndarray:
+    """A GGUF tensor as float32 in numpy order (ggml's shape reversed)."""
+    qtype = Q(tensor.tensor_type)
+    shape = tuple(int(d) for d in reversed(tensor.shape))
+    try:
+        values = gguf.quants.dequantize(np.asarray(tensor.data), qtype)
+    except NotImplementedError as e:
+        raise GGUFError(f"tensor {tensor.name}: unsupported tensor type {qtype.name}") from e
+    except (ValueError, IndexError) as e:
+        raise GGUFError(f"tensor {tensor.name} ({qtype.name}) is corrupt or truncated: {e}") from e
+    if values.size != int(np.prod(shape)):
+        raise GGUFError(f"tensor {tensor.name}: {values.size} values for shape {shape}")
+    return values.reshape(shape).astype(np.float32, copy=False)
+
+
+class TensorSource:
+    """Name -> float32 tensor lookup over an open GGUF reader."""
+
+    def __init__(self, reader: gguf.GGUFReader) -> None:
+        self._tensors = {t.name: t for t in reader.tensors}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tensors
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def num_elements(self) -> int:
+        return sum(int(t.n_elements) for t in self._tensors.values())
+
+    def type_of(self, name: str) -> str:
+        return Q(self._tensors[name].tensor_type).name
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self._tensors:
+            raise GGUFError(f"GGUF lacks tensor {name}")
+        return dequantize_tensor(self._tensors[name])
+
+
+def as_format(x: np.ndarray, fmt: WeightFormat) -> Weight:
+    """Keep `x` exactly (`f32`) or as per-32-block int8 along its last axis (`int8`)."""
+    if fmt == "f32" or x.ndim < 2 or x.shape[-1] % BLOCK:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    return quantize_int8(x)
+
+
+def stack_layers(num_layers: int, load: Callable[[int], Weight]) -> Weight:
+    """Stack one weight over layers (leading axis) so the layer loop can be a `lax.scan`."""
+    items = [load(i) for i in range(num_layers)]
+    if isinstance(items[0], QuantArray):
+        return QuantArray(
+            q=np.stack([w.q for w in items]), scales=np.stack([w.scales for w in items])
+        )
+    return np.stack(items)
+
+
+LayerWeights = dict[str, Weight]
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """All weights of a decoder, per-layer ones stacked over a leading layer axis."""
+
+    embedding: Weight  # [V, E]
+    layers: LayerWeights  # name -> [L, ...]
+    output_norm: np.ndarray  # [E]
+    output: Weight | None  # [V, E]; None when tied to the embedding
+
+    def nbytes(self) -> int:
+        items = [self.embedding, self.output_norm, self.output, *self.layers.values()]
+        total = 0
+        for w in items:
+            if isinstance(w, QuantArray):
+                total += w.q.nbytes + w.scales.nbytes
+            elif w is not None:
+                total += w.nbytes
+        return total
+
+
+def load_model_weights(
+    source: TensorSource, *, num_layers: int, layer_tensors: tuple[str, ...], fmt: WeightFormat
+) -> ModelWeights:
+    """Read `token_embd`, `blk.{i}.{name}.weight` for each layer tensor, `output_norm`, `output`."""
+
+    def layer(name: str) -> Weight:
+        return stack_layers(num_layers, lambda i: as_format(source.get(f"blk.{i}.{name}.weight"), fmt))
+
+    output = "output.weight"
+    return ModelWeights(
+        embedding=as_format(source.get("token_embd.weight"), fmt),
+        layers={name: layer(name) for name in layer_tensors},
+        output_norm=source.get("output_norm.weight"),
+        output=as_format(source.get(output), fmt) if output in source else None,
+    )

@@ -1,0 +1,36 @@
+"""Strict JAX settings for every test, plus shared fixtures (tiny GGUF, real models)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+from tests.tiny_gguf import write_tiny_gguf  # noqa: E402
+from tests.tiny_vocab import gpt2_tokenizer_metadata  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory):
+    """A 2-layer random llama GGUF with a tiny byte-level BPE vocabulary and a chat template."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny.gguf"
+    return write_tiny_gguf(path, gpt2_tokenizer_metadata())
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_untied(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("tiny") / "tiny-untied.gguf"
+    return write_tiny_gguf(path, gpt2_tokenizer_metadata(), tied=False, seed=1)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    from jaxserve.pull import pull
+
+    return pull("smollm2-135m", quiet=True)
