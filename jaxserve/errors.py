@@ -15,3 +15,7 @@ class GGUFError(JaxserveError):
 
 class UnsupportedArchitectureError(GGUFError):
     """A GGUF whose `general.architecture` has no model class here."""
+
+
+class ChatTemplateError(JaxserveError):
+    """A chat template that does not compile, or fails while rendering (`raise_exception`)."""

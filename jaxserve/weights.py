@@ -27,9 +27,10 @@ TESTED_TYPES = frozenset(
 
 @dataclass(frozen=True)
 class QuantArray:
-    """int8 values with one f32 scale per BLOCK values along the last axis.
+    """int8 values with one f32 scale per BLOCK values along the input axis.
 
-    `q[..., n]` int8 and `scales[..., n // BLOCK]` f32; value = q * scale (symmetric, no offset).
+    Matrices are kept as `[..., in, out]` (ready for `x @ W`): `q[..., n, out]` int8 and
+    `scales[..., n // BLOCK, out]` f32; value = q * scale (symmetric, no offset).
     """
 
     q: np.ndarray
@@ -40,22 +41,24 @@ class QuantArray:
         return self.q.shape
 
     def dequantize(self) -> np.ndarray:
-        blocks = self.q.reshape(*self.q.shape[:-1], -1, BLOCK).astype(np.float32)
-        return (blocks * self.scales[..., None]).reshape(self.q.shape)
+        *lead, n, out = self.q.shape
+        blocks = self.q.reshape(*lead, n // BLOCK, BLOCK, out).astype(np.float32)
+        return (blocks * self.scales[..., None, :]).reshape(self.q.shape)
 
 
 Weight = np.ndarray | QuantArray
 
 
 def quantize_int8(x: np.ndarray) -> QuantArray:
-    """Symmetric int8 with a per-32 scale along the last axis (which must divide by 32)."""
-    if x.shape[-1] % BLOCK:
-        raise ValueError(f"last axis {x.shape[-1]} is not a multiple of {BLOCK}")
-    blocks = x.reshape(*x.shape[:-1], -1, BLOCK).astype(np.float32)
-    amax = np.abs(blocks).max(axis=-1)
+    """Symmetric int8 with a per-32 scale along axis -2 (which must divide by 32)."""
+    *lead, n, out = x.shape
+    if n % BLOCK:
+        raise ValueError(f"input axis {n} is not a multiple of {BLOCK}")
+    blocks = x.reshape(*lead, n // BLOCK, BLOCK, out).astype(np.float32)
+    amax = np.abs(blocks).max(axis=-2)
     scales = (amax / 127.0).astype(np.float32)
     safe = np.where(scales == 0, 1.0, scales)
-    q = np.clip(np.rint(blocks / safe[..., None]), -127, 127).astype(np.int8)
+    q = np.clip(np.rint(blocks / safe[..., None, :]), -127, 127).astype(np.int8)
     return QuantArray(q=q.reshape(x.shape), scales=scales)
 
 
@@ -99,8 +102,14 @@ class TensorSource:
 
 
 def as_format(x: np.ndarray, fmt: WeightFormat) -> Weight:
-    """Keep `x` exactly (`f32`) or as per-32-block int8 along its last axis (`int8`)."""
-    if fmt == "f32" or x.ndim < 2 or x.shape[-1] % BLOCK:
+    """A GGUF `(out, in)` matrix as `(in, out)`: exact (`f32`) or per-32-block int8 (`int8`).
+
+    Vectors (norm weights) stay f32 as they are.
+    """
+    if x.ndim < 2:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    x = x.T
+    if fmt == "f32" or x.shape[0] % BLOCK:
         return np.ascontiguousarray(x, dtype=np.float32)
     return quantize_int8(x)
 
@@ -122,10 +131,10 @@ LayerWeights = dict[str, Weight]
 class ModelWeights:
     """All weights of a decoder, per-layer ones stacked over a leading layer axis."""
 
-    embedding: Weight  # [V, E]
-    layers: LayerWeights  # name -> [L, ...]
+    embedding: Weight  # [E, V]
+    layers: LayerWeights  # name -> [L, in, out] (norms [L, E])
     output_norm: np.ndarray  # [E]
-    output: Weight | None  # [V, E]; None when tied to the embedding
+    output: Weight | None  # [E, V]; None when tied to the embedding
 
     def nbytes(self) -> int:
         items = [self.embedding, self.output_norm, self.output, *self.layers.values()]

@@ -6,6 +6,8 @@ dequantized inside the jitted step, right before their matmul.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,15 +17,42 @@ from jaxserve.weights import BLOCK, QuantArray, Weight
 
 
 def dequantize(w: jax.Array, scales: jax.Array | None) -> jax.Array:
-    """`w[..., n]` (f32, or int8 with `scales[..., n // 32]`) -> f32."""
+    """`w[..., n, out]` (f32, or int8 with `scales[..., n // 32, out]`) -> f32."""
     if scales is None:
         return w
-    blocks = w.reshape(*w.shape[:-1], -1, BLOCK).astype(jnp.float32)
-    return (blocks * scales[..., None]).reshape(w.shape)
+    *lead, n, out = w.shape
+    blocks = w.reshape(*lead, n // BLOCK, BLOCK, out).astype(jnp.float32)
+    return (blocks * scales[..., None, :]).reshape(w.shape)
+
+
+# Up to this many activation rows (decode), int8 weights are multiplied by int8-quantized
+# activations with int32 accumulation per 32-block; above it, dequantizing once is cheaper.
+W8A8_MAX_ROWS = 64
+
+
+def matmul_w8a8(x: jax.Array, w: jax.Array, scales: jax.Array) -> jax.Array:
+    """`x @ W` for int8 W `[in, out]` with per-32 scales `[in // 32, out]`, quantizing `x` per
+    32-block too.
+
+    Each 32-block product accumulates exactly in int32 and is scaled by (weight scale x
+    activation scale), the way llama.cpp's Q8_0 dot products work. Blocks lead the weight
+    layout (`[K, 32, out]`), which is what makes XLA CPU's int8 dot fast here.
+    """
+    lead, (n, out) = x.shape[:-1], w.shape
+    k = n // BLOCK
+    xb = x.reshape(-1, k, BLOCK)
+    x_scale = jnp.max(jnp.abs(xb), axis=-1) / 127.0  # [R, K]
+    safe = jnp.where(x_scale == 0.0, 1.0, x_scale)
+    xq = jnp.round(xb / safe[..., None]).astype(jnp.int8)
+    acc = jnp.einsum(
+        "rkc,kco->kro", xq, w.reshape(k, BLOCK, out), preferred_element_type=jnp.int32
+    )
+    y = jnp.einsum("kro,ko,rk->ro", acc.astype(jnp.float32), scales, x_scale)
+    return y.reshape(*lead, out)
 
 
 class Linear(nnx.Module):
-    """`y = x @ W.T` with W `[out, in]` stored f32, or int8 with scales `[out, in // 32]`."""
+    """`y = x @ W` with W `[in, out]` stored f32, or int8 with scales `[in // 32, out]`."""
 
     def __init__(self, weight: Weight) -> None:
         if isinstance(weight, QuantArray):
@@ -34,21 +63,26 @@ class Linear(nnx.Module):
             self.scales = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        scales = None if self.scales is None else self.scales[...]
-        return jnp.einsum("...i,oi->...o", x, dequantize(self.w[...], scales))
+        if self.scales is None:
+            return jnp.einsum("...i,io->...o", x, self.w[...])
+        if math.prod(x.shape[:-1]) <= W8A8_MAX_ROWS:
+            return matmul_w8a8(x, self.w[...], self.scales[...])
+        return jnp.einsum("...i,io->...o", x, dequantize(self.w[...], self.scales[...]))
 
 
 class Embedding(nnx.Module):
-    """Token embedding `[vocab, hidden]`; `attend` reuses it as a tied output head."""
+    """Token embedding stored `[hidden, vocab]`; `attend` reuses it as a tied output head."""
 
     def __init__(self, weight: Weight) -> None:
         self.table = Linear(weight)
 
     def __call__(self, token_ids: jax.Array) -> jax.Array:
-        rows = self.table.w[...][token_ids]
+        rows = jnp.moveaxis(jnp.take(self.table.w[...], token_ids, axis=1), 0, -1)  # [*ids, E]
         if self.table.scales is None:
             return rows
-        return dequantize(rows, self.table.scales[...][token_ids])
+        scales = jnp.moveaxis(jnp.take(self.table.scales[...], token_ids, axis=1), 0, -1)
+        blocks = rows.reshape(*rows.shape[:-1], -1, BLOCK).astype(jnp.float32)
+        return (blocks * scales[..., None]).reshape(rows.shape)
 
     def attend(self, x: jax.Array) -> jax.Array:
         return self.table(x)
@@ -84,20 +118,22 @@ def paged_attention(
     k_pages: jax.Array,
     v_pages: jax.Array,
     *,
+    layer: jax.Array,
     page_table: jax.Array,
     q_positions: jax.Array,
     kv_lens: jax.Array,
 ) -> jax.Array:
     """Reference attention over a paged cache (pure jnp).
 
-    q: [B, T, H, D] at q_positions [B, T]; k_pages, v_pages: [N, S, KH, D]; page_table: [B, P];
+    q: [B, T, H, D] at q_positions [B, T]; k_pages, v_pages: [L, N, S, KH, D], read at `layer`
+    (one gather straight from the stacked cache, never a copy of a whole layer); page_table: [B, P];
     kv_lens: [B] tokens cached per row (including this step's). Key j of a row is visible to a query
     at position p when j <= p and j < kv_len. Returns [B, T, H, D].
     """
     b, t, h, d = q.shape
-    _, page_size, kh, _ = k_pages.shape
-    keys = k_pages[page_table].reshape(b, -1, kh, d)  # [B, P*S, KH, D]
-    values = v_pages[page_table].reshape(b, -1, kh, d)
+    kh = k_pages.shape[3]
+    keys = k_pages[layer, page_table].reshape(b, -1, kh, d)  # [B, P*S, KH, D]
+    values = v_pages[layer, page_table].reshape(b, -1, kh, d)
     qg = q.reshape(b, t, kh, h // kh, d)
     scores = jnp.einsum("BTKGD,BSKD->BKGTS", qg, keys) / jnp.sqrt(jnp.float32(d))
     key_pos = jnp.arange(keys.shape[1], dtype=jnp.int32)

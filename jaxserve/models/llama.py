@@ -47,8 +47,9 @@ class LlamaBlock(nnx.Module):
         v_all = kv[1].at[layer, layout.write_page, layout.write_slot].set(v)
         attn = paged_attention(
             q,
-            k_all[layer],
-            v_all[layer],
+            k_all,
+            v_all,
+            layer=layer,
             page_table=layout.page_table,
             q_positions=layout.positions,
             kv_lens=layout.kv_lens,
