@@ -106,6 +106,14 @@ class Engine:
         self.waiting.append(request)
         return request
 
+    def abort(self, request: Request) -> None:
+        """Drop a request wherever it is, freeing its pages."""
+        if request in self.waiting:
+            self.waiting.remove(request)
+        elif request in self.running:
+            self._release(request)
+        request.finish("abort")
+
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 

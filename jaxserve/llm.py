@@ -40,6 +40,7 @@ class LLM:
         max_model_len: int | None = None,
         kv_cache_bytes: int = 512 * 2**20,
         max_num_seqs: int = 16,
+        prefill_chunk: int = 512,
         seed: int = 0,
         quiet: bool = True,
     ) -> None:
@@ -48,6 +49,7 @@ class LLM:
             max_model_len=max_model_len,
             kv_cache_bytes=kv_cache_bytes,
             max_num_seqs=max_num_seqs,
+            prefill_chunk=prefill_chunk,
             seed=seed,
         )
         self.model_file = GGUFModelFile.open(resolve_model(model, quiet=quiet))
@@ -78,7 +80,14 @@ class LLM:
         """Continue each prompt (text, or token ids); one output per prompt, in order."""
         batch = [prompts] if _is_single_prompt(prompts) else list(prompts)  # type: ignore[list-item]
         params = params or SamplingParams()
-        requests = [self._add(p, params) for p in batch]
+        requests = []
+        try:
+            for prompt in batch:
+                requests.append(self._add(prompt, params))
+        except Exception:
+            for request in requests:
+                self.engine.abort(request)
+            raise
         while self.engine.has_unfinished():
             self.engine.step()
         return [r.output for r in requests]

