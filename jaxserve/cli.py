@@ -78,8 +78,10 @@ def cmd_info(args: argparse.Namespace) -> None:
     c = model_file.config
     for field, value in vars(c).items():
         print(f"{field:>18}: {value}")
-    print(f"{'tokenizer':>18}: {model_file.metadata.get('tokenizer.ggml.model')}"
-          f" / {model_file.metadata.get('tokenizer.ggml.pre', '-')}")
+    print(
+        f"{'tokenizer':>18}: {model_file.metadata.get('tokenizer.ggml.model')}"
+        f" / {model_file.metadata.get('tokenizer.ggml.pre', '-')}"
+    )
     types = ", ".join(f"{t} x{n}" for t, n in sorted(model_file.tensor_types().items()))
     print(f"{'tensor types':>18}: {types}")
     print(f"{'parameters':>18}: {model_file.num_parameters():,}")

@@ -36,7 +36,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
             raise GGUFError(
-                f"head_count {self.num_heads} is not a multiple of head_count_kv {self.num_kv_heads}"
+                f"head_count {self.num_heads} is not a multiple of "
+                f"head_count_kv {self.num_kv_heads}"
             )
         for field in ("num_layers", "hidden_size", "intermediate_size", "head_dim", "vocab_size"):
             if getattr(self, field) <= 0:
@@ -52,7 +53,8 @@ class ModelConfig:
         arch = meta.get("general.architecture")
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedArchitectureError(
-                f"unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+                f"unsupported architecture {arch!r}; "
+                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
             )
 
         def get(key: str, default: Any = None) -> Any:

@@ -85,7 +85,11 @@ class Engine:
         vocab = self.tokenizer.vocab_size
         if any(not 0 <= t < vocab for t in ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        if len(ids) >= self.max_model_len and params.max_tokens > 0 or len(ids) > self.max_model_len:
+        if (
+            len(ids) >= self.max_model_len
+            and params.max_tokens > 0
+            or len(ids) > self.max_model_len
+        ):
             raise ContextLengthError(
                 f"prompt has {len(ids)} tokens; the context holds {self.max_model_len}"
             )

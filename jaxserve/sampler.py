@@ -26,7 +26,7 @@ def sample(
     positions: jax.Array,
     key: jax.Array,
 ) -> jax.Array:
-    """logits: [B, V]; temperature, seeds, positions: [B]. temperature 0 means greedy. -> [B] int32."""
+    """logits: [B, V]; temperature, seeds, positions: [B] (temperature 0 = greedy) -> ids [B]."""
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     safe_t = jnp.where(temperature > 0, temperature, 1.0)
     keys = row_keys(key, seeds, positions)
@@ -34,10 +34,8 @@ def sample(
     return jnp.where(temperature > 0, drawn, greedy)
 
 
-def logprobs_of(
-    logits: jax.Array, token_ids: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """logits: [..., V]; token_ids: [...] -> (chosen [...], top_ids [..., K], top_logprobs [..., K])."""
+def logprobs_of(logits: jax.Array, token_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """logits [..., V], ids [...] -> (chosen [...], top_ids [..., K], top_logprobs [..., K])."""
     logp = jax.nn.log_softmax(logits, axis=-1)
     safe_ids = jnp.clip(token_ids, 0, logits.shape[-1] - 1)
     chosen = jnp.take_along_axis(logp, safe_ids[..., None], axis=-1)[..., 0]

@@ -18,11 +18,6 @@ from jaxserve.errors import GGUFError
 
 BLOCK = 32
 Q = gguf.GGMLQuantizationType
-# Types whose dequantization this project tests; gguf.quants covers a few more (IQ*, TQ*), which load
-# through the same path.
-TESTED_TYPES = frozenset(
-    {Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q6_K}
-)
 
 
 @dataclass(frozen=True)
@@ -153,7 +148,9 @@ def load_model_weights(
     """Read `token_embd`, `blk.{i}.{name}.weight` for each layer tensor, `output_norm`, `output`."""
 
     def layer(name: str) -> Weight:
-        return stack_layers(num_layers, lambda i: as_format(source.get(f"blk.{i}.{name}.weight"), fmt))
+        return stack_layers(
+            num_layers, lambda i: as_format(source.get(f"blk.{i}.{name}.weight"), fmt)
+        )
 
     output = "output.weight"
     return ModelWeights(

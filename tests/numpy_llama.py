@@ -1,4 +1,4 @@
-"""An independent numpy forward pass of a llama GGUF (dense causal attention), the tiny-model oracle."""
+"""An independent numpy forward pass of a llama GGUF (dense causal attention): the test oracle."""
 
 from __future__ import annotations
 
@@ -59,9 +59,11 @@ class NumpyLlama:
             x = x + o @ t[p + "attn_output.weight"].T
             h = self._norm(x, t[p + "ffn_norm.weight"])
             g = h @ t[p + "ffn_gate.weight"].T
-            x = x + ((g / (1 + np.exp(-g))) * (h @ t[p + "ffn_up.weight"].T)) @ t[
-                p + "ffn_down.weight"
-            ].T
+            x = (
+                x
+                + ((g / (1 + np.exp(-g))) * (h @ t[p + "ffn_up.weight"].T))
+                @ t[p + "ffn_down.weight"].T
+            )
         x = self._norm(x, t["output_norm.weight"])
         head = t.get("output.weight", t["token_embd.weight"])
         return x @ head.T

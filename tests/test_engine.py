@@ -1,4 +1,4 @@
-"""The engine end to end through `LLM`, on the tiny random GGUF, checked against the numpy oracle."""
+"""The engine end to end through `LLM` on the tiny random GGUF, against the numpy oracle."""
 
 from __future__ import annotations
 
@@ -80,7 +80,9 @@ def test_generated_token_logprobs(llm):
 
 def test_stop_token_ids_end_generation(llm):
     full = llm.generate(PROMPT, GREEDY)[0].token_ids
-    out = llm.generate(PROMPT, SamplingParams(max_tokens=8, temperature=0.0, stop_token_ids=[full[3]]))[0]
+    out = llm.generate(
+        PROMPT, SamplingParams(max_tokens=8, temperature=0.0, stop_token_ids=[full[3]])
+    )[0]
     assert out.finish_reason == "stop"
     assert out.token_ids == full[: full.index(full[3]) + 1]
 
@@ -90,7 +92,9 @@ def test_stop_string_truncates_text(llm):
     full = llm.generate(PROMPT, params)[0].text
     stop = full[len(full) // 2 : len(full) // 2 + 2]
     assume_text = full[: full.index(stop)]
-    out = llm.generate(PROMPT, SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, stop=[stop]))[0]
+    out = llm.generate(
+        PROMPT, SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, stop=[stop])
+    )[0]
     assert out.finish_reason == "stop"
     assert out.text == assume_text
 
@@ -106,14 +110,21 @@ def test_prompt_longer_than_context_is_rejected(tiny_gguf):
         small.generate(list(range(1, 33)), GREEDY)
     # Fits exactly when only scored; generation stops at the context end with "length".
     assert small.generate(list(range(1, 33)), SamplingParams(max_tokens=0, prompt_logprobs=0))
-    out = small.generate(list(range(1, 30)), SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True))[0]
+    out = small.generate(
+        list(range(1, 30)), SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+    )[0]
     assert len(out.token_ids) == 3 and out.finish_reason == "length"
 
 
 def test_requests_wait_for_pages_instead_of_failing(tiny_gguf):
     # Room for one 64-token request at a time (4 pages of 16 + the null page).
-    llm = LLM(str(tiny_gguf), weights="f32", max_model_len=64, kv_cache_bytes=5 * 2 * 4 * 2 * 16 * 2 * 16)
-    outs = llm.generate([PROMPT, PROMPT[:9], PROMPT[4:]], SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True))
+    llm = LLM(
+        str(tiny_gguf), weights="f32", max_model_len=64, kv_cache_bytes=5 * 2 * 4 * 2 * 16 * 2 * 16
+    )
+    outs = llm.generate(
+        [PROMPT, PROMPT[:9], PROMPT[4:]],
+        SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True),
+    )
     assert all(len(o.token_ids) == 40 for o in outs)
 
 

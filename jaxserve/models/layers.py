@@ -1,4 +1,5 @@
-"""Shared Flax NNX layers: linear (f32 or int8 + per-32 scales), RMSNorm, embedding, RoPE, paged attention.
+"""Shared Flax NNX layers: linear (f32, or int8 with per-32 scales), RMSNorm, embedding, RoPE,
+paged attention.
 
 Weights keep GGUF's `(out, in)` order; int8 weights carry one scale per 32 input values and are
 dequantized inside the jitted step, right before their matmul.
@@ -44,9 +45,7 @@ def matmul_w8a8(x: jax.Array, w: jax.Array, scales: jax.Array) -> jax.Array:
     x_scale = jnp.max(jnp.abs(xb), axis=-1) / 127.0  # [R, K]
     safe = jnp.where(x_scale == 0.0, 1.0, x_scale)
     xq = jnp.round(xb / safe[..., None]).astype(jnp.int8)
-    acc = jnp.einsum(
-        "rkc,kco->kro", xq, w.reshape(k, BLOCK, out), preferred_element_type=jnp.int32
-    )
+    acc = jnp.einsum("rkc,kco->kro", xq, w.reshape(k, BLOCK, out), preferred_element_type=jnp.int32)
     y = jnp.einsum("kro,ko,rk->ro", acc.astype(jnp.float32), scales, x_scale)
     return y.reshape(*lead, out)
 
@@ -96,7 +95,9 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         var = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
         weight = self.weight[...]
-        return x * jax.lax.rsqrt(var + self.eps) * weight.reshape((1,) * (x.ndim - 1) + weight.shape)
+        return (
+            x * jax.lax.rsqrt(var + self.eps) * weight.reshape((1,) * (x.ndim - 1) + weight.shape)
+        )
 
 
 def rope_interleaved(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -106,7 +107,9 @@ def rope_interleaved(x: jax.Array, positions: jax.Array, theta: float) -> jax.Ar
     """
     d = x.shape[-1]
     inv_freq = theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)  # [D/2]
-    angles = positions.astype(jnp.float32)[..., None, None] * inv_freq[None, None, None]  # [B,T,1,D/2]
+    angles = (
+        positions.astype(jnp.float32)[..., None, None] * inv_freq[None, None, None]
+    )  # [B,T,1,D/2]
     cos, sin = jnp.cos(angles), jnp.sin(angles)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxserve.config import ModelConfig
-from jaxserve.models.layers import Embedding, Linear, RMSNorm, paged_attention, rope_interleaved
 from jaxserve.kv_cache import TokenLayout
+from jaxserve.models.layers import Embedding, Linear, RMSNorm, paged_attention, rope_interleaved
 from jaxserve.weights import LayerWeights, ModelWeights
 
 
@@ -61,8 +61,15 @@ class LlamaBlock(nnx.Module):
 
 
 LAYER_TENSORS = (
-    "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-    "ffn_norm", "ffn_gate", "ffn_up", "ffn_down",
+    "attn_norm",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_norm",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
 )
 
 

@@ -1,0 +1,38 @@
+"""The `jaxserve` command line on the tiny GGUF."""
+
+from __future__ import annotations
+
+from jaxserve.cli import main
+
+
+def test_info_prints_config_types_and_parameters(tiny_gguf, capsys):
+    assert main(["info", str(tiny_gguf)]) == 0
+    out = capsys.readouterr().out
+    assert "num_layers: 2" in out and "Q4_K" in out and "parameters" in out and "MiB" in out
+
+
+def test_generate_streams_the_continuation(tiny_gguf, capsys):
+    args = ["generate", str(tiny_gguf), "hello world", "--max-tokens", "6", "--temperature", "0"]
+    assert main(args + ["--weights", "f32"]) == 0
+    out = capsys.readouterr().out
+    from jaxserve import LLM, SamplingParams
+
+    expected = (
+        LLM(str(tiny_gguf), weights="f32")
+        .generate("hello world", SamplingParams(max_tokens=6, temperature=0.0))[0]
+        .text
+    )
+    assert out == "hello world" + expected + "\n"
+
+
+def test_chat_reads_turns_from_stdin(tiny_gguf, capsys, monkeypatch):
+    lines = iter(["hi there", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", str(tiny_gguf), "--max-tokens", "4", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.count("\n") >= 1
+
+
+def test_unknown_model_is_a_clear_error(capsys):
+    assert main(["generate", "no-such-model", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'no-such-model'" in err and "smollm2-135m" in err

@@ -1,0 +1,95 @@
+"""GGUF loading: config translation, every tensor type, int8 blocks, and clear errors."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+
+from jaxserve.errors import GGUFError, UnsupportedArchitectureError
+from jaxserve.loader import GGUFModelFile
+from jaxserve.weights import QuantArray, as_format, dequantize_tensor, quantize_int8
+from tests.tiny_gguf import LAYER_TYPES, TINY, write_tiny_gguf
+from tests.tiny_vocab import gpt2_tokenizer_metadata
+
+Q = gguf.GGMLQuantizationType
+
+
+def test_config_from_metadata(tiny_gguf):
+    c = GGUFModelFile.open(tiny_gguf).config
+    assert (c.architecture, c.num_layers, c.hidden_size) == (
+        "llama",
+        TINY["layers"],
+        TINY["hidden"],
+    )
+    assert (c.num_heads, c.num_kv_heads, c.head_dim) == (TINY["heads"], TINY["kv_heads"], 16)
+    assert c.intermediate_size == TINY["ffn"] and c.max_position == TINY["context"]
+    assert c.tie_embeddings and c.q_per_kv == 2
+
+
+def test_tensor_types_cover_the_common_quants(tiny_gguf):
+    types = GGUFModelFile.open(tiny_gguf).tensor_types()
+    for t in (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q6_K):
+        assert types[t.name] > 0, t.name
+
+
+def test_weights_match_gguf_dequantization(tiny_gguf):
+    model_file = GGUFModelFile.open(tiny_gguf)
+    reader = gguf.GGUFReader(str(tiny_gguf))
+    by_name = {t.name: t for t in reader.tensors}
+    f32 = model_file.load_weights("f32")
+    int8 = model_file.load_weights("int8")
+    for i in range(TINY["layers"]):
+        for name in LAYER_TYPES:
+            t = by_name[f"blk.{i}.{name}.weight"]
+            ref = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+            ref = ref.reshape(tuple(reversed([int(d) for d in t.shape]))).T  # (in, out)
+            np.testing.assert_array_equal(f32.layers[name][i], ref)
+            q = int8.layers[name]
+            assert isinstance(q, QuantArray) and q.q.dtype == np.int8
+            approx = QuantArray(q.q[i], q.scales[i]).dequantize()
+            bound = np.abs(ref).reshape(-1, 32, ref.shape[1]).max(1).repeat(32, 0) / 254 + 1e-7
+            assert np.all(np.abs(approx - ref) <= bound)
+
+
+def test_int8_quantization_is_per_32_block():
+    x = np.random.default_rng(0).standard_normal((64, 3)).astype(np.float32)
+    x[:32, 0] *= 1000  # one large block must not coarsen its neighbour
+    q = quantize_int8(x)
+    assert q.scales.shape == (2, 3)
+    err = np.abs(q.dequantize() - x)
+    assert err[32:, 0].max() < 0.05
+    assert isinstance(as_format(x.T, "int8"), QuantArray)
+    assert as_format(x.T, "f32").dtype == np.float32
+
+
+def test_truncated_file_is_a_clear_error(tiny_gguf, tmp_path):
+    data = tiny_gguf.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(GGUFError, match="cut.gguf"):
+        GGUFModelFile.open(cut).load_weights("f32")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf at all" * 10)
+    with pytest.raises(GGUFError, match="junk.gguf"):
+        GGUFModelFile.open(junk)
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    path = write_tiny_gguf(tmp_path / "arch.gguf", gpt2_tokenizer_metadata(), architecture="mamba")
+    with pytest.raises(UnsupportedArchitectureError, match="mamba"):
+        GGUFModelFile.open(path)
+
+
+def test_unsupported_tensor_type_is_named(tmp_path):
+    path = tmp_path / "q81.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    block, size = gguf.GGML_QUANT_SIZES[Q.Q8_1]
+    writer.add_tensor("weird.weight", np.zeros((2, 2 * size), np.uint8), raw_dtype=Q.Q8_1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tensor = gguf.GGUFReader(str(path)).tensors[0]
+    with pytest.raises(GGUFError, match="weird.weight.*Q8_1"):
+        dequantize_tensor(tensor)
