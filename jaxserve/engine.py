@@ -103,7 +103,7 @@ class Engine:
             params=params,
             seed=seed,
             max_len=max_len,
-            detokenizer=IncrementalDetokenizer(self.tokenizer),
+            detokenizer=IncrementalDetokenizer(self.tokenizer, skip_special=True),
             prompt=prompt,
         )
         self._next_id += 1

@@ -37,7 +37,7 @@ class _FastReader(gguf.GGUFReader):
         dt = np.dtype(dtype)
         raw = self._plain()[offset : offset + dt.itemsize * count]
         if len(raw) != dt.itemsize * count:
-            raise ValueError(f"unexpected end of file at byte {len(self.data)}")
+            raise ValueError(f"the file ends early, at byte {len(self.data)}")
         arr = raw.view(dt)
         order = self.byte_order if override_order is None else override_order
         return arr.view(arr.dtype.newbyteorder(order))
@@ -64,12 +64,12 @@ class _FastReader(gguf.GGUFReader):
         for _ in range(n):
             slen = plain[offs : offs + 8]
             if len(slen) != 8:
-                raise ValueError(f"unexpected end of file at byte {len(plain)}")
+                raise ValueError(f"the file ends early, at byte {len(plain)}")
             slen = slen.view(len_type)
             size = int(slen[0])
             text = plain[offs + 8 : offs + 8 + size]
             if len(text) != size:
-                raise ValueError(f"unexpected end of file at byte {len(plain)}")
+                raise ValueError(f"the file ends early, at byte {len(plain)}")
             parts += (slen, text)
             offs += 8 + size
         return offs - orig_offs, parts, list(range(3, 3 + 2 * n, 2)), [_VT.ARRAY, item_type]

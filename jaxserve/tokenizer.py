@@ -12,6 +12,10 @@ As in llama.cpp, user-defined tokens (type 4) are always cut out of the text fir
 tokens (type 3) too when `parse_special=True`; the rest is tokenized fragment by fragment. Gemma's
 whitespace-run user-defined tokens hold raw spaces, while SentencePiece matches escaped (U+2581)
 text, so SentencePiece must never see them: cutting them out first takes care of that.
+
+Checked against llama.cpp (llama-cpp-python 0.3.36) on SmolLM2 (`smollm`) and Gemma 3: identical
+ids on ~25k random and real texts, except for characters new in Unicode 16 (the regex engine
+knows them; llama.cpp's tables do not). Other `pre` types follow llama.cpp's regexes, unchecked.
 """
 
 from __future__ import annotations
@@ -120,11 +124,8 @@ def _spm_encoder(
     last = {text: i for i, text in enumerate(tokens)}  # llama.cpp: a repeated text -> last id
     piece_type = spm_pb2.ModelProto.SentencePiece
     for i, (text, score, kind) in enumerate(zip(tokens, scores, types, strict=True)):
-        piece = proto.pieces.add()
-        piece.score = score
-        piece.piece, piece.type = text, piece_type.NORMAL
-        if kind == TokenType.BYTE:
-            piece.type = piece_type.BYTE
+        type_ = piece_type.BYTE if kind == TokenType.BYTE else piece_type.NORMAL
+        piece = proto.pieces.add(piece=text, score=score, type=type_)
         if not text or last[text] != i:  # unreachable: a control piece is never matched
             piece.piece, piece.type = f"<jaxserve-hidden-{i}>", piece_type.CONTROL
         if i == unk:
@@ -134,9 +135,7 @@ def _spm_encoder(
     try:
         sp = sentencepiece.SentencePieceProcessor(model_proto=proto.SerializeToString())
     except RuntimeError as exc:
-        raise GGUFError(
-            f"cannot build a SentencePiece model from the GGUF vocabulary: {exc}"
-        ) from exc
+        raise GGUFError(f"cannot build SentencePiece from the GGUF vocabulary: {exc}") from exc
     return lambda text: [i for i in sp.encode(text) if i != len(tokens)]
 
 
@@ -294,7 +293,5 @@ class Tokenizer:
 
     def _check(self, token_id: int) -> int:
         if not 0 <= token_id < len(self._tokens):
-            raise ValueError(
-                f"token id {token_id} is outside the vocabulary [0, {len(self._tokens)})"
-            )
+            raise ValueError(f"token id {token_id} is not in the vocabulary [0, {self.vocab_size})")
         return token_id
