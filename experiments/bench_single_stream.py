@@ -1,9 +1,11 @@
-"""Single-stream decode and prefill throughput: jaxserve (int8, f32) beside llama.cpp, same GGUF, same run.
+"""Single-stream decode and prefill throughput: jaxserve (int8, f32) beside llama.cpp, one run.
 
-    .venv/bin/python experiments/bench_single_stream.py [--model smollm2-135m] [--write experiments/RESULTS.md]
+    .venv/bin/python experiments/bench_single_stream.py [--model smollm2-135m] \
+        [--write experiments/RESULTS.md]
 
-llama.cpp runs through llama-cpp-python (the `bench` extra) with 2 threads. Every engine gets the same
-prompt token ids; decode is greedy and ignores EOS. Timings include one host round trip per token.
+llama.cpp runs through llama-cpp-python (the `bench` extra) with 2 threads on the same GGUF. Every
+engine gets the same prompt token ids; decode is greedy and ignores EOS. Timings include one host
+round trip per token.
 """
 
 from __future__ import annotations

@@ -42,12 +42,17 @@ def _run(chunks: list[str], params: SamplingParams) -> tuple[Request, str]:
 def test_stop_strings_cut_at_the_first_occurrence(chunks, stops):
     params = SamplingParams(max_tokens=len(chunks), stop=stops)
     request, streamed = _run(chunks, params)
-    full = "".join(chunks)
-    hits = [full.find(s) for s in stops if s in full]
-    expected = full[: min(hits)] if hits else full
-    # A stop string can only be seen once the token that completes it has arrived.
+    # A stop string ends generation once the token that completes it arrives; the text is then
+    # cut at the earliest stop string present in what has arrived so far.
+    expected, reason = "".join(chunks), "length"
+    for n in range(1, len(chunks) + 1):
+        seen = "".join(chunks[:n])
+        hits = [seen.find(s) for s in stops if s in seen]
+        if hits:
+            expected, reason = seen[: min(hits)], "stop"
+            break
     assert streamed == request.output.text == expected
-    assert request.output.finish_reason == ("stop" if hits else "length")
+    assert request.output.finish_reason == reason
 
 
 def test_eos_and_max_tokens():
