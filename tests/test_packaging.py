@@ -1,0 +1,42 @@
+"""One installed namespace, and host-only modules that never import jax."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_root_folders_are_jaxserve_subpackages():
+    import jaxserve.api
+    import jaxserve.grammar
+    import jaxserve.kernels
+
+    for module, folder in (
+        (jaxserve.kernels, "kernels"),
+        (jaxserve.grammar, "grammar"),
+        (jaxserve.api, "api"),
+    ):
+        assert Path(module.__file__).resolve().parent == (ROOT / folder).resolve()
+
+
+def test_host_modules_do_not_import_jax():
+    host = [
+        "jaxserve",
+        "jaxserve.pull",
+        "jaxserve.tokenizer",
+        "jaxserve.detokenizer",
+        "jaxserve.chat_template",
+        "jaxserve.request",
+        "jaxserve.page_allocator",
+        "jaxserve.sampling_params",
+        "jaxserve.weights",
+        "jaxserve.grammar",
+    ]
+    code = "import sys\n" + "".join(f"import {m}\n" for m in host) + "print('jax' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
