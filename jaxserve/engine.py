@@ -1,6 +1,6 @@
-"""The engine loop: admit requests, prefill them in chunks, decode all running rows together.
+"""The engine loop: `step()` = schedule -> run -> postprocess.
 
-Host side only: it turns requests into `RowWork` for the runner and turns the runner's numpy
+Host side only: it turns scheduled requests into rows for the runner and the runner's numpy
 results back into tokens, text and logprobs.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,8 +20,10 @@ from jaxserve.errors import JaxserveError
 from jaxserve.outputs import RequestOutput, TokenLogprob
 from jaxserve.page_allocator import PageAllocator
 from jaxserve.request import Request
-from jaxserve.runner import ModelRunner, RowWork
+from jaxserve.runner import NUM_STOP_IDS, DecodeRow, ModelRunner, PrefillRow
 from jaxserve.sampling_params import SamplingParams
+from jaxserve.scheduler import PrefillChunk, Scheduler, SchedulerConfig
+from jaxserve.stats import EngineStats
 from jaxserve.tokenizer import Tokenizer
 
 
@@ -31,23 +33,20 @@ class ContextLengthError(JaxserveError):
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Serving limits. `max_model_len` None means the model's own context, capped at 8192."""
+    """Memory and model settings. `max_model_len` None means the model's context, capped at 4096."""
 
     weights: WeightFormat = "int8"
     page_size: int = 16
     kv_cache_bytes: int = 512 * 2**20
     max_model_len: int | None = None
-    max_num_seqs: int = 16
-    prefill_chunk: int = 512
+    enable_prefix_caching: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.weights not in ("int8", "f32"):
             raise ValueError(f"weights must be 'int8' or 'f32', got {self.weights!r}")
-        if not 1 <= self.max_num_seqs <= 64:
-            raise ValueError("max_num_seqs must be between 1 and 64")
-        if self.prefill_chunk not in (16, 32, 64, 128, 256, 512):
-            raise ValueError("prefill_chunk must be a power of two between 16 and 512")
+        if self.page_size < 1 or self.kv_cache_bytes < 1:
+            raise ValueError("page_size and kv_cache_bytes must be positive")
 
 
 @dataclass(frozen=True)
@@ -56,6 +55,7 @@ class StepEvent:
 
     output: RequestOutput
     delta: str
+    new_token_ids: tuple[int, ...]
 
 
 def _top(ids: np.ndarray, logprobs: np.ndarray, k: int) -> tuple[tuple[int, float], ...]:
@@ -64,20 +64,34 @@ def _top(ids: np.ndarray, logprobs: np.ndarray, k: int) -> tuple[tuple[int, floa
 
 class Engine:
     def __init__(
-        self, tokenizer: Tokenizer, runner: ModelRunner, config: EngineConfig, *, max_model_len: int
+        self,
+        tokenizer: Tokenizer,
+        runner: ModelRunner,
+        config: EngineConfig,
+        scheduler_config: SchedulerConfig,
+        *,
+        max_model_len: int,
     ) -> None:
         self.tokenizer = tokenizer
         self.runner = runner
         self.config = config
         self.max_model_len = max_model_len
-        self.pages = PageAllocator(runner.num_pages)
-        self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []
+        pages = PageAllocator(
+            runner.num_pages, config.page_size, enable_prefix_caching=config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(scheduler_config, pages)
+        self.stats = EngineStats()
+        self._requests: dict[int, Request] = {}
         self._next_id = 0
         self._rng = random.Random(config.seed)
 
     def add_request(
-        self, prompt_token_ids: Sequence[int], params: SamplingParams, *, prompt: str | None = None
+        self,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        *,
+        prompt: str | None = None,
+        priority: int = 0,
     ) -> Request:
         ids = [int(t) for t in prompt_token_ids]
         if not ids:
@@ -85,16 +99,15 @@ class Engine:
         vocab = self.tokenizer.vocab_size
         if any(not 0 <= t < vocab for t in ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        if (
-            len(ids) >= self.max_model_len
-            and params.max_tokens > 0
-            or len(ids) > self.max_model_len
-        ):
+        limit = self.max_model_len if params.max_tokens == 0 else self.max_model_len - 1
+        if len(ids) > limit:
             raise ContextLengthError(
                 f"prompt has {len(ids)} tokens; the context holds {self.max_model_len}"
             )
+        if len(params.stop_token_ids) + len(self.tokenizer.eos_ids) > NUM_STOP_IDS:
+            raise ValueError(f"at most {NUM_STOP_IDS - len(self.tokenizer.eos_ids)} stop_token_ids")
         max_len = min(self.max_model_len, len(ids) + max(params.max_tokens, 1))
-        if self._pages_for(max_len) > self.pages.num_pages - 1:
+        if math.ceil(max_len / self.config.page_size) > self.runner.num_pages - 1:
             raise ContextLengthError(f"{max_len} tokens do not fit the KV cache")
         seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
         request = Request(
@@ -105,97 +118,128 @@ class Engine:
             max_len=max_len,
             detokenizer=IncrementalDetokenizer(self.tokenizer, skip_special=True),
             prompt=prompt,
+            priority=priority,
         )
+        request.arrival_time = time.monotonic()
+        self.scheduler.add(request)
         self._next_id += 1
-        self.waiting.append(request)
+        self._requests[request.request_id] = request
         return request
 
-    def abort(self, request: Request) -> None:
-        """Drop a request wherever it is, freeing its pages."""
-        if request in self.waiting:
-            self.waiting.remove(request)
-        elif request in self.running:
-            self._release(request)
+    def abort(self, request: Request | int) -> None:
+        """Drop a request wherever it is; its pages are free before the next step."""
+        if isinstance(request, int):
+            request = self._requests.get(request)
+            if request is None:
+                return
+        self.scheduler.remove(request)
+        self._requests.pop(request.request_id, None)
         request.finish("abort")
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return self.scheduler.has_work()
 
     def step(self) -> list[StepEvent]:
-        """Admit and prefill what fits, then decode every running request by one token."""
+        """Schedule, run the device work, and turn its results into per-request events."""
+        out = self.scheduler.schedule()
         events: list[StepEvent] = []
-        while self.waiting and len(self.running) < self.config.max_num_seqs:
-            request = self.waiting[0]
-            needed = self._pages_for(request.max_len)
-            if needed > self.pages.num_free:
-                break
-            self.waiting.popleft()
-            request.pages = self.pages.allocate(needed)
-            events.append(self._prefill(request))
-            self._retire_or_keep(request)
-        decoding = [r for r in self.running if r.output.token_ids]
-        if decoding:
-            events.extend(self._decode(decoding))
-            for request in decoding:
-                if request.finished:
-                    self._release(request)
+        if out.prefill:
+            events += self._run_prefill(out.prefill)
+        if out.decode:
+            events += self._run_decode(out.decode, out.decode_steps)
+        for event in events:
+            if event.output.finished:
+                request = self._requests.pop(event.output.request_id)
+                self.scheduler.remove(request)
+                self.stats.on_finish(request)
+        self.scheduler.register_computed(self.scheduler.running)
+        self.stats.on_step(self.scheduler, out)
         return events
 
-    def _pages_for(self, num_tokens: int) -> int:
-        return math.ceil(num_tokens / self.config.page_size)
+    def _run_prefill(self, chunks: list[PrefillChunk]) -> list[StepEvent]:
+        rows = []
+        for c in chunks:
+            r = c.request
+            tokens = r.all_token_ids[c.start : c.start + c.num_tokens]
+            rows.append(PrefillRow(tokens, c.start, r.pages, r.params.temperature, r.seed))
+        out = self.runner.prefill(rows)
+        wants = [c.request.params.prompt_logprobs is not None for c in chunks]
+        if any(wants):
+            targets = [
+                c.request.prompt_token_ids[c.start + 1 : c.start + 1 + c.num_tokens] if w else []
+                for c, w in zip(chunks, wants, strict=True)
+            ]
+            chosen, top_ids, top_lp = self.runner.prompt_logprobs(targets)
+            for i, (c, row) in enumerate(zip(chunks, targets, strict=True)):
+                k = c.request.params.prompt_logprobs
+                for j, target in enumerate(row):
+                    top = _top(top_ids[i, j], top_lp[i, j], k)
+                    entry = TokenLogprob(target, float(chosen[i, j]), top)
+                    c.request.output.prompt_logprobs.append(entry)
+        events = []
+        for i, c in enumerate(chunks):
+            request = c.request
+            request.num_computed = c.start + c.num_tokens
+            if not c.is_last or request.output.token_ids:
+                continue  # more prompt to go, or recomputing after a preemption
+            self.stats.on_first_token(request)
+            if request.params.max_tokens == 0:
+                events.append(StepEvent(request.output, request.finish("length"), ()))
+                continue
+            token = int(out.token_ids[i])
+            lp = self._logprob(request, token, out.logprobs[i], out.top_ids[i], out.top_logprobs[i])
+            delta = request.append_token(token, lp, eos_ids=self.tokenizer.eos_ids)
+            events.append(StepEvent(request.output, delta, (token,)))
+        return events
 
-    def _retire_or_keep(self, request: Request) -> None:
-        if request.finished:
-            self.pages.free(request.pages)
-        else:
-            self.running.append(request)
+    def _run_decode(self, requests: list[Request], num_steps: int) -> list[StepEvent]:
+        rows = [self._decode_row(r) for r in requests]
+        out = self.runner.decode(rows, num_steps=num_steps)
+        events = []
+        for i, request in enumerate(requests):
+            delta, new = "", []
+            for j in range(int(out.num_generated[i])):
+                token = int(out.token_ids[i, j])
+                lp = self._logprob(
+                    request, token, out.logprobs[i, j], out.top_ids[i, j], out.top_logprobs[i, j]
+                )
+                delta += request.append_token(token, lp, eos_ids=self.tokenizer.eos_ids)
+                new.append(token)
+                if request.finished:
+                    break  # anything generated past a stop string is dropped
+            request.num_computed = request.num_tokens - 1
+            events.append(StepEvent(request.output, delta, tuple(new)))
+        return events
 
-    def _release(self, request: Request) -> None:
-        self.running.remove(request)
-        self.pages.free(request.pages)
-
-    def _row(self, request: Request, token_ids: Sequence[int], start: int, targets=None) -> RowWork:
-        return RowWork(
-            token_ids=token_ids,
-            start=start,
+    def _decode_row(self, request: Request) -> DecodeRow:
+        params = request.params
+        stop_ids = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            stop_ids |= self.tokenizer.eos_ids
+        remaining = min(
+            params.max_tokens - len(request.output.token_ids), request.max_len - request.num_tokens
+        )
+        return DecodeRow(
+            token_id=request.all_token_ids[-1],
+            start=request.num_tokens - 1,
             pages=request.pages,
-            temperature=request.params.temperature,
+            temperature=params.temperature,
             seed=request.seed,
-            target_ids=targets,
+            stop_ids=sorted(stop_ids),
+            remaining=remaining,
         )
 
-    def _prefill(self, request: Request) -> StepEvent:
-        prompt = request.prompt_token_ids
-        k_prompt = request.params.prompt_logprobs
-        chunk = self.config.prefill_chunk
-        out = None
-        for start in range(0, len(prompt), chunk):
-            ids = prompt[start : start + chunk]
-            targets = prompt[start + 1 : start + 1 + len(ids)]
-            targets = targets + [-1] * (len(ids) - len(targets))
-            row = self._row(request, ids, start, targets)
-            out = self.runner.run([row], with_prompt_logprobs=k_prompt is not None)
-            if k_prompt is not None:
-                for j, target in enumerate(targets):
-                    if target < 0:
-                        continue
-                    top = _top(out.prompt_top_ids[0, j], out.prompt_top_logprobs[0, j], k_prompt)
-                    lp = TokenLogprob(target, float(out.prompt_logprobs[0, j]), top)
-                    request.output.prompt_logprobs.append(lp)
-            request.num_prefilled = start + len(ids)
-        if request.params.max_tokens == 0:
-            return StepEvent(request.output, request.finish("length"))
-        return StepEvent(request.output, self._accept(request, out, 0))
+    @staticmethod
+    def _logprob(request: Request, token: int, chosen, top_ids, top_lp) -> TokenLogprob | None:
+        k = request.params.logprobs
+        if k is None:
+            return None
+        return TokenLogprob(token, float(chosen), _top(top_ids, top_lp, k))
 
-    def _decode(self, requests: list[Request]) -> list[StepEvent]:
-        rows = [self._row(r, r.output.token_ids[-1:], r.num_tokens - 1) for r in requests]
-        out = self.runner.run(rows)
-        return [StepEvent(r.output, self._accept(r, out, i)) for i, r in enumerate(requests)]
 
-    def _accept(self, request: Request, out, i: int) -> str:
-        token_id = int(out.token_ids[i])
-        logprob = None
-        if request.params.logprobs is not None:
-            top = _top(out.top_ids[i], out.top_logprobs[i], request.params.logprobs)
-            logprob = TokenLogprob(token_id, float(out.logprobs[i]), top)
-        return request.append_token(token_id, logprob, eos_ids=self.tokenizer.eos_ids)
+def num_pages_for(config: EngineConfig, page_bytes: int) -> int:
+    return max(config.kv_cache_bytes // page_bytes, 2)
+
+
+def max_pages_per_row(max_model_len: int, page_size: int) -> int:
+    return math.ceil(max_model_len / page_size)

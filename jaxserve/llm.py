@@ -7,12 +7,13 @@ from typing import Any
 
 from jaxserve.chat_template import ChatTemplate
 from jaxserve.config import WeightFormat
-from jaxserve.engine import Engine, EngineConfig
+from jaxserve.engine import Engine, EngineConfig, max_pages_per_row, num_pages_for
 from jaxserve.loader import GGUFModelFile
 from jaxserve.outputs import RequestOutput
 from jaxserve.pull import DEFAULT_MODEL, resolve_model
 from jaxserve.runner import ModelRunner
 from jaxserve.sampling_params import SamplingParams
+from jaxserve.scheduler import SchedulerConfig
 from jaxserve.tokenizer import Tokenizer
 
 Prompt = str | Sequence[int]
@@ -40,7 +41,11 @@ class LLM:
         max_model_len: int | None = None,
         kv_cache_bytes: int = 512 * 2**20,
         max_num_seqs: int = 16,
+        max_num_batched_tokens: int = 512,
         prefill_chunk: int = 512,
+        decode_steps: int = 8,
+        enable_prefix_caching: bool = True,
+        warmup: bool = False,
         seed: int = 0,
         quiet: bool = True,
     ) -> None:
@@ -48,25 +53,39 @@ class LLM:
             weights=weights,
             max_model_len=max_model_len,
             kv_cache_bytes=kv_cache_bytes,
-            max_num_seqs=max_num_seqs,
-            prefill_chunk=prefill_chunk,
+            enable_prefix_caching=enable_prefix_caching,
             seed=seed,
+        )
+        scheduler_config = SchedulerConfig(
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            prefill_chunk=prefill_chunk,
+            decode_steps=decode_steps,
         )
         self.model_file = GGUFModelFile.open(resolve_model(model, quiet=quiet))
         self.config = self.model_file.config
         self.tokenizer = Tokenizer.from_metadata(self.model_file.metadata)
         self.template = ChatTemplate(self.tokenizer.chat_template)
-        max_len = min(max_model_len or 8192, self.config.max_position)
+        max_len = min(max_model_len or 4096, self.config.max_position)
         page_bytes = ModelRunner.bytes_per_page(self.config, config.page_size)
-        num_pages = max(config.kv_cache_bytes // page_bytes, 2)
         runner = ModelRunner(
             self.model_file.build_model(weights),
             self.config,
-            num_pages=num_pages,
+            num_pages=num_pages_for(config, page_bytes),
             page_size=config.page_size,
+            max_pages_per_row=max_pages_per_row(max_len, config.page_size),
             seed=seed,
         )
-        self.engine = Engine(self.tokenizer, runner, config, max_model_len=max_len)
+        if warmup:
+            runner.warmup(
+                max_rows=max_num_seqs,
+                max_prefill_rows=scheduler_config.max_prefill_rows,
+                max_chunk=prefill_chunk,
+                num_steps=decode_steps,
+            )
+        self.engine = Engine(
+            self.tokenizer, runner, config, scheduler_config, max_model_len=max_len
+        )
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special=add_special)

@@ -26,6 +26,7 @@ class RequestOutput:
     text: str = ""
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] | None = None
+    num_cached_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache
     # One entry per prompt position; position 0 has no context and holds None.
     prompt_logprobs: list[TokenLogprob | None] | None = None
 

@@ -18,8 +18,14 @@ class Request:
     max_len: int  # the request ends with "length" once prompt + output reaches this
     detokenizer: IncrementalDetokenizer
     prompt: str | None = None
+    priority: int = 0  # lower runs first; ties go to the earlier request
     pages: list[int] = field(default_factory=list)
-    num_prefilled: int = 0
+    num_computed: int = 0  # tokens whose K/V are in the cache
+    num_cached_tokens: int = 0  # of those, tokens found in the prefix cache
+    num_preemptions: int = 0
+    arrival_time: float = 0.0
+    scheduled_time: float | None = None
+    first_token_time: float | None = None
     output: RequestOutput = field(init=False)
     _pending: str = ""  # decoded text held back because it may begin a stop string
 
@@ -37,8 +43,20 @@ class Request:
         return len(self.prompt_token_ids) + len(self.output.token_ids)
 
     @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output.token_ids
+
+    @property
+    def prefill_target(self) -> int:
+        """Tokens that must be cached before decoding: the prompt, or after a preemption every
+        token but the last (which is the next decode input)."""
+        if self.output.token_ids:
+            return self.num_tokens - 1
+        return len(self.prompt_token_ids)
+
+    @property
     def is_prefilled(self) -> bool:
-        return self.num_prefilled == len(self.prompt_token_ids)
+        return self.num_computed >= self.prefill_target
 
     @property
     def finished(self) -> bool:

@@ -1,12 +1,13 @@
-"""Model runner: owns the device state (params, KV cache, compiled step), pads host work to buckets.
+"""Model runner: owns the device state (params, KV cache, compiled steps), pads work to buckets.
 
-The engine hands it plain-Python rows; it builds device arrays in a fixed set of shapes, runs the
-jitted step, and returns numpy results in one host transfer.
+The engine hands it plain-Python rows; it builds device arrays in a fixed set of shapes, runs a
+jitted step, and returns numpy results in one host transfer. `warmup` compiles every bucket.
 """
 
 from __future__ import annotations
 
-import math
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,22 +18,36 @@ from flax import nnx
 
 from jaxserve.config import ModelConfig
 from jaxserve.kv_cache import NULL_PAGE, KVCache
-from jaxserve.step import StepBatch, StepOutput, make_step
+from jaxserve.step import DecodeBatch, DecodeOutput, PrefillBatch, SampleOutput, make_steps
 
-ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-TOKEN_BUCKETS = (1, 16, 32, 64, 128, 256, 512)
+# A one-row decode would take XLA's matrix-vector path, whose numerics differ from the batched
+# one, so decode runs at least two rows (a request's tokens never depend on its batch).
+DECODE_ROW_BUCKETS = (2, 4, 8, 16, 32, 64)
+PREFILL_ROW_BUCKETS = (1, 2, 4)
+TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
+NUM_STOP_IDS = 16  # stop ids per row on device (end-of-generation ids + stop_token_ids)
 
 
 @dataclass(frozen=True)
-class RowWork:
-    """One row of a step: `token_ids` continue a sequence that already has `start` cached tokens."""
+class PrefillRow:
+    """`token_ids` continue a sequence that already has `start` tokens cached in `pages`."""
 
     token_ids: Sequence[int]
     start: int
     pages: Sequence[int]
     temperature: float = 0.0
     seed: int = 0
-    target_ids: Sequence[int] | None = None  # next-token targets (prompt logprobs)
+
+
+@dataclass(frozen=True)
+class DecodeRow:
+    token_id: int  # the last token, not yet cached, at position `start`
+    start: int
+    pages: Sequence[int]
+    temperature: float
+    seed: int
+    stop_ids: Sequence[int]
+    remaining: int  # tokens this row may still generate
 
 
 def bucket(n: int, sizes: Sequence[int]) -> int:
@@ -42,8 +57,10 @@ def bucket(n: int, sizes: Sequence[int]) -> int:
     raise ValueError(f"{n} exceeds the largest bucket {sizes[-1]}")
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+def page_buckets(max_pages: int) -> tuple[int, ...]:
+    """Page-table widths: powers of 4 from 4, capped by (and ending at) `max_pages`."""
+    sizes = [4**i for i in range(1, 12) if 4**i < max_pages]
+    return (*sizes, max_pages)
 
 
 class ModelRunner:
@@ -56,66 +73,115 @@ class ModelRunner:
         *,
         num_pages: int,
         page_size: int,
+        max_pages_per_row: int,
         seed: int = 0,
     ) -> None:
         graphdef, self.params = nnx.split(model)
         self.config = config
         self.page_size = page_size
         self.num_pages = num_pages
-        self._step = make_step(graphdef)
+        self.page_buckets = page_buckets(max_pages_per_row)
+        self._prefill, self._prompt_logprobs, self._decode = make_steps(graphdef)
         self.kv = KVCache.zeros(config, num_pages=num_pages, page_size=page_size)
         self.key = jax.random.key(seed)
-        self.max_prefill_tokens = TOKEN_BUCKETS[-1]
+        self._hidden: jax.Array | None = None
 
     @staticmethod
     def bytes_per_page(config: ModelConfig, page_size: int) -> int:
         return KVCache.bytes_per_page(config, page_size)
 
-    def run(self, rows: Sequence[RowWork], *, with_prompt_logprobs: bool = False) -> StepOutput:
-        """Run one step over `rows` (all prefill chunks or all single decode tokens).
-
-        Returns numpy arrays for the real rows (padding rows and tokens sliced off).
-        """
+    def prefill(self, rows: Sequence[PrefillRow]) -> SampleOutput:
+        """Prefill chunks, one per row; returns each row's sampled token (numpy)."""
         num_tokens = bucket(max(len(r.token_ids) for r in rows), TOKEN_BUCKETS)
-        # A one-row decode would take XLA's matrix-vector path, whose numerics differ from the
-        # batched one: decode always runs at least two rows.
-        min_rows = 2 if num_tokens == 1 else 1
-        num_rows = bucket(max(len(rows), min_rows), ROW_BUCKETS)
-        num_pages = _pow2(max(len(r.pages) for r in rows))
-        batch = self._pack(rows, num_rows=num_rows, num_tokens=num_tokens, num_pages=num_pages)
-        self.kv, out = self._step(
-            self.params, self.kv, batch, self.key, with_prompt_logprobs=with_prompt_logprobs
-        )
-        out = jax.device_get(out)
-        n = len(rows)
-        return StepOutput(*(np.asarray(a)[:n] for a in jax.tree.leaves(out)))
-
-    def _pack(
-        self, rows: Sequence[RowWork], *, num_rows: int, num_tokens: int, num_pages: int
-    ) -> StepBatch:
+        num_rows = bucket(len(rows), PREFILL_ROW_BUCKETS)
+        num_pages = bucket(max(len(r.pages) for r in rows), self.page_buckets)
         token_ids = np.zeros((num_rows, num_tokens), np.int32)
-        target_ids = np.full((num_rows, num_tokens), -1, np.int32)
-        start = np.zeros(num_rows, np.int32)
-        num_new = np.zeros(num_rows, np.int32)
+        start, num_new, temperature, seeds = _row_arrays(num_rows)
         page_table = np.full((num_rows, num_pages), NULL_PAGE, np.int32)
-        temperature = np.zeros(num_rows, np.float32)
-        seeds = np.zeros(num_rows, np.uint32)
         for i, r in enumerate(rows):
-            n = len(r.token_ids)
-            token_ids[i, :n] = r.token_ids
-            if r.target_ids is not None:
-                target_ids[i, :n] = r.target_ids
-            start[i] = r.start
-            num_new[i] = n
+            token_ids[i, : len(r.token_ids)] = r.token_ids
+            start[i], num_new[i] = r.start, len(r.token_ids)
             page_table[i, : len(r.pages)] = r.pages
-            temperature[i] = r.temperature
-            seeds[i] = r.seed
-        return StepBatch(
-            token_ids=jnp.asarray(token_ids),
-            start=jnp.asarray(start),
-            num_new=jnp.asarray(num_new),
-            page_table=jnp.asarray(page_table),
-            temperature=jnp.asarray(temperature),
-            seeds=jnp.asarray(seeds),
-            target_ids=jnp.asarray(target_ids),
+            temperature[i], seeds[i] = r.temperature, r.seed
+        batch = PrefillBatch(
+            *map(jnp.asarray, (token_ids, start, num_new, page_table, temperature, seeds))
         )
+        self.kv, out, self._hidden = self._prefill(self.params, self.kv, batch, self.key)
+        return _host(out, len(rows))
+
+    def prompt_logprobs(self, targets: Sequence[Sequence[int]]) -> tuple[np.ndarray, ...]:
+        """Logprobs of `targets[i][j]` at position j of row i of the last prefill, plus the top
+        alternatives: (chosen [B, T], top ids [B, T, K], top logprobs [B, T, K])."""
+        assert self._hidden is not None, "prompt_logprobs follows a prefill"
+        target_ids = np.full(self._hidden.shape[:2], -1, np.int32)
+        for i, row in enumerate(targets):
+            target_ids[i, : len(row)] = row
+        out = self._prompt_logprobs(self.params, self._hidden, jnp.asarray(target_ids))
+        return tuple(np.asarray(a)[: len(targets)] for a in jax.device_get(out))
+
+    def decode(self, rows: Sequence[DecodeRow], *, num_steps: int) -> DecodeOutput:
+        """Up to `num_steps` tokens for each row in one device call (numpy results)."""
+        num_rows = bucket(len(rows), DECODE_ROW_BUCKETS)
+        num_pages = bucket(max(len(r.pages) for r in rows), self.page_buckets)
+        token_ids = np.zeros(num_rows, np.int32)
+        start, remaining, temperature, seeds = _row_arrays(num_rows)
+        page_table = np.full((num_rows, num_pages), NULL_PAGE, np.int32)
+        stop_ids = np.full((num_rows, NUM_STOP_IDS), -1, np.int32)
+        for i, r in enumerate(rows):
+            token_ids[i], start[i], remaining[i] = r.token_id, r.start, r.remaining
+            page_table[i, : len(r.pages)] = r.pages
+            temperature[i], seeds[i] = r.temperature, r.seed
+            stop_ids[i, : len(r.stop_ids)] = r.stop_ids
+        arrays = (token_ids, start, page_table, temperature, seeds, stop_ids, remaining)
+        batch = DecodeBatch(*map(jnp.asarray, arrays))
+        self.kv, out = self._decode(self.params, self.kv, batch, self.key, num_steps=num_steps)
+        return _host(out, len(rows))
+
+    def warmup(
+        self, *, max_rows: int, max_prefill_rows: int, max_chunk: int, num_steps: int
+    ) -> int:
+        """Compile every bucket the engine can use; returns the number of shapes compiled."""
+        shapes = []
+        for rows in DECODE_ROW_BUCKETS[
+            : DECODE_ROW_BUCKETS.index(bucket(max_rows, DECODE_ROW_BUCKETS)) + 1
+        ]:
+            shapes += [("decode", rows, 1, pages) for pages in self.page_buckets]
+        for rows in PREFILL_ROW_BUCKETS[
+            : PREFILL_ROW_BUCKETS.index(bucket(max_prefill_rows, PREFILL_ROW_BUCKETS)) + 1
+        ]:
+            for tokens in TOKEN_BUCKETS[
+                : TOKEN_BUCKETS.index(bucket(max_chunk, TOKEN_BUCKETS)) + 1
+            ]:
+                shapes += [("prefill", rows, tokens, pages) for pages in self.page_buckets]
+        started = time.perf_counter()
+        for n, (kind, rows, tokens, pages) in enumerate(shapes, start=1):
+            null = [NULL_PAGE] * pages
+            if kind == "decode":
+                row = DecodeRow(0, 0, null, 0.0, 0, (), remaining=0)
+                self.decode([row] * rows, num_steps=num_steps)
+            else:
+                self.prefill([PrefillRow([0] * tokens, 0, null)] * rows)
+                self.prompt_logprobs([[-1] * tokens] * rows)
+            elapsed = time.perf_counter() - started
+            print(
+                f"\rwarm-up: {n}/{len(shapes)} shapes compiled ({elapsed:.0f} s)",
+                end="",
+                file=sys.stderr,
+            )
+        print(file=sys.stderr)
+        return len(shapes)
+
+
+def _row_arrays(num_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        np.zeros(num_rows, np.int32),
+        np.zeros(num_rows, np.int32),
+        np.zeros(num_rows, np.float32),
+        np.zeros(num_rows, np.uint32),
+    )
+
+
+def _host(out, n: int):
+    """One device-to-host transfer, padding rows sliced off."""
+    host = jax.device_get(out)
+    return type(out)(*(np.asarray(a)[:n] for a in jax.tree.leaves(host)))

@@ -1,7 +1,10 @@
-"""The pure jitted step: model forward over the paged KV cache, then sampling.
+"""The pure jitted steps over the paged KV cache, each `(params, kv, batch, key) -> (kv, out)`.
 
-`step(params, kv, batch, key) -> (kv, out)` with `kv` donated. One function serves prefill chunks
-(T > 1 tokens per row) and decode (T = 1); the shapes of `batch` pick the compiled variant.
+- `prefill`: rows of T tokens (prompt chunks) -> K/V written, one token sampled per row, and the
+  final hidden states kept on device for optional prompt logprobs.
+- `decode`: rows of one token, run for up to `num_steps` tokens inside one `lax.while_loop`, with
+  each row stopping on device at a stop id or its token limit, so the host syncs once per k tokens.
+`kv` is donated in both: the cache is updated in place.
 """
 
 from __future__ import annotations
@@ -14,52 +17,72 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxserve.kv_cache import KVCache, TokenLayout
-from jaxserve.sampler import logprobs_of, sample
+from jaxserve.sampler import TOP_LOGPROBS_MAX, logprobs_of, sample
 
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
-class StepBatch:
+class PrefillBatch:
     token_ids: jax.Array  # [B, T] int32
     start: jax.Array  # [B] int32, tokens already in the cache
     num_new: jax.Array  # [B] int32, valid tokens of this step (0 for a padding row)
     page_table: jax.Array  # [B, P] int32
     temperature: jax.Array  # [B] f32 (0 = greedy)
     seeds: jax.Array  # [B] uint32
-    target_ids: jax.Array  # [B, T] int32, next prompt token per position (prompt logprobs)
 
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
-class StepOutput:
+class SampleOutput:
     token_ids: jax.Array  # [B] int32, sampled after each row's last valid token
-    logprobs: jax.Array  # [B] f32, logprob of the sampled token
+    logprobs: jax.Array  # [B] f32, logprob of the sampled token (raw model distribution)
     top_ids: jax.Array  # [B, K] int32
     top_logprobs: jax.Array  # [B, K] f32
-    prompt_logprobs: jax.Array  # [B, T] f32 logprob of target_ids ([B, 0] when not asked)
-    prompt_top_ids: jax.Array  # [B, T, K] int32
-    prompt_top_logprobs: jax.Array  # [B, T, K] f32
 
 
-StepFn = Callable[..., tuple[KVCache, StepOutput]]
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class DecodeBatch:
+    token_ids: jax.Array  # [B] int32, each row's last token (not yet in the cache)
+    start: jax.Array  # [B] int32, its position = tokens already in the cache
+    page_table: jax.Array  # [B, P] int32, pages for start + num_steps tokens
+    temperature: jax.Array  # [B] f32
+    seeds: jax.Array  # [B] uint32
+    stop_ids: jax.Array  # [B, S] int32, ids that end a row (-1 = unused)
+    remaining: jax.Array  # [B] int32, tokens a row may still generate (0 = padding row)
 
 
-def make_step(graphdef: nnx.GraphDef) -> StepFn:
-    """Build the jitted step for one model structure (`graphdef` from `nnx.split(model)`)."""
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class DecodeOutput:
+    token_ids: jax.Array  # [B, N] int32, N = num_steps; entries past num_generated are junk
+    logprobs: jax.Array  # [B, N] f32
+    top_ids: jax.Array  # [B, N, K] int32
+    top_logprobs: jax.Array  # [B, N, K] f32
+    num_generated: jax.Array  # [B] int32
 
-    def step(
-        params: nnx.State,
-        kv: KVCache,
-        batch: StepBatch,
-        key: jax.Array,
-        *,
-        with_prompt_logprobs: bool,
-    ) -> tuple[KVCache, StepOutput]:
-        """Run `batch` through the model, write its K/V into `kv`, sample one token per row.
 
-        params: model state; kv: donated paged cache; key: root PRNG key (per-row keys fold in
-        each row's seed and position). `with_prompt_logprobs` (static) adds the logprob of each
-        `target_ids` entry and the top-K distribution at every position.
+Steps = tuple[Callable[..., tuple[KVCache, SampleOutput, jax.Array]], Callable, Callable]
+
+
+def _sample_rows(model, h_last, temperature, seeds, positions, key) -> SampleOutput:
+    logits = model.logits(h_last)  # [B, V]
+    ids = sample(logits, temperature=temperature, seeds=seeds, positions=positions, key=key)
+    chosen, top_ids, top_logprobs = logprobs_of(logits, ids)
+    return SampleOutput(ids, chosen, top_ids, top_logprobs)
+
+
+def make_steps(graphdef: nnx.GraphDef) -> Steps:
+    """Jitted (prefill, prompt_logprobs, decode) for one model structure."""
+
+    def prefill(
+        params: nnx.State, kv: KVCache, batch: PrefillBatch, key: jax.Array
+    ) -> tuple[KVCache, SampleOutput, jax.Array]:
+        """Write K/V of `batch` into `kv` and sample one token per row after its last valid token.
+
+        Returns (kv, sampled, hidden [B, T, E]); the hidden states stay on device and feed
+        `prompt_logprobs` only when a request asks for them. Each row's draw is keyed by
+        `fold_in(fold_in(key, seed), position of the sampled token)`.
         """
         model = nnx.merge(graphdef, params)
         b, t = batch.token_ids.shape
@@ -72,22 +95,94 @@ def make_step(graphdef: nnx.GraphDef) -> StepFn:
         )
         h, (k, v) = model.hidden(batch.token_ids, (kv.k, kv.v), layout)
         last = jnp.clip(batch.num_new - 1, 0, t - 1)
-        logits = model.logits(h[jnp.arange(b), last])  # [B, V]
-        next_ids = sample(
-            logits,
-            temperature=batch.temperature,
-            seeds=batch.seeds,
-            positions=layout.kv_lens,
-            key=key,
+        out = _sample_rows(
+            model, h[jnp.arange(b), last], batch.temperature, batch.seeds, layout.kv_lens, key
         )
-        chosen, top_ids, top_logprobs = logprobs_of(logits, next_ids)
-        if with_prompt_logprobs:
-            p_chosen, p_top_ids, p_top = logprobs_of(model.logits(h), batch.target_ids)
-        else:
-            p_chosen = jnp.zeros((b, 0), jnp.float32)
-            p_top_ids = jnp.zeros((b, 0, top_ids.shape[-1]), jnp.int32)
-            p_top = jnp.zeros((b, 0, top_ids.shape[-1]), jnp.float32)
-        out = StepOutput(next_ids, chosen, top_ids, top_logprobs, p_chosen, p_top_ids, p_top)
-        return KVCache(k=k, v=v), out
+        return KVCache(k=k, v=v), out, h
 
-    return jax.jit(step, static_argnames=("with_prompt_logprobs",), donate_argnames=("kv",))
+    def prompt_logprobs(
+        params: nnx.State, hidden: jax.Array, target_ids: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """hidden [B, T, E], target_ids [B, T] (the next prompt token at each position) ->
+        (logprob of each target [B, T], top ids [B, T, K], top logprobs [B, T, K])."""
+        model = nnx.merge(graphdef, params)
+        return logprobs_of(model.logits(hidden), target_ids)
+
+    def decode(
+        params: nnx.State, kv: KVCache, batch: DecodeBatch, key: jax.Array, *, num_steps: int
+    ) -> tuple[KVCache, DecodeOutput]:
+        """Generate up to `num_steps` tokens per row without returning to the host.
+
+        A row stops once it produced `remaining` tokens or a token in its `stop_ids`; stopped rows
+        write nothing more to the cache. The loop ends early when every row has stopped. Draws use
+        the same per-row keys as single steps, so k does not change a seeded result.
+        """
+        model = nnx.merge(graphdef, params)
+        b = batch.token_ids.shape[0]
+        page_size = kv.k.shape[2]
+        k_top = TOP_LOGPROBS_MAX
+        init = (
+            jnp.int32(0),
+            kv.k,
+            kv.v,
+            batch.token_ids,
+            batch.start,
+            jnp.zeros(b, jnp.int32),  # generated per row
+            batch.remaining <= 0,  # stopped
+            jnp.zeros((b, num_steps), jnp.int32),
+            jnp.zeros((b, num_steps), jnp.float32),
+            jnp.zeros((b, num_steps, k_top), jnp.int32),
+            jnp.zeros((b, num_steps, k_top), jnp.float32),
+        )
+
+        def cond(carry) -> jax.Array:
+            i, *_, stopped = carry[:7]
+            return (i < num_steps) & ~jnp.all(stopped)
+
+        def body(carry):
+            i, k_cache, v_cache, tokens, pos, count, stopped, out_ids, out_lp, top_ids, top_lp = (
+                carry
+            )
+            active = (~stopped).astype(jnp.int32)
+            layout = TokenLayout.build(
+                start=pos,
+                num_new=active,
+                num_tokens=1,
+                page_table=batch.page_table,
+                page_size=page_size,
+            )
+            h, (k_cache, v_cache) = model.hidden(tokens[:, None], (k_cache, v_cache), layout)
+            s = _sample_rows(model, h[:, 0], batch.temperature, batch.seeds, pos + 1, key)
+            write = ~stopped
+            out_ids = out_ids.at[:, i].set(jnp.where(write, s.token_ids, 0))
+            out_lp = out_lp.at[:, i].set(s.logprobs)
+            top_ids = top_ids.at[:, i].set(s.top_ids)
+            top_lp = top_lp.at[:, i].set(s.top_logprobs)
+            count = count + active
+            hit_stop = jnp.any(s.token_ids[:, None] == batch.stop_ids, axis=-1)
+            stopped = stopped | hit_stop | (count >= batch.remaining)
+            tokens = jnp.where(write, s.token_ids, tokens)
+            pos = pos + active
+            return (
+                i + 1,
+                k_cache,
+                v_cache,
+                tokens,
+                pos,
+                count,
+                stopped,
+                out_ids,
+                out_lp,
+                top_ids,
+                top_lp,
+            )
+
+        final = jax.lax.while_loop(cond, body, init)
+        _, k_cache, v_cache, _, _, count, _, out_ids, out_lp, top_ids, top_lp = final
+        return KVCache(k=k_cache, v=v_cache), DecodeOutput(out_ids, out_lp, top_ids, top_lp, count)
+
+    return (
+        jax.jit(prefill, donate_argnames=("kv",)),
+        jax.jit(prompt_logprobs),
+        jax.jit(decode, static_argnames=("num_steps",), donate_argnames=("kv",)),
+    )

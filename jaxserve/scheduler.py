@@ -1,0 +1,204 @@
+"""The scheduler (host only): which requests run this step, and how many tokens each.
+
+Each step, running requests that have finished prefilling each decode one token (or k tokens in
+one device call when nothing else is scheduled), and the remaining token budget goes to prefill
+chunks: first requests already partly prefilled, then waiting ones in (priority, arrival) order.
+Pages are reserved here; when the pool runs dry the lowest-priority, newest request is preempted
+(its pages freed, its tokens recomputed later), so the engine never crashes for lack of memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from jaxserve.errors import JaxserveError
+from jaxserve.page_allocator import PageAllocator
+from jaxserve.request import Request
+
+
+class QueueFullError(JaxserveError):
+    """The waiting queue is at its limit; the caller should retry later."""
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Row and token limits of one step.
+
+    max_num_seqs: running requests at most (decode rows of one step).
+    max_num_batched_tokens: tokens per step, decode rows + prefill chunks.
+    prefill_chunk: tokens of one prompt prefilled per step at most.
+    max_prefill_rows: prompts prefilled side by side in one step at most.
+    decode_steps: tokens a decode-only step generates on device before returning to the host.
+    max_waiting: queued requests at most (more raises QueueFullError).
+    """
+
+    max_num_seqs: int = 16
+    max_num_batched_tokens: int = 512
+    prefill_chunk: int = 512
+    max_prefill_rows: int = 1
+    decode_steps: int = 8
+    max_waiting: int = 4096
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_num_seqs <= 64:
+            raise ValueError("max_num_seqs must be between 1 and 64")
+        if self.prefill_chunk not in (16, 32, 64, 128, 256, 512):
+            raise ValueError("prefill_chunk must be a power of two between 16 and 512")
+        if self.max_num_batched_tokens < self.max_num_seqs + 1:
+            raise ValueError("max_num_batched_tokens must exceed max_num_seqs")
+        if self.decode_steps < 1 or self.max_prefill_rows < 1 or self.max_waiting < 1:
+            raise ValueError("decode_steps, max_prefill_rows and max_waiting must be positive")
+
+
+@dataclass(frozen=True)
+class PrefillChunk:
+    request: Request
+    start: int  # tokens of the request already in the cache
+    num_tokens: int  # tokens computed this step
+
+    @property
+    def is_last(self) -> bool:
+        return self.start + self.num_tokens == self.request.prefill_target
+
+
+@dataclass
+class SchedulerOutput:
+    prefill: list[PrefillChunk] = field(default_factory=list)
+    decode: list[Request] = field(default_factory=list)
+    decode_steps: int = 1
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.prefill and not self.decode
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, pages: PageAllocator) -> None:
+        self.config = config
+        self.pages = pages
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+
+    def add(self, request: Request) -> None:
+        if len(self.waiting) >= self.config.max_waiting:
+            raise QueueFullError(f"{len(self.waiting)} requests are already waiting")
+        self.waiting.append(request)
+
+    def remove(self, request: Request) -> None:
+        """Take a request out (finished or aborted) and free its pages."""
+        if request in self.waiting:
+            self.waiting.remove(request)
+        if request in self.running:
+            self.running.remove(request)
+        self._release(request)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        decoding = [r for r in self.running if r.is_prefilled]
+        # Decode rows run k tokens on device per step (stopping early on device per row); prefill
+        # chunks of other requests are scheduled between these k-token steps.
+        steps = self.config.decode_steps
+        for request in sorted(decoding, key=_order):
+            if request not in self.running:
+                continue  # preempted to make room for an earlier request
+            capacity = min(request.num_tokens - 1 + steps, request.max_len)
+            if self._reserve(request, capacity, out):
+                out.decode.append(request)
+            else:  # nothing later to preempt: step aside so earlier requests can finish
+                self._preempt(request, out)
+        out.decode_steps = steps
+        budget = self.config.max_num_batched_tokens - len(out.decode)
+        for request in self._prefill_candidates():
+            if budget <= 0 or len(out.prefill) >= self.config.max_prefill_rows:
+                break
+            is_new = request not in self.running
+            if is_new and len(self.running) >= self.config.max_num_seqs:
+                break
+            if is_new:
+                self._match_prefix(request)
+                if request.is_prefilled:  # everything was cached: decode from the next step
+                    self.waiting.remove(request)
+                    self.running.append(request)
+                    continue
+            n = min(
+                request.prefill_target - request.num_computed, budget, self.config.prefill_chunk
+            )
+            if not self._reserve(request, request.num_computed + n, out, may_preempt=not is_new):
+                if is_new:
+                    self._release(request)
+                break
+            if is_new:
+                self.waiting.remove(request)
+                self.running.append(request)
+            out.prefill.append(PrefillChunk(request, request.num_computed, n))
+            budget -= n
+        return out
+
+    def _prefill_candidates(self) -> list[Request]:
+        partial = sorted((r for r in self.running if not r.is_prefilled), key=_order)
+        return partial + sorted(self.waiting, key=_order)
+
+    def _match_prefix(self, request: Request) -> None:
+        if request.params.prompt_logprobs is not None or request.pages:
+            return
+        tokens = request.all_token_ids[: request.prefill_target]
+        if not request.output.token_ids:
+            tokens = tokens[:-1]  # the last prompt token is always computed: its logits sample
+        request.pages = self.pages.match_prefix(tokens)
+        request.num_computed = len(request.pages) * self.pages.page_size
+        if request.num_preemptions == 0:  # report prompt tokens served from the cache
+            request.num_cached_tokens = request.num_computed
+            request.output.num_cached_tokens = request.num_computed
+
+    def _reserve(
+        self, request: Request, num_tokens: int, out: SchedulerOutput, *, may_preempt: bool = True
+    ) -> bool:
+        """Give `request` pages for `num_tokens` tokens, preempting later requests if needed."""
+        needed = math.ceil(num_tokens / self.pages.page_size) - len(request.pages)
+        while needed > self.pages.num_free:
+            victim = self._victim(exclude=request)
+            if victim is None or not may_preempt:
+                return False
+            self._preempt(victim, out)
+        if needed > 0:
+            request.pages.extend(self.pages.allocate(needed))
+        return True
+
+    def _victim(self, exclude: Request) -> Request | None:
+        candidates = [r for r in self.running if r is not exclude and _order(r) > _order(exclude)]
+        return max(candidates, key=_order, default=None)
+
+    def _preempt(self, request: Request, out: SchedulerOutput) -> None:
+        self.running.remove(request)
+        self._release(request)
+        request.num_computed = 0
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.append(request)
+        out.preempted.append(request)
+        if request in out.decode:
+            out.decode.remove(request)
+
+    def _release(self, request: Request) -> None:
+        if request.pages:
+            self.pages.free(request.pages)
+            request.pages = []
+
+    def register_computed(self, requests: Iterable[Request]) -> None:
+        """Offer the full pages of these requests to the prefix cache."""
+        for request in requests:
+            if request.params.prompt_logprobs is None and request.pages:
+                self.pages.register_full_pages(
+                    request.pages, request.all_token_ids[: request.num_computed]
+                )
+
+
+def _order(request: Request) -> tuple[int, int]:
+    return (request.priority, request.request_id)
