@@ -86,6 +86,10 @@ class ModelRunner:
         self.key = jax.random.key(seed)
         self._hidden: jax.Array | None = None
 
+    def num_compiled(self) -> int:
+        """Programs compiled so far (a count that must stay flat after warm-up)."""
+        return sum(f._cache_size() for f in (self._prefill, self._prompt_logprobs, self._decode))
+
     @staticmethod
     def bytes_per_page(config: ModelConfig, page_size: int) -> int:
         return KVCache.bytes_per_page(config, page_size)
