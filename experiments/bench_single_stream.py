@@ -66,7 +66,7 @@ def bench_llama_cpp(path: Path, prompt: list[int], short: list[int], n: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--prompt-tokens", type=int, default=400)
+    parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--write", type=Path, default=None, help="append the table to this file")
     args = parser.parse_args()

@@ -40,6 +40,7 @@ class EngineConfig:
     kv_cache_bytes: int = 512 * 2**20
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
+    compilation_cache_dir: str | None = None  # None: <model cache>/xla; "": off
     seed: int = 0
 
     def __post_init__(self) -> None:

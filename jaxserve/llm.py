@@ -10,8 +10,8 @@ from jaxserve.config import WeightFormat
 from jaxserve.engine import Engine, EngineConfig, max_pages_per_row, num_pages_for
 from jaxserve.loader import GGUFModelFile
 from jaxserve.outputs import RequestOutput
-from jaxserve.pull import DEFAULT_MODEL, resolve_model
-from jaxserve.runner import ModelRunner
+from jaxserve.pull import DEFAULT_MODEL, cache_dir, resolve_model
+from jaxserve.runner import ModelRunner, enable_compilation_cache
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.scheduler import SchedulerConfig
 from jaxserve.tokenizer import Tokenizer
@@ -31,6 +31,13 @@ class LLM:
 
     model: a known model name (pulled on first use, e.g. "smollm2-135m") or a path to a `.gguf`.
     weights: "int8" (per-32-block scales; the CPU default) or "f32" (exact dequantized weights).
+    max_model_len: context per request (default: the model's, capped at 4096).
+    kv_cache_bytes: memory for the paged KV cache; the page pool is sized from it.
+    max_num_seqs / max_num_batched_tokens / prefill_chunk: rows and tokens per engine step.
+    decode_steps: tokens each decode row generates on device per step (k).
+    enable_prefix_caching: reuse cached K/V pages of shared prompt prefixes.
+    compilation_cache_dir: persistent XLA cache (default `<model cache>/xla`; "" turns it off).
+    warmup: compile every bucket now (a server does; notebooks compile on first use).
     """
 
     def __init__(
@@ -45,6 +52,7 @@ class LLM:
         prefill_chunk: int = 512,
         decode_steps: int = 8,
         enable_prefix_caching: bool = True,
+        compilation_cache_dir: str | None = None,
         warmup: bool = False,
         seed: int = 0,
         quiet: bool = True,
@@ -54,8 +62,12 @@ class LLM:
             max_model_len=max_model_len,
             kv_cache_bytes=kv_cache_bytes,
             enable_prefix_caching=enable_prefix_caching,
+            compilation_cache_dir=compilation_cache_dir,
             seed=seed,
         )
+        if compilation_cache_dir is None:
+            compilation_cache_dir = str(cache_dir() / "xla")
+        enable_compilation_cache(compilation_cache_dir)
         scheduler_config = SchedulerConfig(
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,

@@ -6,6 +6,7 @@ jitted step, and returns numpy results in one host transfer. `warmup` compiles e
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -174,6 +175,19 @@ class ModelRunner:
             )
         print(file=sys.stderr)
         return len(shapes)
+
+
+def enable_compilation_cache(path: str | None) -> None:
+    """Keep compiled programs on disk so a restart skips XLA compilation ("" or None: off).
+
+    The directory holds executable code: it must be writable by its owner only.
+    """
+    if not path:
+        return
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _row_arrays(num_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
