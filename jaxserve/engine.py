@@ -155,6 +155,7 @@ class Engine:
                 self.stats.on_finish(request)
         self.scheduler.register_computed(self.scheduler.running)
         self.stats.on_step(self.scheduler, out)
+        self.stats.on_runner(self.runner)
         return events
 
     def _run_prefill(self, chunks: list[PrefillChunk]) -> list[StepEvent]:

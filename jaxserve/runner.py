@@ -86,6 +86,9 @@ class ModelRunner:
         self.kv = KVCache.zeros(config, num_pages=num_pages, page_size=page_size)
         self.key = jax.random.key(seed)
         self._hidden: jax.Array | None = None
+        self.num_real_tokens = 0  # tokens computed for requests
+        self.num_padded_tokens = 0  # token slots computed, padding included
+        self.compiled_at_warmup: int | None = None
 
     def num_compiled(self) -> int:
         """Programs compiled so far (a count that must stay flat after warm-up)."""
@@ -112,6 +115,8 @@ class ModelRunner:
             *map(jnp.asarray, (token_ids, start, num_new, page_table, temperature, seeds))
         )
         self.kv, out, self._hidden = self._prefill(self.params, self.kv, batch, self.key)
+        self.num_real_tokens += int(num_new.sum())
+        self.num_padded_tokens += num_rows * num_tokens
         return _host(out, len(rows))
 
     def prompt_logprobs(self, targets: Sequence[Sequence[int]]) -> tuple[np.ndarray, ...]:
@@ -140,7 +145,10 @@ class ModelRunner:
         arrays = (token_ids, start, page_table, temperature, seeds, stop_ids, remaining)
         batch = DecodeBatch(*map(jnp.asarray, arrays))
         self.kv, out = self._decode(self.params, self.kv, batch, self.key, num_steps=num_steps)
-        return _host(out, len(rows))
+        out = _host(out, len(rows))
+        self.num_real_tokens += int(out.num_generated.sum())
+        self.num_padded_tokens += num_rows * int(out.num_generated.max(initial=0))
+        return out
 
     def warmup(
         self, *, max_rows: int, max_prefill_rows: int, max_chunk: int, num_steps: int
@@ -174,6 +182,8 @@ class ModelRunner:
                 file=sys.stderr,
             )
         print(file=sys.stderr)
+        self.compiled_at_warmup = self.num_compiled()
+        self.num_real_tokens = self.num_padded_tokens = 0
         return len(shapes)
 
 

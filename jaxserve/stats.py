@@ -29,6 +29,8 @@ class EngineStats:
     pages_used: int = 0
     pages_free: int = 0
     prefix_hit_rate: float = 0.0
+    padding_ratio: float = 0.0  # token slots computed / tokens requests needed
+    compiles_after_warmup: int = 0
 
     def on_first_token(self, request: Request) -> None:
         now = time.monotonic()
@@ -59,6 +61,12 @@ class EngineStats:
         self.prefix_hit_rate = scheduler.pages.stats.hit_rate
         self.num_preemptions = scheduler.num_preemptions
 
+    def on_runner(self, runner) -> None:
+        """Padding waste and compiles since warm-up, read from the runner."""
+        self.padding_ratio = runner.num_padded_tokens / max(runner.num_real_tokens, 1)
+        if runner.compiled_at_warmup is not None:
+            self.compiles_after_warmup = runner.num_compiled() - runner.compiled_at_warmup
+
     def snapshot(self) -> dict[str, float]:
         def mean(xs: list[float]) -> float:
             return sum(xs) / len(xs) if xs else 0.0
@@ -78,4 +86,6 @@ class EngineStats:
             "prompt_tokens": self.num_prompt_tokens,
             "generated_tokens": self.num_generated_tokens,
             "cached_tokens": self.num_cached_tokens,
+            "padding_ratio": self.padding_ratio,
+            "compiles_after_warmup": self.compiles_after_warmup,
         }

@@ -173,5 +173,8 @@ def test_no_compiles_after_warmup_under_a_mixed_workload(tiny_gguf):
                 finished += 1
         live = [r for r in live if not r.finished]
     assert runner.num_compiled() == compiled
+    stats = engine.stats.snapshot()
+    assert stats["compiles_after_warmup"] == 0 and stats["padding_ratio"] >= 1.0
+    assert stats["num_finished"] == finished and stats["generated_tokens"] > 0
     assert finished + aborted == 200 and aborted > 0
     assert engine.scheduler.pages.num_used == 0
