@@ -140,6 +140,9 @@ def paged_attention(
     qg = q.reshape(b, t, kh, h // kh, d)
     scores = jnp.einsum("BTKGD,BSKD->BKGTS", qg, keys) / jnp.sqrt(jnp.float32(d))
     key_pos = jnp.arange(keys.shape[1], dtype=jnp.int32)
+    # Select, never multiply: stale or NaN values in unused pages must not reach the output.
+    in_cache = key_pos[None, :] < kv_lens[:, None]  # [B, P*S]
+    values = jnp.where(in_cache[:, :, None, None], values, 0.0)
     visible = (key_pos[None, None, :] <= q_positions[:, :, None]) & (
         key_pos[None, None, :] < kv_lens[:, None, None]
     )  # [B, T, S]
