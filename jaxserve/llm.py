@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from jaxserve.chat_template import ChatTemplate
@@ -81,7 +82,7 @@ class LLM:
         max_len = min(max_model_len or 4096, self.config.max_position)
         page_bytes = ModelRunner.bytes_per_page(self.config, config.page_size)
         runner = ModelRunner(
-            self.model_file.build_model(weights),
+            self.model_file.build_model(weights, cache=self._converted_cache()),
             self.config,
             num_pages=num_pages_for(config, page_bytes),
             page_size=config.page_size,
@@ -98,6 +99,12 @@ class LLM:
         self.engine = Engine(
             self.tokenizer, runner, config, scheduler_config, max_model_len=max_len
         )
+
+    def _converted_cache(self) -> Path | None:
+        """Pulled models keep their converted weights beside them (a faster next start)."""
+        root = cache_dir().resolve()
+        path = self.model_file.path.resolve()
+        return path.parent / "converted" if root in path.parents else None
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special=add_special)

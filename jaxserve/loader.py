@@ -12,7 +12,16 @@ from flax import nnx
 from jaxserve.config import ModelConfig, WeightFormat
 from jaxserve.gguf_meta import open_gguf, read_metadata
 from jaxserve.models import ARCHITECTURES
-from jaxserve.weights import ModelWeights, TensorSource, load_model_weights
+from jaxserve.weights import (
+    ModelWeights,
+    TensorSource,
+    load_model_weights,
+    load_saved_weights,
+    save_weights,
+)
+
+# Bump when the in-memory weight layout changes: saved conversions of older layouts are ignored.
+WEIGHTS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -38,12 +47,28 @@ class GGUFModelFile:
     def num_parameters(self) -> int:
         return self.source.num_elements()
 
-    def load_weights(self, fmt: WeightFormat) -> ModelWeights:
+    def load_weights(self, fmt: WeightFormat, *, cache: Path | None = None) -> ModelWeights:
+        """Dequantize (and for int8 re-quantize) every tensor.
+
+        With `cache` (a folder), the converted weights are kept there as `.npz`, keyed by the
+        file's size and modification time, so the next start reads them instead of converting.
+        """
+        saved = None
+        if cache is not None:
+            stat = self.path.stat()
+            key = f"{self.path.stem}-{stat.st_size}-{stat.st_mtime_ns}-{fmt}-v{WEIGHTS_VERSION}.npz"
+            saved = cache / key
+            weights = load_saved_weights(saved)
+            if weights is not None:
+                return weights
         _, layer_tensors = ARCHITECTURES[self.config.architecture]
-        return load_model_weights(
+        weights = load_model_weights(
             self.source, num_layers=self.config.num_layers, layer_tensors=layer_tensors, fmt=fmt
         )
+        if saved is not None:
+            save_weights(saved, weights)
+        return weights
 
-    def build_model(self, fmt: WeightFormat) -> nnx.Module:
+    def build_model(self, fmt: WeightFormat, *, cache: Path | None = None) -> nnx.Module:
         model_cls, _ = ARCHITECTURES[self.config.architecture]
-        return model_cls(self.config, self.load_weights(fmt))
+        return model_cls(self.config, self.load_weights(fmt, cache=cache))

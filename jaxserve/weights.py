@@ -7,8 +7,10 @@ XLA dequantizes inside the scanned layer faster than it streams f32 weights).
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -158,4 +160,47 @@ def load_model_weights(
         layers={name: layer(name) for name in layer_tensors},
         output_norm=source.get("output_norm.weight"),
         output=as_format(source.get(output), fmt) if output in source else None,
+    )
+
+
+def _flatten(w: ModelWeights) -> dict[str, np.ndarray]:
+    items = {"embedding": w.embedding, "output_norm": w.output_norm, "output": w.output}
+    items.update({f"layers.{name}": value for name, value in w.layers.items()})
+    flat: dict[str, np.ndarray] = {}
+    for key, value in items.items():
+        if isinstance(value, QuantArray):
+            flat[f"{key}.q"], flat[f"{key}.scales"] = value.q, value.scales
+        elif value is not None:
+            flat[key] = value
+    return flat
+
+
+def save_weights(path: Path, weights: ModelWeights) -> None:
+    """Write converted weights (atomically) so the next start skips dequantization."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as f:
+        np.savez(f, **_flatten(weights))
+    partial.replace(path)
+
+
+def load_saved_weights(path: Path) -> ModelWeights | None:
+    """Weights written by `save_weights`, or None if absent or unreadable."""
+    try:
+        with np.load(path) as data:
+            flat = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+
+    def get(key: str) -> Weight | None:
+        if f"{key}.q" in flat:
+            return QuantArray(flat[f"{key}.q"], flat[f"{key}.scales"])
+        return flat.get(key)
+
+    names = {k.split(".")[1] for k in flat if k.startswith("layers.")}
+    return ModelWeights(
+        embedding=get("embedding"),
+        layers={name: get(f"layers.{name}") for name in sorted(names)},
+        output_norm=flat["output_norm"],
+        output=get("output"),
     )

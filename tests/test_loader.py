@@ -93,3 +93,20 @@ def test_unsupported_tensor_type_is_named(tmp_path):
     tensor = gguf.GGUFReader(str(path)).tensors[0]
     with pytest.raises(GGUFError, match="weird.weight.*Q8_1"):
         dequantize_tensor(tensor)
+
+
+def test_converted_weights_are_saved_and_reused(tiny_gguf, tmp_path, monkeypatch):
+    model_file = GGUFModelFile.open(tiny_gguf)
+    first = model_file.load_weights("int8", cache=tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr("jaxserve.loader.load_model_weights", no_conversion)
+    again = model_file.load_weights("int8", cache=tmp_path)
+    for name, w in first.layers.items():
+        np.testing.assert_array_equal(again.layers[name].q, w.q)
+        np.testing.assert_array_equal(again.layers[name].scales, w.scales)
+    np.testing.assert_array_equal(again.embedding.q, first.embedding.q)
+    assert again.output is None and first.output is None
