@@ -8,7 +8,13 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from jaxserve.page_allocator import OutOfPagesError, PageAllocator
 
@@ -200,7 +206,7 @@ def test_disabled_prefix_caching_never_matches():
 # --- stateful: random allocator traffic against a model of holders and page contents ---
 
 SPS = 2  # page size in the state machine: with 2 token values, prefixes collide often
-NUM_PAGES = 10
+NUM_PAGES = 8
 tokens_st = st.lists(st.integers(0, 1), max_size=4 * SPS)
 
 
@@ -228,6 +234,15 @@ class AllocatorMachine(RuleBasedStateMachine):
         for i in range(first, len(seq.pages)):
             self.written[seq.pages[i]] = tuple(seq.token_ids[: (i + 1) * SPS])
 
+    @initialize(token_ids=st.lists(st.integers(0, 1), min_size=3 * SPS, max_size=3 * SPS))
+    def warm_cache(self, token_ids: list[int]) -> None:
+        """Start with three evictable cached pages, so eviction and revival come early."""
+        seq = Seq(self.alloc.allocate(3), token_ids)
+        self._write(seq, 0)
+        self.alloc.register_full_pages(seq.pages, seq.token_ids)
+        self.history.append(tuple(token_ids))
+        self.alloc.free(seq.pages)
+
     @rule(k=st.integers(0, NUM_PAGES), data=st.data())
     def allocate(self, k: int, data: st.DataObject) -> None:
         if k > self.alloc.num_free:
@@ -236,7 +251,9 @@ class AllocatorMachine(RuleBasedStateMachine):
                 self.alloc.allocate(k)
             assert _snapshot(self.alloc) == before
             return
-        token_ids = data.draw(st.lists(st.integers(0, 1), max_size=k * SPS))
+        # Often continue earlier content, so pages repeat and prefixes are shared.
+        base = list(data.draw(st.sampled_from([(), *self.history])))
+        token_ids = (base + data.draw(st.lists(st.integers(0, 1), max_size=k * SPS)))[: k * SPS]
         seq = Seq(self.alloc.allocate(k), token_ids)
         self._write(seq, 0)
         self.seqs.append(seq)
