@@ -26,12 +26,25 @@ def sample(
     positions: jax.Array,
     key: jax.Array,
 ) -> jax.Array:
-    """logits: [B, V]; temperature, seeds, positions: [B] (temperature 0 = greedy) -> ids [B]."""
+    """logits: [B, V]; temperature, seeds, positions: [B] (temperature 0 = greedy) -> ids [B].
+
+    A row's draw inverts its softmax CDF at one uniform number from its own key: one random
+    number per row instead of V Gumbel draws, and nothing random at all when every row is greedy.
+    """
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    safe_t = jnp.where(temperature > 0, temperature, 1.0)
-    keys = row_keys(key, seeds, positions)
-    drawn = jax.vmap(jax.random.categorical)(keys, logits / safe_t[:, None]).astype(jnp.int32)
-    return jnp.where(temperature > 0, drawn, greedy)
+
+    def draw(_) -> jax.Array:
+        safe_t = jnp.where(temperature > 0, temperature, 1.0)
+        probs = jax.nn.softmax(logits / safe_t[:, None], axis=-1)
+        cdf = jnp.cumsum(probs, axis=-1)
+        u = jax.vmap(lambda k: jax.random.uniform(k, (), minval=1e-7))(
+            row_keys(key, seeds, positions)
+        )
+        ids = jnp.sum(cdf < (u * cdf[:, -1])[:, None], axis=-1).astype(jnp.int32)
+        ids = jnp.minimum(ids, logits.shape[-1] - 1)
+        return jnp.where(temperature > 0, ids, greedy)
+
+    return jax.lax.cond(jnp.any(temperature > 0), draw, lambda _: greedy, None)
 
 
 def logprobs_of(logits: jax.Array, token_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

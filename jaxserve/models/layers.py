@@ -134,9 +134,14 @@ def paged_attention(
     at position p when j <= p and j < kv_len. Returns [B, T, H, D].
     """
     b, t, h, d = q.shape
-    kh = k_pages.shape[3]
-    keys = k_pages[layer, page_table].reshape(b, -1, kh, d)  # [B, P*S, KH, D]
-    values = v_pages[layer, page_table].reshape(b, -1, kh, d)
+    num_layers, num_pages, _, kh, _ = k_pages.shape
+    # Gather whole pages as contiguous rows of the flattened cache: one copy per page instead
+    # of an element-wise gather.
+    rows = (layer * num_pages + page_table).reshape(-1)  # [B*P]
+    keys = jnp.take(k_pages.reshape(num_layers * num_pages, -1), rows, axis=0)
+    values = jnp.take(v_pages.reshape(num_layers * num_pages, -1), rows, axis=0)
+    keys = keys.reshape(b, -1, kh, d)  # [B, P*S, KH, D]
+    values = values.reshape(b, -1, kh, d)
     qg = q.reshape(b, t, kh, h // kh, d)
     scores = jnp.einsum("BTKGD,BSKD->BKGTS", qg, keys) / jnp.sqrt(jnp.float32(d))
     key_pos = jnp.arange(keys.shape[1], dtype=jnp.int32)
