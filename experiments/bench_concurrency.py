@@ -99,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--max-prefill-rows", type=int, default=1)
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
     path = resolve_model(args.model)

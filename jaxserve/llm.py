@@ -34,7 +34,8 @@ class LLM:
     weights: "int8" (per-32-block scales; the CPU default) or "f32" (exact dequantized weights).
     max_model_len: context per request (default: the model's, capped at 4096).
     kv_cache_bytes: memory for the paged KV cache; the page pool is sized from it.
-    max_num_seqs / max_num_batched_tokens / prefill_chunk: rows and tokens per engine step.
+    max_num_seqs / max_num_batched_tokens / prefill_chunk / max_prefill_rows: rows and tokens
+        per engine step.
     decode_steps: tokens each decode row generates on device per step (k).
     enable_prefix_caching: reuse cached K/V pages of shared prompt prefixes.
     compilation_cache_dir: persistent XLA cache (default `<model cache>/xla`; "" turns it off).
@@ -51,6 +52,7 @@ class LLM:
         max_num_seqs: int = 16,
         max_num_batched_tokens: int = 512,
         prefill_chunk: int = 512,
+        max_prefill_rows: int = 1,
         decode_steps: int = 8,
         enable_prefix_caching: bool = True,
         compilation_cache_dir: str | None = None,
@@ -73,6 +75,7 @@ class LLM:
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
             prefill_chunk=prefill_chunk,
+            max_prefill_rows=max_prefill_rows,
             decode_steps=decode_steps,
         )
         self.model_file = GGUFModelFile.open(resolve_model(model, quiet=quiet))
