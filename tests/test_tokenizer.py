@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from jaxserve.errors import GGUFError, ModelNotFoundError
 from jaxserve.gguf_meta import open_gguf, read_metadata
 from jaxserve.tokenizer import Tokenizer, TokenType
+from tests.tiny_gguf import add_metadata
 from tests.tiny_vocab import gpt2_tokenizer_metadata, spm_tokenizer_metadata
 
 BPE = Tokenizer.from_metadata(gpt2_tokenizer_metadata())
@@ -162,15 +163,7 @@ def test_bpe_pre_tokenizers_round_trip(pre: str) -> None:
 
 def _write_metadata_gguf(path, meta: dict) -> None:
     writer = gguf.GGUFWriter(str(path), "llama")
-    for key, value in meta.items():
-        if isinstance(value, bool):
-            writer.add_bool(key, value)
-        elif isinstance(value, str):
-            writer.add_string(key, value)
-        elif isinstance(value, int):
-            writer.add_uint32(key, value)
-        else:
-            writer.add_array(key, value)
+    add_metadata(writer, meta)
     writer.add_float32("llama.rope.freq_base", 0.5)
     writer.add_tensor("output_norm.weight", np.arange(64, dtype=np.float32))
     writer.write_header_to_file()

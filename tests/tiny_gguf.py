@@ -52,7 +52,7 @@ def _tensor(shape: tuple[int, int] | tuple[int], qtype: Q, rng: np.random.Genera
     return gguf.quants.quantize(x, qtype)
 
 
-def _add_metadata(writer: gguf.GGUFWriter, meta: Mapping[str, Any]) -> None:
+def add_metadata(writer: gguf.GGUFWriter, meta: Mapping[str, Any]) -> None:
     for key, value in meta.items():
         if isinstance(value, bool):
             writer.add_bool(key, value)
@@ -83,7 +83,7 @@ def write_tiny_gguf(
     head_dim = t["hidden"] // t["heads"]
     writer = gguf.GGUFWriter(str(path), architecture)
     arch = architecture
-    _add_metadata(
+    add_metadata(
         writer,
         {
             "general.name": "tiny-random-llama",
