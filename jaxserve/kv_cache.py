@@ -17,12 +17,12 @@ NULL_PAGE = 0
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class KVCache:
-    k: jax.Array  # [L, N, S, KH, D] f32
-    v: jax.Array  # [L, N, S, KH, D] f32
+    k: jax.Array  # [L, KH, N, S, D] f32: each (layer, kv head, page) is one contiguous [S, D]
+    v: jax.Array  # [L, KH, N, S, D] f32
 
     @classmethod
     def zeros(cls, config: ModelConfig, *, num_pages: int, page_size: int) -> KVCache:
-        shape = (config.num_layers, num_pages, page_size, config.num_kv_heads, config.head_dim)
+        shape = (config.num_layers, config.num_kv_heads, num_pages, page_size, config.head_dim)
         return cls(k=jnp.zeros(shape, jnp.float32), v=jnp.zeros(shape, jnp.float32))
 
     @staticmethod

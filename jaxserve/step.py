@@ -91,7 +91,7 @@ def make_steps(graphdef: nnx.GraphDef) -> Steps:
             num_new=batch.num_new,
             num_tokens=t,
             page_table=batch.page_table,
-            page_size=kv.k.shape[2],
+            page_size=kv.k.shape[3],
         )
         h, (k, v) = model.hidden(batch.token_ids, (kv.k, kv.v), layout)
         last = jnp.clip(batch.num_new - 1, 0, t - 1)
@@ -119,7 +119,7 @@ def make_steps(graphdef: nnx.GraphDef) -> Steps:
         """
         model = nnx.merge(graphdef, params)
         b = batch.token_ids.shape[0]
-        page_size = kv.k.shape[2]
+        page_size = kv.k.shape[3]
         k_top = TOP_LOGPROBS_MAX
         init = (
             jnp.int32(0),

@@ -39,15 +39,16 @@ def dense_reference(q, keys, values, q_pos, kv_len):
 @given(
     seed=st.integers(0, 2**31 - 1),
     lens=st.lists(st.integers(1, P * S - T), min_size=B, max_size=B),
+    num_queries=st.sampled_from([1, T]),  # decode takes its own multiply-and-reduce path
 )
-def test_paged_attention_matches_contiguous(seed, lens):
+def test_paged_attention_matches_contiguous(seed, lens, num_queries):
     rng = np.random.default_rng(seed)
-    k_pages = rng.standard_normal((1, N, S, KH, D)).astype(np.float32)
-    v_pages = rng.standard_normal((1, N, S, KH, D)).astype(np.float32)
+    k_pages = rng.standard_normal((1, KH, N, S, D)).astype(np.float32)
+    v_pages = rng.standard_normal((1, KH, N, S, D)).astype(np.float32)
     page_table = np.stack([rng.permutation(np.arange(1, N))[:P] for _ in range(B)]).astype(np.int32)
-    q = rng.standard_normal((B, T, H, D)).astype(np.float32)
-    kv_lens = np.asarray(lens, np.int32) + T
-    q_pos = kv_lens[:, None] - T + np.arange(T, dtype=np.int32)[None, :]
+    q = rng.standard_normal((B, num_queries, H, D)).astype(np.float32)
+    kv_lens = np.asarray(lens, np.int32) + num_queries
+    q_pos = kv_lens[:, None] - num_queries + np.arange(num_queries, dtype=np.int32)[None, :]
     got = jax.jit(paged_attention)(
         jnp.asarray(q),
         jnp.asarray(k_pages),
@@ -58,15 +59,15 @@ def test_paged_attention_matches_contiguous(seed, lens):
         kv_lens=jnp.asarray(kv_lens),
     )
     for b in range(B):
-        keys = k_pages[0, page_table[b]].reshape(-1, KH, D)
-        values = v_pages[0, page_table[b]].reshape(-1, KH, D)
+        keys = k_pages[0][:, page_table[b]].reshape(KH, -1, D).transpose(1, 0, 2)  # [P*S, KH, D]
+        values = v_pages[0][:, page_table[b]].reshape(KH, -1, D).transpose(1, 0, 2)
         want = dense_reference(q[b], keys, values, q_pos[b], kv_lens[b])
         np.testing.assert_allclose(np.asarray(got[b]), want, atol=1e-5, rtol=1e-5)
 
 
 def test_a_row_with_no_keys_gives_zeros_not_nan():
     q = jnp.ones((1, 1, H, D), jnp.float32)
-    pages = jnp.full((1, N, S, KH, D), jnp.nan, jnp.float32).at[:, 1:].set(1.0)
+    pages = jnp.full((1, KH, N, S, D), jnp.nan, jnp.float32).at[:, :, 1:].set(1.0)
     out = paged_attention(
         q,
         pages,

@@ -128,26 +128,34 @@ def paged_attention(
 ) -> jax.Array:
     """Reference attention over a paged cache (pure jnp).
 
-    q: [B, T, H, D] at q_positions [B, T]; k_pages, v_pages: [L, N, S, KH, D], read at `layer`
+    q: [B, T, H, D] at q_positions [B, T]; k_pages, v_pages: [L, KH, N, S, D], read at `layer`
     (one gather straight from the stacked cache, never a copy of a whole layer); page_table: [B, P];
     kv_lens: [B] tokens cached per row (including this step's). Key j of a row is visible to a query
     at position p when j <= p and j < kv_len. Returns [B, T, H, D].
     """
     b, t, h, d = q.shape
-    num_layers, num_pages, _, kh, _ = k_pages.shape
-    # Gather whole pages as contiguous rows of the flattened cache: one copy per page instead
-    # of an element-wise gather.
-    rows = (layer * num_pages + page_table).reshape(-1)  # [B*P]
-    keys = jnp.take(k_pages.reshape(num_layers * num_pages, -1), rows, axis=0)
-    values = jnp.take(v_pages.reshape(num_layers * num_pages, -1), rows, axis=0)
-    keys = keys.reshape(b, -1, kh, d)  # [B, P*S, KH, D]
-    values = values.reshape(b, -1, kh, d)
+    num_layers, kh, num_pages, _, _ = k_pages.shape
+    # Each (layer, kv head, page) is one contiguous [S, D] row of the flattened cache: the gather
+    # copies whole rows and lands keys as [B, KH, P*S, D], the layout the dots want (no transpose).
+    heads = jnp.arange(kh, dtype=jnp.int32)[None, :, None]
+    rows = ((layer * kh + heads) * num_pages + page_table[:, None, :]).reshape(-1)  # [B*KH*P]
+    keys = jnp.take(k_pages.reshape(num_layers * kh * num_pages, -1), rows, axis=0)
+    values = jnp.take(v_pages.reshape(num_layers * kh * num_pages, -1), rows, axis=0)
+    keys = keys.reshape(b, kh, -1, d)  # [B, KH, P*S, D]
+    values = values.reshape(b, kh, -1, d)
     qg = q.reshape(b, t, kh, h // kh, d)
-    scores = jnp.einsum("BTKGD,BSKD->BKGTS", qg, keys) / jnp.sqrt(jnp.float32(d))
-    key_pos = jnp.arange(keys.shape[1], dtype=jnp.int32)
+    # One query per row (decode): the products are tiny matrices, which XLA CPU runs faster as a
+    # fused multiply-and-reduce than as batched dots.
+    decode = t == 1
+    if decode:
+        scores = jnp.sum(qg[:, 0, :, :, None, None, :] * keys[:, :, None, None], axis=-1)
+    else:
+        scores = jnp.einsum("BTKGD,BKSD->BKGTS", qg, keys)
+    scores = scores / jnp.sqrt(jnp.float32(d))
+    key_pos = jnp.arange(keys.shape[2], dtype=jnp.int32)
     # Select, never multiply: stale or NaN values in unused pages must not reach the output.
     in_cache = key_pos[None, :] < kv_lens[:, None]  # [B, P*S]
-    values = jnp.where(in_cache[:, :, None, None], values, 0.0)
+    values = jnp.where(in_cache[:, None, :, None], values, 0.0)
     visible = (key_pos[None, None, :] <= q_positions[:, :, None]) & (
         key_pos[None, None, :] < kv_lens[:, None, None]
     )  # [B, T, S]
@@ -158,5 +166,8 @@ def paged_attention(
     weights = jnp.where(visible, jnp.exp(scores - row_max), 0.0)
     denom = jnp.sum(weights, axis=-1, keepdims=True)
     weights = weights / jnp.where(denom == 0.0, 1.0, denom)
-    out = jnp.einsum("BKGTS,BSKD->BTKGD", weights, values)
+    if decode:
+        out = jnp.sum(weights[:, :, :, 0, :, None] * values[:, :, None], axis=-2)[:, None]
+    else:
+        out = jnp.einsum("BKGTS,BKSD->BTKGD", weights, values)
     return out.reshape(b, t, h, d)

@@ -34,7 +34,7 @@ class LlamaBlock(nnx.Module):
     def __call__(
         self, x: jax.Array, kv: tuple[jax.Array, jax.Array], layer: jax.Array, layout: TokenLayout
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """x: [B, T, E]; kv: all (K, V) pages [L, N, S, KH, D], updated in place at `layer`."""
+        """x: [B, T, E]; kv: all (K, V) pages [L, KH, N, S, D], updated in place at `layer`."""
         c = self.config
         b, t, _ = x.shape
         h = self.attn_norm(x)
@@ -43,8 +43,9 @@ class LlamaBlock(nnx.Module):
         v = self.v(h).reshape(b, t, c.num_kv_heads, c.head_dim)
         q = rope_interleaved(q, layout.positions, c.rope_theta)
         k = rope_interleaved(k, layout.positions, c.rope_theta)
-        k_all = kv[0].at[layer, layout.write_page, layout.write_slot].set(k)
-        v_all = kv[1].at[layer, layout.write_page, layout.write_slot].set(v)
+        # Cache layout [L, KH, N, S, D]: the (page, slot) index pair spans [B, T], heads follow.
+        k_all = kv[0].at[layer, :, layout.write_page, layout.write_slot].set(k)
+        v_all = kv[1].at[layer, :, layout.write_page, layout.write_slot].set(v)
         attn = paged_attention(
             q,
             k_all,
@@ -86,7 +87,7 @@ class Llama(nnx.Module):
     def hidden(
         self, token_ids: jax.Array, kv: tuple[jax.Array, jax.Array], layout: TokenLayout
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """token_ids: [B, T]; kv: (K, V) [L, N, S, KH, D]. Returns final-normed hidden [B, T, E]."""
+        """token_ids: [B, T]; kv: (K, V) [L, KH, N, S, D]. Returns final-normed hidden [B, T, E]."""
         x = self.embed(token_ids)
         block_def, block_state = nnx.split(self.layers)
 
