@@ -95,6 +95,7 @@ class Engine:
         priority: int = 0,
     ) -> Request:
         ids = [int(t) for t in prompt_token_ids]
+        _reject_unimplemented(params)
         if not ids:
             raise ValueError("the prompt is empty")
         vocab = self.tokenizer.vocab_size
@@ -237,6 +238,36 @@ class Engine:
         if k is None:
             return None
         return TokenLogprob(token, float(chosen), _top(top_ids, top_lp, k))
+
+
+# Fields whose device stage is not built yet: a non-default value is refused, never ignored.
+_UNIMPLEMENTED = (
+    "min_tokens",
+    "dynatemp_range",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "top_n_sigma",
+    "xtc_probability",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "dry_multiplier",
+    "mirostat",
+    "logit_bias",
+    "allowed_token_ids",
+    "bad_words",
+    "n",
+    "logprobs_mode",
+)
+
+
+def _reject_unimplemented(params: SamplingParams) -> None:
+    default = SamplingParams()
+    for name in _UNIMPLEMENTED:
+        if getattr(params, name) != getattr(default, name):
+            raise ValueError(f"{name} is not supported yet")
 
 
 def num_pages_for(config: EngineConfig, page_bytes: int) -> int:

@@ -1,50 +1,245 @@
-"""Per-request sampling settings (host side), validated on construction."""
+"""Per-request sampling settings (host side), validated on construction.
+
+Field names follow vLLM and llama.cpp's server, so requests written for either carry over. Every
+stage of the sampler chain is off at its default value; a row with a stage off passes through it
+unchanged on device.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 MAX_LOGPROBS = 20  # matches the device's static top-k width
+MAX_N = 16
+MAX_BAD_WORDS = 16  # banned token sequences per request
+MAX_BAD_WORD_TOKENS = 8  # tokens per banned sequence
+MAX_DRY_BREAKERS = 16
+
+# Orderable stages of the chain, by llama.cpp's names; `samplers` picks a subset and an order.
+SAMPLER_STAGES = (
+    "penalties",
+    "dry",
+    "top_n_sigma",
+    "top_k",
+    "typ_p",
+    "top_p",
+    "min_p",
+    "xtc",
+    "temperature",
+)
+DEFAULT_SAMPLERS = SAMPLER_STAGES
+_STAGE_ALIASES = {"typical_p": "typ_p", "typical": "typ_p", "penalty": "penalties"}
+
+LogprobsMode = Literal["raw", "processed"]
+
+
+def _fail(name: str, rule: str, value: object) -> None:
+    raise ValueError(f"{name} must be {rule}, got {value!r}")
+
+
+def _check_range(name: str, value: float, lo: float, hi: float, *, lo_open: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (lo < value if lo_open else lo <= value) and value <= hi
+    if not ok:
+        left = "(" if lo_open else "["
+        _fail(name, f"a number in {left}{lo}, {hi}]", value)
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        _fail(name, f"an integer in [{lo}, {hi}]", value)
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How to continue one prompt.
 
-    max_tokens: tokens to generate (0 = only score the prompt, e.g. with `prompt_logprobs`).
-    temperature: 0 is greedy; otherwise logits are divided by it before the draw.
+    Length and stopping:
+      max_tokens: tokens to generate (0 = only score the prompt, e.g. with `prompt_logprobs`).
+      min_tokens: end-of-generation and stop ids are masked until this many tokens exist.
+      stop / stop_token_ids: strings (not included in the text) / extra ids that end generation.
+      ignore_eos: keep going past end-of-generation tokens.
+    Token restrictions (applied first, in this order):
+      logit_bias: {token_id: bias in [-100, 100]} added to the logits (-100 bans, +100 forces).
+      allowed_token_ids: only these ids may be sampled.
+      bad_words: strings whose token sequences may never be completed.
+    Chain stages (run in `samplers` order; each is off at its default):
+      penalties: repetition_penalty (> 1 discourages tokens already in the prompt or output:
+        positive logits divided, negative multiplied), presence_penalty and frequency_penalty
+        (subtract once / per occurrence, over generated tokens, OpenAI's semantics);
+        repeat_last_n limits all three to the last n tokens (-1 = the whole sequence).
+      dry: "don't repeat yourself": a token that would extend a repeat of an earlier sequence
+        longer than dry_allowed_length gets dry_multiplier * dry_base ** (length - allowed)
+        subtracted; dry_sequence_breakers end a match; dry_penalty_last_n bounds the scan.
+      top_n_sigma: keep logits within n standard deviations of the max (<= 0 = off).
+      top_k (<= 0 = off), typ_p (typical_p, 1 = off), top_p (1 = off), min_p (0 = off).
+      xtc: with probability xtc_probability, remove every token above xtc_threshold but the least
+        likely of them.
+      temperature: 0 is greedy; dynatemp_range > 0 makes it entropy-dependent in
+        [temperature - range, temperature + range], shaped by dynatemp_exponent.
+    mirostat: 1 or 2 replaces the final truncation with Mirostat (target surprise mirostat_tau,
+      learning rate mirostat_eta); its state is carried per sequence across steps.
     seed: per-request seed; the same seed and prompt give the same tokens whatever the batch.
-    stop: strings that end generation (not included in the text).
-    stop_token_ids: extra token ids that end generation (included in token_ids, not in text).
-    ignore_eos: keep going past end-of-generation tokens.
+    n: sequences sampled for the prompt (one prefill; sequence i > 0 draws from its own seed).
     logprobs: number of top alternatives to return with each generated token's logprob.
+    logprobs_mode: "raw" (the model's distribution, OpenAI's semantics) or "processed" (after the
+      chain, before the draw).
     prompt_logprobs: number of top alternatives to return at each prompt position after the first,
-        beside the logprob of the actual prompt token.
+      beside the logprob of the actual prompt token.
     """
 
     max_tokens: int = 16
+    min_tokens: int = 0
     temperature: float = 1.0
+    dynatemp_range: float = 0.0
+    dynatemp_exponent: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    top_n_sigma: float = 0.0
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_last_n: int = -1
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1
+    dry_sequence_breakers: tuple[str, ...] = ("\n", ":", '"', "*")
+    mirostat: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    logit_bias: Mapping[int, float] | None = None
+    allowed_token_ids: tuple[int, ...] | None = None
+    bad_words: tuple[str, ...] = ()
+    samplers: tuple[str, ...] = DEFAULT_SAMPLERS
     seed: int | None = None
+    n: int = 1
     stop: tuple[str, ...] = field(default=())
     stop_token_ids: tuple[int, ...] = field(default=())
     ignore_eos: bool = False
     logprobs: int | None = None
+    logprobs_mode: LogprobsMode = "raw"
     prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
-        object.__setattr__(self, "stop", tuple(self.stop or ()))
-        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 0:
-            raise ValueError(f"max_tokens must be a non-negative integer, got {self.max_tokens!r}")
-        if not self.temperature >= 0.0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
-        if self.seed is not None and not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be in [0, 2**32), got {self.seed!r}")
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must be non-empty")
+        if isinstance(self.bad_words, str):
+            object.__setattr__(self, "bad_words", (self.bad_words,))
+        if isinstance(self.samplers, str):
+            object.__setattr__(self, "samplers", tuple(self.samplers.replace(",", ";").split(";")))
+        for name in ("stop", "stop_token_ids", "bad_words", "dry_sequence_breakers", "samplers"):
+            object.__setattr__(self, name, tuple(getattr(self, name) or ()))
+        if self.allowed_token_ids is not None:
+            object.__setattr__(self, "allowed_token_ids", tuple(self.allowed_token_ids))
+        if self.logit_bias is not None:
+            bias = self.logit_bias
+            if not isinstance(bias, Mapping):
+                _fail("logit_bias", "a mapping of token id to bias", bias)
+            object.__setattr__(self, "logit_bias", {_token_id(k): v for k, v in bias.items()})
+        if self.top_k == -1:  # vLLM's spelling of "off"
+            object.__setattr__(self, "top_k", 0)
+        object.__setattr__(self, "samplers", tuple(_stage(s) for s in self.samplers))
+        self._validate()
+
+    def _validate(self) -> None:
+        _check_int("max_tokens", self.max_tokens, 0, 2**31 - 1)
+        _check_int("min_tokens", self.min_tokens, 0, 2**31 - 1)
+        if self.min_tokens > self.max_tokens:
+            _fail("min_tokens", f"at most max_tokens ({self.max_tokens})", self.min_tokens)
+        _check_range("temperature", self.temperature, 0.0, 100.0)
+        _check_range("dynatemp_range", self.dynatemp_range, 0.0, 100.0)
+        _check_range("dynatemp_exponent", self.dynatemp_exponent, 0.0, 100.0, lo_open=True)
+        _check_int("top_k", self.top_k, 0, 2**31 - 1)
+        _check_range("top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        _check_range("min_p", self.min_p, 0.0, 1.0)
+        _check_range("typical_p", self.typical_p, 0.0, 1.0, lo_open=True)
+        _check_range("top_n_sigma", self.top_n_sigma, -1.0, 100.0)
+        _check_range("xtc_probability", self.xtc_probability, 0.0, 1.0)
+        _check_range("xtc_threshold", self.xtc_threshold, 0.0, 1.0)
+        _check_range("repetition_penalty", self.repetition_penalty, 0.0, 100.0, lo_open=True)
+        _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        _check_int("repeat_last_n", self.repeat_last_n, -1, 2**31 - 1)
+        _check_range("dry_multiplier", self.dry_multiplier, 0.0, 100.0)
+        _check_range("dry_base", self.dry_base, 1.0, 100.0)
+        _check_int("dry_allowed_length", self.dry_allowed_length, 1, 2**31 - 1)
+        _check_int("dry_penalty_last_n", self.dry_penalty_last_n, -1, 2**31 - 1)
+        if len(self.dry_sequence_breakers) > MAX_DRY_BREAKERS:
+            _fail("dry_sequence_breakers", f"at most {MAX_DRY_BREAKERS} strings", "...")
+        if any(not isinstance(s, str) or not s for s in self.dry_sequence_breakers):
+            _fail("dry_sequence_breakers", "non-empty strings", self.dry_sequence_breakers)
+        _check_int("mirostat", self.mirostat, 0, 2)
+        _check_range("mirostat_tau", self.mirostat_tau, 0.0, 100.0)
+        _check_range("mirostat_eta", self.mirostat_eta, 0.0, 1.0)
+        for token, value in (self.logit_bias or {}).items():
+            _check_range(f"logit_bias[{token}]", value, -100.0, 100.0)
+        if self.allowed_token_ids is not None:
+            if not self.allowed_token_ids:
+                _fail("allowed_token_ids", "a non-empty list", [])
+            for token in self.allowed_token_ids:
+                _check_int("allowed_token_ids", token, 0, 2**31 - 1)
+        if len(self.bad_words) > MAX_BAD_WORDS:
+            _fail("bad_words", f"at most {MAX_BAD_WORDS} strings", "...")
+        if any(not isinstance(w, str) or not w for w in self.bad_words):
+            _fail("bad_words", "non-empty strings", self.bad_words)
+        if len(set(self.samplers)) != len(self.samplers):
+            _fail("samplers", "a list without repeats", self.samplers)
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0, 2**32 - 1)
+        _check_int("n", self.n, 1, MAX_N)
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            _fail("stop", "non-empty strings", self.stop)
+        for token in self.stop_token_ids:
+            _check_int("stop_token_ids", token, 0, 2**31 - 1)
+        if not isinstance(self.ignore_eos, bool):
+            _fail("ignore_eos", "a boolean", self.ignore_eos)
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
-            if value is not None and not 0 <= value <= MAX_LOGPROBS:
-                raise ValueError(f"{name} must be between 0 and {MAX_LOGPROBS}, got {value!r}")
+            if value is not None:
+                _check_int(name, value, 0, MAX_LOGPROBS)
+        if self.logprobs_mode not in ("raw", "processed"):
+            _fail("logprobs_mode", "'raw' or 'processed'", self.logprobs_mode)
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0 and self.mirostat == 0
+
+    @property
+    def uses_history(self) -> bool:
+        """Whether the device needs this sequence's past tokens (penalties, DRY, bad words)."""
+        return bool(
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+            or self.dry_multiplier > 0.0
+            or self.bad_words
+        )
+
+
+def _token_id(key: object) -> int:
+    """logit_bias keys arrive as ints, or as strings from JSON."""
+    try:
+        token = int(key)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
+    if token < 0 or str(token) != str(key).strip() and not isinstance(key, int):
+        raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+    return token
+
+
+def _stage(name: object) -> str:
+    if not isinstance(name, str):
+        raise ValueError(f"samplers must be stage names, got {name!r}")
+    stage = _STAGE_ALIASES.get(name.strip().lower(), name.strip().lower())
+    if stage not in SAMPLER_STAGES:
+        raise ValueError(f"samplers: unknown stage {name!r}; known: {', '.join(SAMPLER_STAGES)}")
+    return stage
