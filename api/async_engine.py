@@ -8,17 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from jaxserve.engine import Engine, StepEvent
-from jaxserve.outputs import FinishReason
+from jaxserve.outputs import FinishReason, TokenLogprob
 from jaxserve.sampling_params import SamplingParams
+
+if TYPE_CHECKING:  # host-only module: the engine (and jax) is imported by whoever builds it
+    from jaxserve.engine import Engine, StepEvent
 
 
 @dataclass(frozen=True)
 class StreamOutput:
-    """New tokens of one request since its previous StreamOutput."""
+    """New tokens of one sequence since its previous StreamOutput.
+
+    index: which of the request's sequences (0 until the engine samples `n > 1` per request).
+    logprobs: one entry per new token when the request asked for logprobs, else None.
+    prompt_logprobs: on a request's first output only, when it asked for them (position 0,
+        which has no context, holds None).
+    """
 
     request_id: int
     new_token_ids: tuple[int, ...]
@@ -27,6 +37,51 @@ class StreamOutput:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    index: int = 0
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+
+
+class RequestStream:
+    """The outputs of one queued request, in order; the last one has a `finish_reason`.
+
+    Closing the stream (`aclose`), cancelling a task blocked on it, or dropping it before the last
+    output aborts the request, even when it was never iterated.
+    """
+
+    def __init__(self, owner: AsyncEngine, request_id: int, queue: asyncio.Queue) -> None:
+        self.request_id = request_id
+        self._owner = owner
+        self._queue = queue
+        self._done = False
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> StreamOutput:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._queue.get()
+        except BaseException:  # cancelled while waiting: the caller is gone
+            self._close()
+            raise
+        if isinstance(item, BaseException):
+            self._done = True
+            raise RuntimeError("the engine loop failed") from item
+        self._done = item.finish_reason is not None
+        return item
+
+    async def aclose(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._owner.abort_soon(self.request_id)
+
+    def __del__(self) -> None:
+        self._close()
 
 
 class AsyncEngine:
@@ -37,6 +92,7 @@ class AsyncEngine:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._streams: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._aborts: deque[int] = deque()  # appended from any thread, drained by the loop
         self._stopped = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="jaxserve-engine", daemon=True)
@@ -53,19 +109,9 @@ class AsyncEngine:
         *,
         prompt: str | None = None,
         priority: int = 0,
-    ) -> AsyncIterator[StreamOutput]:
-        """Queue a request and stream its outputs. Bad input raises here, before any output."""
-        request_id = self.add(prompt_token_ids, params, prompt=prompt, priority=priority)
-        return self._stream(request_id)
-
-    def add(
-        self,
-        prompt_token_ids: Sequence[int],
-        params: SamplingParams,
-        *,
-        prompt: str | None = None,
-        priority: int = 0,
-    ) -> int:
+    ) -> RequestStream:
+        """Queue a request and stream its outputs. Bad input raises here, before any output
+        (`ValueError`, `ContextLengthError`, `QueueFullError`)."""
         if self._error is not None:
             raise RuntimeError("the engine loop has stopped") from self._error
         queue: asyncio.Queue = asyncio.Queue()
@@ -76,26 +122,21 @@ class AsyncEngine:
             )
             self._streams[request.request_id] = (loop, queue)
         self._wake.set()
-        return request.request_id
-
-    async def _stream(self, request_id: int) -> AsyncIterator[StreamOutput]:
-        _, queue = self._streams[request_id]
-        finished = False
-        try:
-            while not finished:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise RuntimeError("the engine loop failed") from item
-                finished = item.finish_reason is not None
-                yield item
-        finally:
-            if not finished:
-                self.abort(request_id)
+        return RequestStream(self, request.request_id, queue)
 
     def abort(self, request_id: int) -> None:
+        """Abort now (blocks while a step runs)."""
         with self._lock:
-            self.engine.abort(request_id)
-            self._streams.pop(request_id, None)
+            self._abort(request_id)
+
+    def abort_soon(self, request_id: int) -> None:
+        """Abort before the next engine step; never blocks, safe from any thread or finalizer."""
+        self._aborts.append(request_id)
+        self._wake.set()
+
+    def _abort(self, request_id: int) -> None:
+        self.engine.abort(request_id)
+        self._streams.pop(request_id, None)
 
     def shutdown(self) -> None:
         self._stopped = True
@@ -106,16 +147,23 @@ class AsyncEngine:
         try:
             while not self._stopped:
                 with self._lock:
+                    while self._aborts:
+                        self._abort(self._aborts.popleft())
                     busy = self.engine.has_unfinished()
                     events = self.engine.step() if busy else []
-                    deliveries = [(self._streams.get(e.output.request_id), e) for e in events]
+                    deliveries = [
+                        (self._streams.get(e.output.request_id), _to_stream(e)) for e in events
+                    ]
                     for event in events:
                         if event.output.finished:
                             self._streams.pop(event.output.request_id, None)
-                for stream, event in deliveries:
+                for stream, output in deliveries:
                     if stream is not None:
                         loop, queue = stream
-                        loop.call_soon_threadsafe(queue.put_nowait, _to_stream(event))
+                        try:
+                            loop.call_soon_threadsafe(queue.put_nowait, output)
+                        except RuntimeError:  # the caller's event loop is closed
+                            self.abort_soon(output.request_id)
                 if not busy:
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
@@ -128,13 +176,23 @@ class AsyncEngine:
 
 
 def _to_stream(event: StepEvent) -> StreamOutput:
+    """Called under the engine lock, so the output does not change while it is read."""
     out = event.output
+    new = event.new_token_ids
+    logprobs = None
+    if out.logprobs is not None:
+        logprobs = tuple(out.logprobs[len(out.logprobs) - len(new) :]) if new else ()
+    prompt_logprobs = None
+    if out.prompt_logprobs is not None and len(out.token_ids) == len(new):  # first output
+        prompt_logprobs = tuple(out.prompt_logprobs[: len(out.prompt_token_ids)])
     return StreamOutput(
         request_id=out.request_id,
-        new_token_ids=event.new_token_ids,
+        new_token_ids=new,
         delta=event.delta,
         finish_reason=out.finish_reason,
         prompt_tokens=len(out.prompt_token_ids),
         completion_tokens=len(out.token_ids),
         cached_tokens=out.num_cached_tokens,
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
     )

@@ -1,0 +1,129 @@
+"""The OpenAI-compatible HTTP front: `create_app(config, served)` builds a FastAPI app.
+
+Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /v1/models/{id},
+POST /tokenize, POST /detokenize, GET /health (503 while loading, draining, or after the engine
+stopped), GET /metrics (Prometheus). Every error is OpenAI-shaped JSON (`api/errors.py`); every
+request field is applied or refused with a 400 naming it (`api/sampling.py`).
+
+The app can start before the model is loaded (`served=None`): attach it later with
+`app.state.server.served = Served(...)`; until then generating routes and /health answer 503.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+
+from jaxserve.api.errors import APIError, bad_request, install_error_handlers
+from jaxserve.api.middleware import FrontMiddleware
+from jaxserve.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
+from jaxserve.api.server_state import Served, ServerConfig, ServerState
+from jaxserve.api.serving_chat import create_chat_completion, plain_messages
+from jaxserve.api.serving_completion import create_completion
+from jaxserve.errors import JaxserveError
+
+__all__ = ["Served", "ServerConfig", "ServerState", "create_app"]
+
+
+def create_app(config: ServerConfig, served: Served | None = None) -> FastAPI:
+    state = ServerState(config)
+    state.served = served
+    app = FastAPI(title="jaxserve", summary="OpenAI-compatible LLM server", version="0.1.0")
+    app.state.server = state
+    install_error_handlers(app)
+    app.add_middleware(FrontMiddleware, api_key=config.api_key, metrics=state.metrics)
+    if config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await create_chat_completion(body, request, state)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await create_completion(body, request, state)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(state, name) for name in _names(state)]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        if model_id not in _names(state):
+            state.check_model(model_id)  # raises the 404
+        return _model_card(state, model_id)
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
+        served = state.ready()
+        state.check_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise bad_request("give exactly one of `prompt` and `messages`", "prompt")
+        if body.messages is not None:
+            messages = plain_messages(body.messages)
+            try:
+                text = served.render_chat(messages, body.add_generation_prompt)
+            except JaxserveError as error:
+                raise bad_request(f"The chat template failed: {error}", "messages") from None
+            ids = served.tokenizer.encode(text, add_special=False, parse_special=True)
+        else:
+            ids = served.tokenizer.encode(body.prompt or "", add_special=body.add_special_tokens)
+        out: dict[str, Any] = {
+            "count": len(ids),
+            "max_model_len": served.max_model_len,
+            "tokens": ids,
+        }
+        if body.return_token_strs:
+            out["token_strs"] = [served.tokenizer.id_to_piece(i) for i in ids]
+        return out
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
+        served = state.ready()
+        state.check_model(body.model)
+        vocab = served.tokenizer.vocab_size
+        if any(not 0 <= t < vocab for t in body.tokens):
+            raise bad_request(f"token ids must be in [0, {vocab})", "tokens")
+        return {"prompt": served.tokenizer.decode(body.tokens)}
+
+    @app.get("/health")
+    async def health() -> Response:
+        status, reason = state.health()
+        if status != 200:
+            return APIError(status, reason, code=reason.split(" ")[0].rstrip(":")).response()
+        return JSONResponse({"status": reason})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def _names(state: ServerState) -> tuple[str, ...]:
+    return state.config.model_names
+
+
+def _model_card(state: ServerState, name: str) -> dict[str, Any]:
+    served = state.served
+    return {
+        "id": name,
+        "object": "model",
+        "created": served.created if served else 0,
+        "owned_by": "jaxserve",
+        "max_model_len": served.max_model_len if served else None,
+    }

@@ -1,0 +1,134 @@
+"""Request fields -> `SamplingParams`, generically: every field is applied or refused with a 400.
+
+A field the front does not handle itself is looked up by name (after the vLLM / llama.cpp aliases
+below) among `SamplingParams`' fields and passed to its constructor, which range-checks it; the
+engine then refuses fields whose sampler stage is not built yet. A name with no counterpart is a
+400 naming it. So new `SamplingParams` fields work here without any change to this front.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from jaxserve.api.errors import APIError, bad_request, unknown_field, unsupported
+from jaxserve.sampling_params import SamplingParams
+
+SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
+
+# Other servers' names for SamplingParams fields.
+ALIASES = {
+    "n_predict": "max_tokens",
+    "repeat_penalty": "repetition_penalty",
+    "typ_p": "typical_p",
+    "penalty_last_n": "repeat_last_n",
+}
+
+# SamplingParams fields a request may not set by name: the response would have to carry what
+# they compute, and the fronts return that only through their own fields (echo + logprobs).
+FRONT_ONLY = frozenset({"prompt_logprobs", "logprobs", "max_tokens"})
+
+# Accepted, with no effect on the output.
+NO_OP = frozenset(
+    {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "cache_prompt"}
+)
+
+# Known features this server does not have yet: a clear 400 instead of "unrecognized".
+NOT_YET = frozenset(
+    {
+        "grammar",
+        "regex",
+        "choice",
+        "json_schema",
+        "guided_json",
+        "guided_regex",
+        "guided_choice",
+        "guided_grammar",
+        "structural_tag",
+        "functions",
+        "function_call",
+        "prediction",
+        "audio",
+        "reasoning_effort",
+        "web_search_options",
+        "prompt_logprobs",
+        "n_probs",
+        "use_beam_search",
+        "chat_template",
+        "chat_template_kwargs",
+        "continue_final_message",
+        "include_stop_str_in_output",
+        "skip_special_tokens",
+        "truncate_prompt_tokens",
+    }
+)
+
+
+def field_values(body: BaseModel, handled: Iterable[str]) -> dict[str, Any]:
+    """The request's set, non-null fields (declared and extra) that the front did not handle."""
+    skip = frozenset(handled)
+    values = {name: getattr(body, name) for name in body.model_fields_set if name not in skip}
+    values.update({k: v for k, v in (body.model_extra or {}).items() if k not in skip})
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def build_params(
+    body: BaseModel, *, handled: Iterable[str], fixed: Mapping[str, Any]
+) -> SamplingParams:
+    """`fixed` holds the SamplingParams values the front computed itself (max_tokens, logprobs)."""
+    kwargs: dict[str, Any] = {}
+    names: dict[str, str] = {}  # SamplingParams field -> the request's name for it
+    for name, value in field_values(body, handled).items():
+        if name in NO_OP:
+            continue
+        if name == "modalities":
+            if value != ["text"]:
+                raise unsupported("modalities", 'supports only ["text"]')
+            continue
+        if name in NOT_YET:
+            raise unsupported(name)
+        target = ALIASES.get(name, name)
+        if target not in SAMPLING_FIELDS or target in FRONT_ONLY:
+            raise unknown_field(name)
+        if target == "seed" and value == -1:  # llama.cpp: -1 = a random seed
+            continue
+        kwargs[target] = _plain(value)
+        names[target] = name
+    kwargs.update(fixed)
+    try:
+        return SamplingParams(**kwargs)
+    except ValueError as error:
+        raise param_error(error, names) from None
+    except TypeError:  # a value of the wrong shape: find which one
+        for target, value in kwargs.items():
+            try:
+                SamplingParams(**{target: value})
+            except (ValueError, TypeError):
+                name = names.get(target, target)
+                raise bad_request(f"{name}: invalid value {value!r}", name) from None
+        raise bad_request("invalid sampling parameters") from None
+
+
+def param_error(error: Exception, names: Mapping[str, str] | None = None) -> APIError:
+    """A ValueError from SamplingParams or the engine ("top_k must be ...") as a 400 whose `param`
+    is the field it names (its leading identifier), in the request's own spelling."""
+    message = str(error)
+    match = re.match(r"[a-z_]+", message)
+    field = match.group(0) if match else None
+    if field is not None and field not in SAMPLING_FIELDS:
+        field = None
+    if field is not None and names and names.get(field, field) != field:
+        sent = names[field]  # the request used another server's name for it
+        message, field = sent + message[len(field) :], sent
+    code = "unsupported_parameter" if "not supported" in message else "invalid_value"
+    return bad_request(message, field, code)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_plain(v) for v in value)
+    return value

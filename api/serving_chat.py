@@ -1,0 +1,196 @@
+"""POST /v1/chat/completions: messages -> chat template -> engine -> OpenAI response or SSE."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from jaxserve.api.errors import APIError, bad_request, unsupported
+from jaxserve.api.generation import Job, merged, submit
+from jaxserve.api.protocol import ChatCompletionRequest, ChatMessage
+from jaxserve.api.responses import Choice, Envelope, chat_logprob_entry, new_id, sse, total_usage
+from jaxserve.api.sampling import build_params
+from jaxserve.api.server_state import Served, ServerState
+from jaxserve.errors import JaxserveError
+from jaxserve.sampling_params import MAX_LOGPROBS
+
+HANDLED = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "add_generation_prompt",
+        "priority",
+    }
+)
+
+
+def plain_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as the chat template wants them; content parts other than text are refused."""
+    out = []
+    for i, message in enumerate(messages):
+        if message.tool_calls:
+            raise unsupported(f"messages[{i}].tool_calls")
+        content = message.content
+        if isinstance(content, list):
+            texts = []
+            for j, part in enumerate(content):
+                kind = part.get("type")
+                if kind != "text" or not isinstance(part.get("text"), str):
+                    where = f"messages[{i}].content[{j}]"
+                    if kind == "text":
+                        raise bad_request(f"{where}.text must be a string", f"{where}.text")
+                    raise unsupported(f"{where}.type", f"{kind!r}: only text parts are supported")
+                texts.append(part["text"])
+            content = "\n".join(texts)
+        entry: dict[str, Any] = {"role": message.role, "content": content or ""}
+        if message.role == "developer":  # OpenAI's newer name for the system role
+            entry["role"] = "system"
+        for key in ("name", "tool_call_id"):
+            if getattr(message, key) is not None:
+                entry[key] = getattr(message, key)
+        out.append(entry)
+    return out
+
+
+def _check_constraints(body: ChatCompletionRequest) -> None:
+    if body.response_format is not None:
+        kind = body.response_format.get("type")
+        if kind in ("json_object", "json_schema"):
+            raise unsupported("response_format", f"type {kind!r} is not supported yet")
+        if kind != "text" or len(body.response_format) != 1:
+            raise bad_request('response_format must be {"type": "text"}', "response_format")
+    choice = body.tool_choice
+    if body.tools and choice != "none":
+        raise unsupported("tools", 'are not supported yet (only with tool_choice "none")')
+    if choice is not None and choice not in ("none", "auto"):
+        raise unsupported("tool_choice")
+
+
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, state: ServerState
+) -> JSONResponse | StreamingResponse:
+    started = time.perf_counter()
+    served = state.ready()
+    model = state.check_model(body.model)
+    _check_constraints(body)
+    messages = plain_messages(body.messages)
+    add_generation_prompt = body.add_generation_prompt is not False
+    try:
+        text = served.render_chat(messages, add_generation_prompt)
+    except JaxserveError as error:
+        raise bad_request(f"The chat template failed: {error}", "messages") from None
+    ids = served.tokenizer.encode(text, add_special=False, parse_special=True)
+    fixed: dict[str, Any] = {"max_tokens": _max_tokens(body, served, len(ids))}
+    if body.top_logprobs is not None and not body.logprobs:
+        raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
+    if body.logprobs:
+        top = body.top_logprobs or 0
+        if not 0 <= top <= MAX_LOGPROBS:
+            message = f"top_logprobs must be in [0, {MAX_LOGPROBS}], got {top}"
+            raise bad_request(message, "top_logprobs")
+        fixed["logprobs"] = top
+    params = build_params(body, handled=HANDLED, fixed=fixed)
+    priority = _priority(body)
+    job = Job(ids, params, priority=priority)
+    streams = await submit(
+        served.engine, [job], prompt_param="messages", retry_after_s=state.config.retry_after_s
+    )
+    envelope = Envelope(new_id("chat"), model, state.config.system_fingerprint)
+    outputs = state.metered(
+        merged(streams, request, num_sequences=params.n), started=started, n=params.n
+    )
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        stream = _stream(outputs, envelope, served, params.n, include_usage, bool(body.logprobs))
+        return StreamingResponse(state.track(stream), media_type="text/event-stream")
+    async with state.tracking():
+        choices = {i: Choice(i) for i in range(params.n)}
+        async for index, out in outputs:
+            choices[index].add(out)
+    ordered = [choices[i] for i in sorted(choices)]
+    body_out = envelope.wrap(
+        "chat.completion",
+        choices=[_choice(c, served, bool(body.logprobs)) for c in ordered],
+        usage=total_usage(ordered, params.n),
+    )
+    return JSONResponse(body_out)
+
+
+def _priority(body: ChatCompletionRequest) -> int:
+    value = (body.model_extra or {}).get("priority", 0)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise bad_request("priority must be an integer", "priority")
+    return value
+
+
+def _max_tokens(body: ChatCompletionRequest, served: Served, num_prompt: int) -> int:
+    name = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    value = getattr(body, name)
+    if value is None:  # OpenAI: up to the end of the context
+        return max(1, served.max_model_len - num_prompt)
+    if value < 1:
+        raise bad_request(f"{name} must be at least 1, got {value}", name)
+    return value
+
+
+def _choice(choice: Choice, served: Served, logprobs: bool) -> dict[str, Any]:
+    content = None
+    if logprobs:
+        entries = [chat_logprob_entry(served.tokenizer, e) for e in choice.logprobs]
+        content = {"content": entries, "refusal": None}
+    return {
+        "index": choice.index,
+        "message": {"role": "assistant", "content": choice.text, "refusal": None},
+        "logprobs": content,
+        "finish_reason": choice.finish_reason,
+    }
+
+
+async def _stream(
+    outputs: AsyncIterator,
+    envelope: Envelope,
+    served: Served,
+    n: int,
+    include_usage: bool,
+    logprobs: bool,
+) -> AsyncIterator[bytes]:
+    extra = {"usage": None} if include_usage else {}
+
+    def chunk(index: int, delta: dict, lp: Any = None, finish: str | None = None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
+        return sse(envelope.wrap("chat.completion.chunk", choices=[choice], **extra))
+
+    choices = {i: Choice(i) for i in range(n)}
+    for i in range(n):
+        yield chunk(i, {"role": "assistant", "content": ""})
+    try:
+        async for index, out in outputs:
+            choices[index].add(out)
+            lp = None
+            if logprobs and out.logprobs:
+                entries = [chat_logprob_entry(served.tokenizer, e) for e in out.logprobs]
+                lp = {"content": entries, "refusal": None}
+            if out.delta or lp is not None:
+                yield chunk(index, {"content": out.delta}, lp)
+            if out.finish_reason is not None:
+                yield chunk(index, {}, None, out.finish_reason)
+    except APIError as error:
+        yield sse(error.body())
+        return
+    if include_usage:
+        ordered = [choices[i] for i in sorted(choices)]
+        yield sse(envelope.wrap("chat.completion.chunk", choices=[], usage=total_usage(ordered, n)))
+    yield sse("[DONE]")

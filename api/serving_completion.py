@@ -1,0 +1,187 @@
+"""POST /v1/completions: prompts (text or token ids) -> engine -> OpenAI response or SSE.
+
+`echo` with `logprobs` returns the prompt's tokens and their logprobs first (the first prompt
+token has none), which is what loglikelihood evaluations (`max_tokens: 0`) read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from jaxserve.api.errors import APIError, bad_request, unsupported
+from jaxserve.api.generation import Job, merged, submit
+from jaxserve.api.protocol import CompletionRequest
+from jaxserve.api.responses import Choice, Envelope, completion_logprobs, new_id, sse, total_usage
+from jaxserve.api.sampling import build_params
+from jaxserve.api.server_state import Served, ServerState
+from jaxserve.tokenizer import Tokenizer
+
+HANDLED = frozenset(
+    {
+        "model",
+        "prompt",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "logprobs",
+        "echo",
+        "best_of",
+        "suffix",
+        "priority",
+    }
+)
+MAX_PROMPTS = 64
+
+
+def prompts_of(body: CompletionRequest, tokenizer: Tokenizer) -> list[tuple[list[int], str]]:
+    """(token ids, text) of each prompt; text prompts are tokenized with the model's BOS."""
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        items: list[Any] = [prompt]
+    elif prompt and all(isinstance(t, int) for t in prompt):
+        items = [prompt]
+    else:
+        items = list(prompt)
+    if not items:
+        raise bad_request("prompt must not be empty", "prompt")
+    if len(items) > MAX_PROMPTS:
+        raise bad_request(f"at most {MAX_PROMPTS} prompts per request", "prompt")
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            out.append((tokenizer.encode(item), item))
+            continue
+        if any(not 0 <= t < tokenizer.vocab_size for t in item):
+            message = f"prompt token ids must be in [0, {tokenizer.vocab_size})"
+            raise bad_request(message, "prompt")
+        out.append((list(item), tokenizer.decode(item)))
+    return out
+
+
+async def create_completion(
+    body: CompletionRequest, request: Request, state: ServerState
+) -> JSONResponse | StreamingResponse:
+    started = time.perf_counter()
+    served = state.ready()
+    model = state.check_model(body.model)
+    if body.suffix:
+        raise unsupported("suffix")
+    n = body.n or 1
+    if body.best_of is not None and body.best_of != n:
+        raise unsupported("best_of", "must equal n (best-of selection is not supported yet)")
+    prompts = prompts_of(body, served.tokenizer)
+    fixed: dict[str, Any] = {"max_tokens": 16 if body.max_tokens is None else body.max_tokens}
+    if body.logprobs is not None:
+        fixed["logprobs"] = body.logprobs
+        if body.echo:
+            fixed["prompt_logprobs"] = body.logprobs
+    params = build_params(body, handled=HANDLED, fixed=fixed)
+    priority = (body.model_extra or {}).get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise bad_request("priority must be an integer", "priority")
+    jobs = [Job(ids, params, prompt=text, priority=priority) for ids, text in prompts]
+    streams = await submit(
+        served.engine, jobs, prompt_param="prompt", retry_after_s=state.config.retry_after_s
+    )
+    outputs = state.metered(
+        merged(streams, request, num_sequences=params.n), started=started, n=params.n
+    )
+    envelope = Envelope(new_id("completion"), model, state.config.system_fingerprint)
+    view = _View(served, prompts, params.n, bool(body.echo), body.logprobs is not None)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            state.track(_stream(outputs, envelope, view, include_usage)),
+            media_type="text/event-stream",
+        )
+    async with state.tracking():
+        choices = {i: Choice(i) for i in range(len(prompts) * params.n)}
+        async for index, out in outputs:
+            choices[index].add(out)
+    ordered = [choices[i] for i in sorted(choices)]
+    result = []
+    for c in ordered:
+        text, logprobs = view.start(c)
+        more, _ = view.tokens(c.token_ids, c.logprobs, len(text))
+        result.append(
+            {
+                "index": c.index,
+                "text": text + c.text,
+                "logprobs": view.join(logprobs, more),
+                "finish_reason": c.finish_reason,
+            }
+        )
+    usage = total_usage(ordered, params.n)
+    return JSONResponse(envelope.wrap("text_completion", choices=result, usage=usage))
+
+
+class _View:
+    """How one request's choices are shown: echoed prompt, logprobs or not."""
+
+    def __init__(
+        self, served: Served, prompts: list[tuple[list[int], str]], n: int, echo: bool, lp: bool
+    ) -> None:
+        self.tokenizer = served.tokenizer
+        self.prompts, self.n, self.echo, self.lp = prompts, n, echo, lp
+
+    def start(self, choice: Choice) -> tuple[str, dict | None]:
+        """The echoed prompt text and its logprobs ("" and None without echo)."""
+        if not self.echo:
+            return "", None
+        ids, text = self.prompts[choice.index // self.n]
+        if not self.lp:
+            return text, None
+        entries = list(zip(ids, choice.prompt_logprobs or [None] * len(ids), strict=True))
+        return text, completion_logprobs(self.tokenizer, entries, 0)[0]
+
+    def tokens(self, ids: list[int], entries: list, offset: int) -> tuple[dict | None, int]:
+        if not self.lp:
+            return None, offset
+        return completion_logprobs(self.tokenizer, list(zip(ids, entries, strict=True)), offset)
+
+    @staticmethod
+    def join(a: dict | None, b: dict | None) -> dict | None:
+        if a is None or b is None:
+            return a or b
+        return {key: a[key] + b[key] for key in a}
+
+
+async def _stream(
+    outputs: AsyncIterator, envelope: Envelope, view: _View, include_usage: bool
+) -> AsyncIterator[bytes]:
+    extra = {"usage": None} if include_usage else {}
+    choices: dict[int, Choice] = {}
+    offsets: dict[int, int] = {}
+
+    def chunk(index: int, text: str, lp: dict | None, finish: str | None) -> bytes:
+        choice = {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
+        return sse(envelope.wrap("text_completion", choices=[choice], **extra))
+
+    try:
+        async for index, out in outputs:
+            choice = choices.setdefault(index, Choice(index))
+            choice.add(out)
+            text, lp = "", None
+            if index not in offsets:  # this choice's first chunk carries the echoed prompt
+                text, lp = view.start(choice)
+                offsets[index] = len(text)
+            more, offsets[index] = view.tokens(
+                list(out.new_token_ids), list(out.logprobs or ()), offsets[index]
+            )
+            lp = view.join(lp, more)
+            text += out.delta
+            if text or out.finish_reason is not None or out.new_token_ids:
+                yield chunk(index, text, lp, out.finish_reason)
+    except APIError as error:
+        yield sse(error.body())
+        return
+    if include_usage:
+        ordered = [choices[i] for i in sorted(choices)]
+        usage = total_usage(ordered, view.n)
+        yield sse(envelope.wrap("text_completion", choices=[], usage=usage))
+    yield sse("[DONE]")
