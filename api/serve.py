@@ -1,0 +1,123 @@
+"""`jaxserve serve`: uvicorn answers at once (/health is 503 while the model loads and compiles
+every bucket in a background thread); SIGTERM drains (new requests 503, in-flight ones finish up
+to `drain_timeout_s`) before the process exits."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from jaxserve.api.openai_server import Served, ServerConfig, ServerState, create_app
+
+log = logging.getLogger("jaxserve.api")
+
+
+class DrainingServer(uvicorn.Server):
+    """The first SIGTERM drains the app before uvicorn's own graceful shutdown; a second
+    signal (or SIGINT) shuts down at once as uvicorn does."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self.state = state
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self._drain_task: asyncio.Task | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and not self._draining and self._loop is not None:
+            self._draining = True
+            log.info("SIGTERM: draining (at most %.0f s)", self.state.config.drain_timeout_s)
+            self._loop.call_soon_threadsafe(self._start_drain)
+            return
+        super().handle_exit(sig, frame)
+
+    def _start_drain(self) -> None:
+        assert self._loop is not None
+        self._drain_task = self._loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        finished = await self.state.drain()
+        log.info("drained: %s", "all requests finished" if finished else "timed out")
+        # The drain already waited: uvicorn then cancels whatever is left almost at once.
+        self.config.timeout_graceful_shutdown = 1
+        self.should_exit = True
+
+
+def load_in_background(
+    state: ServerState, load: Callable[[], Served], on_failure: Callable[[], None]
+) -> threading.Thread:
+    def run() -> None:
+        try:
+            state.served = load()
+            log.info("model loaded; serving %s", ", ".join(state.config.model_names))
+        except BaseException as error:  # reported on /health; the server then exits
+            log.exception("loading the model failed")
+            state.load_error = str(error) or type(error).__name__
+            on_failure()
+
+    thread = threading.Thread(target=run, name="jaxserve-load", daemon=True)
+    thread.start()
+    return thread
+
+
+def llm_loader(model: str, *, max_queue: int | None, **llm_kwargs: Any) -> Callable[[], Served]:
+    """Load `model` with every bucket compiled, then wrap its engine in an AsyncEngine."""
+
+    def load() -> Served:
+        from jaxserve.api.async_engine import AsyncEngine
+        from jaxserve.llm import LLM
+
+        llm = LLM(model, warmup=True, quiet=False, **llm_kwargs)
+        if max_queue is not None:
+            scheduler = llm.engine.scheduler
+            scheduler.config = dataclasses.replace(scheduler.config, max_waiting=max_queue)
+        return Served.from_llm(llm, AsyncEngine(llm.engine))
+
+    return load
+
+
+def serve(
+    config: ServerConfig,
+    load: Callable[[], Served],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit status (1 if the model failed to load)."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    app = create_app(config, None)
+    state: ServerState = app.state.server
+    uv_config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,  # the front logs each request with its X-Request-ID
+        lifespan="off",
+        timeout_graceful_shutdown=max(1, int(config.drain_timeout_s)),
+    )
+    server = DrainingServer(uv_config, state)
+
+    def stop() -> None:
+        server.should_exit = True
+
+    load_in_background(state, load, stop)
+    server.run()
+    served = state.served
+    shutdown = getattr(served.engine, "shutdown", None) if served else None
+    if shutdown is not None:
+        shutdown()
+    return 1 if state.load_error is not None else 0
