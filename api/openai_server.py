@@ -102,9 +102,9 @@ def create_app(config: ServerConfig, served: Served | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
-        status, reason = state.health()
+        status, code, reason = state.health()
         if status != 200:
-            return APIError(status, reason, code=reason.split(" ")[0].rstrip(":")).response()
+            return APIError(status, reason, code=code).response()
         return JSONResponse({"status": reason})
 
     @app.get("/metrics")

@@ -80,22 +80,22 @@ class ServerState:
         self.in_flight = 0
         self.metrics = Metrics(lambda: self.served.stats() if self.served else None)
 
-    def health(self) -> tuple[int, str]:
+    def health(self) -> tuple[int, str, str]:
+        """(HTTP status, error code, reason) of /health; 200 only when requests can be served."""
         if self.draining:
-            return 503, "draining"
+            return 503, "draining", "draining"
         if self.load_error is not None:
-            return 503, f"failed to load: {self.load_error}"
+            return 503, "load_failed", f"failed to load: {self.load_error}"
         if self.served is None:
-            return 503, "loading"
+            return 503, "loading", "loading"
         if not self.served.engine.is_alive:
-            return 503, "engine stopped"
-        return 200, "ok"
+            return 503, "engine_stopped", "the engine stopped"
+        return 200, "ok", "ok"
 
     def ready(self) -> Served:
         """The served model, or a 503 while loading, draining or after the engine stopped."""
-        status, reason = self.health()
+        status, code, reason = self.health()
         if status != 200 or self.served is None:
-            code = reason.split(" ")[0].replace(":", "")
             retry = {"Retry-After": str(max(self.config.retry_after_s, 1))}
             raise APIError(503, f"The server is not ready: {reason}", code=code, headers=retry)
         return self.served

@@ -359,3 +359,56 @@ def test_malformed_bodies_never_give_a_server_error(client, path, body):
     assert r.status_code < 500, r.text
     if r.status_code >= 400:
         _error(r, r.status_code)
+
+
+class _FailingStream:
+    """One output, then the engine loop dies."""
+
+    def __init__(self, first) -> None:
+        self.first = first
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self.first is None:
+            raise RuntimeError("the engine loop failed")
+        out, self.first = self.first, None
+        return out
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _DyingEngine:
+    def __init__(self) -> None:
+        self.is_alive = True
+
+    async def generate(self, ids, params, **kwargs):
+        from jaxserve.api.async_engine import StreamOutput
+
+        first = StreamOutput(0, (5,), "a", None, len(ids), 1, 0)
+        return _FailingStream(first)
+
+
+def test_an_engine_failure_is_a_shaped_5xx_and_ends_a_stream_with_an_error_event(served):
+    engine = _DyingEngine()
+    stub = Served(
+        engine=engine,
+        tokenizer=served.tokenizer,
+        render_chat=served.render_chat,
+        max_model_len=64,
+    )
+    with running(create_app(ServerConfig(model_names=("tiny",)), stub)) as url:
+        with httpx.Client(base_url=url) as c:
+            error = _error(c.post("/v1/completions", json=COMPLETION), 500)
+            assert error["code"] == "engine_error"
+            r = c.post("/v1/chat/completions", json={**CHAT, "stream": True})
+            events = [line for line in r.text.split("\n\n") if line]
+            assert json.loads(events[1][6:])["choices"][0]["delta"] == {"content": "a"}
+            assert json.loads(events[-1][6:])["error"]["code"] == "engine_error"
+            assert "data: [DONE]" not in events
+            engine.is_alive = False
+            assert _error(c.get("/health"), 503)["code"] == "engine_stopped"
+            r = c.post("/v1/completions", json=COMPLETION)
+            assert _error(r, 503)["code"] == "engine_stopped"

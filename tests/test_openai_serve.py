@@ -103,10 +103,10 @@ def test_health_is_503_while_loading_then_200(slow_served):
         return slow_served
 
     thread = load_in_background(state, load, lambda: failed.append(True))
-    assert state.health() == (503, "loading")
+    assert state.health()[:2] == (503, "loading")
     release.set()
     thread.join(timeout=10)
-    assert state.health() == (200, "ok") and not failed
+    assert state.health()[0] == 200 and not failed
 
 
 def test_a_failed_load_is_reported_and_stops_the_server():
@@ -119,8 +119,8 @@ def test_a_failed_load_is_reported_and_stops_the_server():
 
     load_in_background(state, load, failed.set).join(timeout=10)
     assert failed.is_set()
-    status, reason = state.health()
-    assert status == 503 and "nowhere.gguf" in reason
+    status, code, reason = state.health()
+    assert (status, code) == (503, "load_failed") and "nowhere.gguf" in reason
 
 
 def test_serve_arguments():
