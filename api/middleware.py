@@ -43,7 +43,12 @@ def route_label(path: str) -> str:
 
 
 def authorized(headers: Headers, api_key: str) -> bool:
-    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return key_matches(headers.get("authorization", ""), api_key)
+
+
+def key_matches(authorization: str, api_key: str) -> bool:
+    """Whether an `Authorization` value is `Bearer <api_key>`."""
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer":
         token = ""
     # Compare fixed-length digests in constant time: neither the key nor its length leaks.

@@ -80,9 +80,14 @@ def build_params(
     body: BaseModel, *, handled: Iterable[str], fixed: Mapping[str, Any]
 ) -> SamplingParams:
     """`fixed` holds the SamplingParams values the front computed itself (max_tokens, logprobs)."""
+    return params_from_values(field_values(body, handled), fixed)
+
+
+def params_from_values(values: Mapping[str, Any], fixed: Mapping[str, Any]) -> SamplingParams:
+    """SamplingParams from request fields by name; raises an APIError (400) naming the field."""
     kwargs: dict[str, Any] = {}
     names: dict[str, str] = {}  # SamplingParams field -> the request's name for it
-    for name, value in field_values(body, handled).items():
+    for name, value in values.items():
         if name in NO_OP:
             continue
         if name == "modalities":

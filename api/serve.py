@@ -1,6 +1,6 @@
-"""`jaxserve serve`: uvicorn answers at once (/health is 503 while the model loads and compiles
-every bucket in a background thread); SIGTERM drains (new requests 503, in-flight ones finish up
-to `drain_timeout_s`) before the process exits."""
+"""`jaxserve serve`: uvicorn (and the gRPC front, given a port) answer at once; /health is 503
+while the model loads and compiles every bucket in a background thread. SIGTERM drains (new
+requests 503, in-flight ones finish up to `drain_timeout_s`) before the process exits."""
 
 from __future__ import annotations
 
@@ -24,16 +24,30 @@ class DrainingServer(uvicorn.Server):
     """The first SIGTERM drains the app before uvicorn's own graceful shutdown; a second
     signal (or SIGINT) shuts down at once as uvicorn does."""
 
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+    def __init__(
+        self, config: uvicorn.Config, state: ServerState, *, grpc_address: str | None = None
+    ) -> None:
         super().__init__(config)
         self.state = state
+        self.grpc_address = grpc_address
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._drain_task: asyncio.Task | None = None
 
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        grpc_server = None
+        if self.grpc_address is not None:  # on this loop: both fronts share the engine streams
+            from jaxserve.api.grpc_server import create_grpc_server
+
+            grpc_server = create_grpc_server(self.state, self.grpc_address)
+            await grpc_server.start()
+            log.info("gRPC on %s", self.grpc_address)
+        try:
+            await super().serve(sockets)
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=1)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM and not self._draining and self._loop is not None:
@@ -94,6 +108,7 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
+    grpc_port: int | None = None,
     log_level: str = "info",
 ) -> int:
     """Run until SIGTERM/SIGINT; returns the exit status (1 if the model failed to load)."""
@@ -109,7 +124,8 @@ def serve(
         lifespan="off",
         timeout_graceful_shutdown=max(1, int(config.drain_timeout_s)),
     )
-    server = DrainingServer(uv_config, state)
+    grpc_address = f"{host}:{grpc_port}" if grpc_port is not None else None
+    server = DrainingServer(uv_config, state, grpc_address=grpc_address)
 
     def stop() -> None:
         server.should_exit = True

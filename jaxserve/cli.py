@@ -109,7 +109,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_num_seqs=args.max_num_seqs,
         kv_cache_bytes=args.kv_cache_mb * 2**20,
     )
-    return serve(config, load, host=args.host, port=args.port, log_level=args.log_level)
+    return serve(
+        config,
+        load,
+        host=args.host,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        log_level=args.log_level,
+    )
 
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -122,6 +129,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", choices=("int8", "f32"), default="int8")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=None, help="also serve gRPC (e.g. 50051)")
     p.add_argument(
         "--api-key", default=None, help="require `Authorization: Bearer KEY` (or $JAXSERVE_API_KEY)"
     )

@@ -36,3 +36,37 @@ def running(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def grpc_running(state) -> Iterator[str]:
+    """Serve the gRPC front of `state` on its own event loop thread; yields "host:port"."""
+    import asyncio
+
+    from jaxserve.api.grpc_server import create_grpc_server
+
+    address = f"127.0.0.1:{free_port()}"
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder = {}
+
+    async def start() -> None:
+        holder["server"] = create_grpc_server(state, address)
+        await holder["server"].start()
+        started.set()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.create_task(start())
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(30), "the gRPC server did not start"
+    try:
+        yield address
+    finally:
+        asyncio.run_coroutine_threadsafe(holder["server"].stop(0), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()

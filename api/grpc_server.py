@@ -1,0 +1,341 @@
+"""The gRPC front (`jaxserve.v1.Generation`, proto in api/proto/): the same state, validation
+and engine as the HTTP front, plus `grpc.health.v1` and server reflection.
+
+HTTP statuses map onto gRPC codes: 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 404 NOT_FOUND,
+429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE. Cancelling a call aborts its request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from jaxserve.api import jaxserve_v1_pb2 as pb
+from jaxserve.api import jaxserve_v1_pb2_grpc as pb_grpc
+from jaxserve.api.async_engine import StreamOutput
+from jaxserve.api.errors import APIError, bad_request, unsupported
+from jaxserve.api.generation import Job, submit
+from jaxserve.api.middleware import key_matches
+from jaxserve.api.responses import token_text
+from jaxserve.api.sampling import params_from_values
+from jaxserve.api.server_state import Served, ServerState
+from jaxserve.errors import JaxserveError
+
+log = logging.getLogger("jaxserve.api")
+SERVICE = pb.DESCRIPTOR.services_by_name["Generation"].full_name
+CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+FINISH = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "abort": pb.FINISH_REASON_ABORT,
+}
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def _code(error: APIError) -> grpc.StatusCode:
+    return CODES.get(error.status, grpc.StatusCode.INTERNAL)
+
+
+def _details(error: APIError) -> str:
+    return f"{error.param}: {error.message}" if error.param else error.message
+
+
+def sampling_values(msg: pb.SamplingParams) -> dict[str, Any]:
+    """Set fields by name, plus `extra` (integral JSON numbers become ints)."""
+    values: dict[str, Any] = {}
+    for field, value in msg.ListFields():
+        if field.name == "extra":
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            values[field.name] = dict(value)
+        elif field.is_repeated:
+            values[field.name] = list(value)
+        else:
+            values[field.name] = value
+    for name, value in json_format.MessageToDict(msg.extra).items():
+        if name in values:
+            raise bad_request(f"{name} is given twice (a field and in extra)", name)
+        values[name] = _integral(value)
+    return values
+
+
+def _integral(value: Any) -> Any:
+    """JSON numbers arrive as doubles: whole ones become ints (token ids, counts)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    return value
+
+
+class GenerationServicer(pb_grpc.GenerationServicer):
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator:  # noqa: N802
+        async with self._guard(context):
+            served = self._start(request.model, request.constraint)
+            kind = request.WhichOneof("prompt")
+            if kind == "text":
+                ids, text = served.tokenizer.encode(request.text), request.text
+            elif kind == "token_ids":
+                ids, text = list(request.token_ids.ids), None
+            else:
+                raise bad_request("give a prompt: text or token_ids", "prompt")
+            job = self._job(request.sampling, ids, text, request.priority, default_max=16)
+        async for response in self._run(served, job, "prompt", context):
+            yield response
+
+    async def Chat(self, request: pb.ChatRequest, context) -> AsyncIterator:  # noqa: N802
+        async with self._guard(context):
+            served = self._start(request.model, request.constraint)
+            if request.tools and request.tool_choice != "none":
+                raise unsupported("tools", "are not supported yet (only with tool_choice none)")
+            if request.tool_choice not in ("", "none", "auto"):
+                raise unsupported("tool_choice")
+            if not request.messages:
+                raise bad_request("messages must not be empty", "messages")
+            messages = []
+            for i, m in enumerate(request.messages):
+                if m.role not in ROLES:
+                    raise bad_request(f"unknown role {m.role!r}", f"messages[{i}].role")
+                role = "system" if m.role == "developer" else m.role
+                messages.append(
+                    {"role": role, "content": m.content} | ({"name": m.name} if m.name else {})
+                )
+            add = not request.HasField("add_generation_prompt") or request.add_generation_prompt
+            ids = self._render(served, messages, add)
+            default = max(1, served.max_model_len - len(ids))
+            job = self._job(request.sampling, ids, None, request.priority, default_max=default)
+        async for response in self._run(served, job, "messages", context):
+            yield response
+
+    async def Tokenize(self, request: pb.TokenizeRequest, context) -> pb.TokenizeResponse:  # noqa: N802
+        async with self._guard(context):
+            served = self._start(request.model, None)
+            if request.messages:
+                messages = [{"role": m.role, "content": m.content} for m in request.messages]
+                ids = self._render(served, messages, True)
+            else:
+                add = not request.HasField("add_special_tokens") or request.add_special_tokens
+                ids = served.tokenizer.encode(request.text, add_special=add)
+            tokens = [served.tokenizer.id_to_piece(i) for i in ids]
+            return pb.TokenizeResponse(
+                token_ids=ids, tokens=tokens, max_model_len=served.max_model_len
+            )
+
+    async def Detokenize(self, request: pb.DetokenizeRequest, context) -> pb.DetokenizeResponse:  # noqa: N802
+        async with self._guard(context):
+            served = self._start(request.model, None)
+            vocab = served.tokenizer.vocab_size
+            if any(t >= vocab for t in request.token_ids):
+                raise bad_request(f"token ids must be in [0, {vocab})", "token_ids")
+            return pb.DetokenizeResponse(text=served.tokenizer.decode(list(request.token_ids)))
+
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:  # noqa: N802
+        served = self.state.served
+        models = [
+            pb.Model(
+                id=name,
+                created=served.created if served else 0,
+                max_model_len=served.max_model_len if served else 0,
+            )
+            for name in self.state.config.model_names
+        ]
+        return pb.ListModelsResponse(models=models)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _guard(self, context) -> _Guard:
+        return _Guard(context)
+
+    def _start(self, model: str, constraint: pb.Constraint | None) -> Served:
+        served = self.state.ready()
+        self.state.check_model(model or None)
+        kind = constraint.WhichOneof("kind") if constraint is not None else None
+        if kind is not None:
+            raise unsupported(f"constraint.{kind}")
+        return served
+
+    @staticmethod
+    def _render(served: Served, messages: list[dict[str, Any]], add: bool) -> list[int]:
+        try:
+            text = served.render_chat(messages, add)
+        except JaxserveError as error:
+            raise bad_request(f"The chat template failed: {error}", "messages") from None
+        return served.tokenizer.encode(text, add_special=False, parse_special=True)
+
+    @staticmethod
+    def _job(sampling: pb.SamplingParams, ids, text, priority: int, *, default_max: int) -> Job:
+        values = sampling_values(sampling)
+        fixed = {
+            name: values.pop(name) for name in ("logprobs", "prompt_logprobs") if name in values
+        }
+        fixed["max_tokens"] = values.pop("max_tokens", default_max)
+        return Job(ids, params_from_values(values, fixed), prompt=text, priority=priority)
+
+    async def _run(self, served: Served, job: Job, prompt_param: str, context) -> AsyncIterator:
+        async with self._guard(context):
+            retry = self.state.config.retry_after_s
+            [stream] = await submit(
+                served.engine, [job], prompt_param=prompt_param, retry_after_s=retry
+            )
+        async with self.state.tracking():
+            try:
+                async for out in stream:  # a cancelled call cancels this task: the stream aborts
+                    yield self._response(served, out, job.prompt_token_ids)
+            except RuntimeError:
+                await context.abort(grpc.StatusCode.INTERNAL, "the engine failed while generating")
+            finally:
+                await stream.aclose()
+
+    @staticmethod
+    def _response(served: Served, out: StreamOutput, prompt_ids: list[int]) -> pb.GenerateResponse:
+        tok = served.tokenizer
+
+        def entry(token_id: int, lp) -> pb.TokenLogprob:
+            if lp is None:
+                return pb.TokenLogprob(token_id=token_id, token=token_text(tok, token_id)[0])
+            top = [
+                pb.TopLogprob(token_id=i, token=token_text(tok, i)[0], logprob=v) for i, v in lp.top
+            ]
+            return pb.TokenLogprob(
+                token_id=token_id,
+                token=token_text(tok, token_id)[0],
+                logprob=lp.logprob,
+                has_logprob=True,
+                top=top,
+            )
+
+        response = pb.GenerateResponse(index=out.index, text=out.delta, token_ids=out.new_token_ids)
+        if out.logprobs:
+            response.logprobs.extend(entry(lp.token_id, lp) for lp in out.logprobs)
+        if out.prompt_logprobs is not None:
+            pairs = zip(prompt_ids, out.prompt_logprobs, strict=True)
+            response.prompt_logprobs.extend(entry(i, lp) for i, lp in pairs)
+        if out.finish_reason is not None:
+            response.finish_reason = FINISH[out.finish_reason]
+            response.usage.CopyFrom(
+                pb.Usage(
+                    prompt_tokens=out.prompt_tokens,
+                    completion_tokens=out.completion_tokens,
+                    cached_tokens=out.cached_tokens,
+                )
+            )
+        return response
+
+
+class _Guard:
+    """Turns an APIError raised inside the block into the matching gRPC status."""
+
+    def __init__(self, context) -> None:
+        self.context = context
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind, error, tb) -> bool:
+        if isinstance(error, APIError):
+            await self.context.abort(_code(error), _details(error))
+        if isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
+            log.exception("unhandled error in a gRPC call")  # a bug: no traceback to the client
+            await self.context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+        return False
+
+
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1 from the shared state: SERVING only when requests can be served."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    def _status(self, service: str) -> int:
+        if service not in ("", SERVICE):
+            return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        ok = self.state.health()[0] == 200
+        return (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+    async def Check(self, request, context):  # noqa: N802
+        status = self._status(request.service)
+        if status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request, context):  # noqa: N802
+        last = None
+        while True:
+            status = self._status(request.service)
+            if status != last:
+                last = status
+                yield health_pb2.HealthCheckResponse(status=status)
+            await asyncio.sleep(0.25)
+
+
+class _KeyInterceptor(grpc.aio.ServerInterceptor):
+    """Every method but health checks needs `authorization: Bearer <key>` metadata."""
+
+    def __init__(self, api_key: str) -> None:
+        self.api_key = api_key
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith("/grpc.health.v1.Health/"):
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        if key_matches(str(metadata.get("authorization", "")), self.api_key):
+            return handler
+        return _denied(handler)
+
+
+def _denied(handler: Any) -> Any:
+    message = "missing or incorrect API key (send `authorization: Bearer <key>` metadata)"
+
+    async def deny(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def deny_stream(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    io = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(deny_stream, **io)
+    return grpc.unary_unary_rpc_method_handler(deny, **io)
+
+
+def create_grpc_server(state: ServerState, address: str) -> grpc.aio.Server:
+    """A grpc.aio server bound to `address` ("host:port"; not started). It must start on the
+    event loop the engine's streams are consumed on (the HTTP server's)."""
+    interceptors = [_KeyInterceptor(state.config.api_key)] if state.config.api_key else []
+    server = grpc.aio.server(interceptors=interceptors)
+    pb_grpc.add_GenerationServicer_to_server(GenerationServicer(state), server)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(state), server)
+    names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+    reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot bind gRPC to {address}")
+    return server
