@@ -13,7 +13,7 @@ import pytest
 from jaxserve import LLM, SamplingParams
 from jaxserve.api.async_engine import AsyncEngine
 from jaxserve.api.openai_server import Served, ServerConfig, create_app
-from tests.http_server import running
+from tests.http_server import grpc_running, running
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +37,12 @@ def live(smollm2_path):
         "open": create_app(ServerConfig(model_names=(MODEL,)), served),
         "keyed": create_app(ServerConfig(model_names=(MODEL,), api_key="k-123"), served),
     }
-    with running(apps["open"]) as url, running(apps["keyed"]) as keyed_url:
-        yield url, keyed_url, expected
+    with (
+        running(apps["open"]) as url,
+        running(apps["keyed"]) as keyed_url,
+        grpc_running(apps["open"].state.server) as grpc_address,
+    ):
+        yield url, keyed_url, expected, grpc_address
     engine.shutdown()
 
 
@@ -174,3 +178,37 @@ def test_errors_through_the_sdk_exception_types(client, live):
         keyed.chat.completions.create(model=MODEL, messages=MESSAGES)
     with openai.OpenAI(base_url=live[1] + "/v1", api_key="k-123", max_retries=0) as keyed:
         assert [m.id for m in keyed.models.list()] == [MODEL]
+
+
+def test_the_same_scenarios_through_the_generated_grpc_client(live):
+    import grpc
+
+    from jaxserve.api import jaxserve_v1_pb2 as pb
+    from jaxserve.api import jaxserve_v1_pb2_grpc as pb_grpc
+
+    expected = live[2]
+    with grpc.insecure_channel(live[3]) as channel:
+        stub = pb_grpc.GenerationStub(channel)
+        messages = [pb.ChatMessage(role=m["role"], content=m["content"]) for m in MESSAGES]
+        greedy = pb.SamplingParams(max_tokens=24, temperature=0)
+        chat = list(stub.Chat(pb.ChatRequest(model=MODEL, messages=messages, sampling=greedy)))
+        assert "".join(r.text for r in chat) == expected["chat"].text
+        assert chat[-1].usage.completion_tokens == len(expected["chat"].token_ids)
+        scoring = pb.SamplingParams(max_tokens=0, prompt_logprobs=1)
+        [scored] = list(stub.Generate(pb.GenerateRequest(text=PROMPT, sampling=scoring)))
+        want = [e.logprob for e in expected["scored"].prompt_logprobs[1:]]
+        assert [p.logprob for p in scored.prompt_logprobs[1:]] == pytest.approx(want, abs=1e-4)
+        seeded = pb.SamplingParams(max_tokens=12, temperature=1.0, seed=5)
+        runs = [
+            "".join(r.text for r in stub.Chat(pb.ChatRequest(messages=messages, sampling=seeded)))
+            for _ in range(2)
+        ]
+        assert runs[0] == runs[1]
+        assert [m.id for m in stub.ListModels(pb.ListModelsRequest()).models] == [MODEL]
+        with pytest.raises(grpc.RpcError) as error:
+            list(stub.Generate(pb.GenerateRequest(model="gpt-9", text="a")))
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as error:
+            list(stub.Generate(pb.GenerateRequest(text="word " * 600)))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "context" in error.value.details()

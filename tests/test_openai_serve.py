@@ -35,10 +35,10 @@ def slow_served(tiny_gguf):
     engine.shutdown()
 
 
-def _start(app, state) -> tuple[DrainingServer, threading.Thread, str]:
+def _start(app, state, grpc_address=None) -> tuple[DrainingServer, threading.Thread, str]:
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = DrainingServer(config, state)
+    server = DrainingServer(config, state, grpc_address=grpc_address)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -132,3 +132,33 @@ def test_serve_arguments():
     )
     assert (args.model, args.port, args.api_key, args.max_queue) == ("m.gguf", 9, "k", 3)
     assert args.served_model_name == ["a", "b"] and args.cors_origin == ["*"]
+
+
+def test_both_fronts_share_one_engine_and_drain_together(slow_served):
+    import grpc
+
+    from jaxserve.api import jaxserve_v1_pb2 as pb
+    from jaxserve.api import jaxserve_v1_pb2_grpc as pb_grpc
+
+    app = create_app(ServerConfig(model_names=("tiny",), drain_timeout_s=30), slow_served)
+    address = f"127.0.0.1:{free_port()}"
+    server, thread, url = _start(app, app.state.server, grpc_address=address)
+    sampling = pb.SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)
+    with grpc.insecure_channel(address) as channel, httpx.Client(base_url=url) as client:
+        stub = pb_grpc.GenerationStub(channel)
+        call = stub.Generate(pb.GenerateRequest(text="Hi", sampling=sampling))
+        first = next(call)
+        http = client.post(
+            "/v1/completions",
+            json={"prompt": "Hi", "max_tokens": 30, "temperature": 0, "ignore_eos": True},
+        )
+        server.handle_exit(signal.SIGTERM, None)
+        rest = list(call)  # the in-flight gRPC call finishes during the drain
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.Generate(pb.GenerateRequest(text="Hi", sampling=sampling)))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert rest[-1].finish_reason == pb.FINISH_REASON_LENGTH
+    grpc_text = first.text + "".join(r.text for r in rest)
+    assert http.status_code == 200 and http.json()["choices"][0]["text"] == grpc_text
+    thread.join(timeout=10)
+    assert not thread.is_alive()
