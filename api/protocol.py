@@ -80,7 +80,7 @@ class ChatCompletionRequest(_Common):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    add_generation_prompt: bool | None = None  # vLLM: False continues the last message
+    add_generation_prompt: bool | None = None  # vLLM's: False leaves out the assistant prefix
 
 
 class CompletionRequest(_Common):

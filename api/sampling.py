@@ -68,6 +68,15 @@ NOT_YET = frozenset(
 )
 
 
+def check_stream_options(body: Any) -> bool:
+    """Whether a usage chunk was asked for; stream_options without stream is refused."""
+    if body.stream_options is None:
+        return False
+    if not body.stream:
+        raise bad_request("stream_options is only allowed with stream: true", "stream_options")
+    return bool(body.stream_options.include_usage)
+
+
 def field_values(body: BaseModel, handled: Iterable[str]) -> dict[str, Any]:
     """The request's set, non-null fields (declared and extra) that the front did not handle."""
     skip = frozenset(handled)

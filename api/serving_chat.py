@@ -13,7 +13,7 @@ from jaxserve.api.errors import APIError, bad_request, unsupported
 from jaxserve.api.generation import Job, merged, submit
 from jaxserve.api.protocol import ChatCompletionRequest, ChatMessage
 from jaxserve.api.responses import Choice, Envelope, chat_logprob_entry, new_id, sse, total_usage
-from jaxserve.api.sampling import build_params
+from jaxserve.api.sampling import build_params, check_stream_options
 from jaxserve.api.server_state import Served, ServerState
 from jaxserve.errors import JaxserveError
 from jaxserve.sampling_params import MAX_LOGPROBS
@@ -85,6 +85,7 @@ async def create_chat_completion(
     started = time.perf_counter()
     served = state.ready()
     model = state.check_model(body.model)
+    include_usage = check_stream_options(body)
     _check_constraints(body)
     messages = plain_messages(body.messages)
     add_generation_prompt = body.add_generation_prompt is not False
@@ -113,7 +114,6 @@ async def create_chat_completion(
         merged(streams, request, num_sequences=params.n), started=started, n=params.n
     )
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         stream = _stream(outputs, envelope, served, params.n, include_usage, bool(body.logprobs))
         return StreamingResponse(state.track(stream), media_type="text/event-stream")
     async with state.tracking():

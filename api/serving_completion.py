@@ -17,7 +17,7 @@ from jaxserve.api.errors import APIError, bad_request, unsupported
 from jaxserve.api.generation import Job, merged, submit
 from jaxserve.api.protocol import CompletionRequest
 from jaxserve.api.responses import Choice, Envelope, completion_logprobs, new_id, sse, total_usage
-from jaxserve.api.sampling import build_params
+from jaxserve.api.sampling import build_params, check_stream_options
 from jaxserve.api.server_state import Served, ServerState
 from jaxserve.tokenizer import Tokenizer
 
@@ -69,6 +69,7 @@ async def create_completion(
     started = time.perf_counter()
     served = state.ready()
     model = state.check_model(body.model)
+    include_usage = check_stream_options(body)
     if body.suffix:
         raise unsupported("suffix")
     n = body.n or 1
@@ -94,7 +95,6 @@ async def create_completion(
     envelope = Envelope(new_id("completion"), model, state.config.system_fingerprint)
     view = _View(served, prompts, params.n, bool(body.echo), body.logprobs is not None)
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
             state.track(_stream(outputs, envelope, view, include_usage)),
             media_type="text/event-stream",

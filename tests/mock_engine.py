@@ -53,9 +53,11 @@ class MockEngine:
 
     def __init__(self) -> None:
         self.requests: list[tuple[list[int], SamplingParams]] = []
+        self.priorities: list[int] = []
 
     async def generate(self, ids: Sequence[int], params: SamplingParams, **kwargs) -> MockStream:
         self.requests.append((list(ids), params))
+        self.priorities.append(kwargs.get("priority", 0))
         return MockStream(ids, params)
 
 

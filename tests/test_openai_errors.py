@@ -83,6 +83,7 @@ CHAT_REFUSALS = [
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"logprobs": True, "top_logprobs": 99}, "top_logprobs"),
     ({"stream_options": {"include_usage": True, "extra": 1}}, "stream_options.extra"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": [IMAGE]}]}, "messages[0].content[0].type"),
@@ -117,6 +118,7 @@ COMPLETION_REFUSALS = [
     ({"max_tokens": -1}, "max_tokens"),
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"n": 0}, "n"),
+    ({"stream_options": {"include_usage": True}, "stream": False}, "stream_options"),
 ]
 
 

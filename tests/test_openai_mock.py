@@ -120,3 +120,9 @@ def test_grpc_responses_carry_the_sequence_index(served):
         texts[r.index] += r.text
     assert texts == [answer(0)[:4], answer(1)[:4]]
     assert sum(r.finish_reason == pb.FINISH_REASON_LENGTH for r in responses) == 2
+
+
+def test_priority_reaches_the_engine(client, engine):
+    client.post("/v1/chat/completions", json={**CHAT, "priority": -3})
+    client.post("/v1/completions", json={"prompt": "ab", "max_tokens": 1, "priority": 7})
+    assert engine.priorities[-2:] == [-3, 7]
