@@ -151,6 +151,8 @@ def test_prompt_longer_than_the_context_is_a_400_with_both_numbers(client, llm):
     # One token short of the context still fits (it leaves room for one generated token).
     ok = client.post("/v1/completions", json={**COMPLETION, "prompt": list(range(1, 64))})
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 1
+    at_limit = client.post("/v1/completions", json={**COMPLETION, "prompt": list(range(1, 65))})
+    assert _error(at_limit, 400)["code"] == "context_length_exceeded"
 
 
 def test_unknown_model_route_method_and_bad_json(client):
@@ -286,17 +288,20 @@ def test_drain_lets_in_flight_streams_finish(served):
     assert json.loads(rest[-2][6:])["choices"][0]["finish_reason"] == "length"
 
 
-def test_the_front_does_not_import_jax():
-    code = "import sys, jaxserve.api.openai_server; print('jax' in sys.modules)"
+def test_the_fronts_do_not_import_jax():
+    modules = "jaxserve.api.openai_server, jaxserve.api.grpc_server, jaxserve.api.serve"
+    code = f"import sys, {modules}; print('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
+def _containers(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+
+
 _json = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=8),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-    ),
+    _containers,
     max_leaves=8,
 )
 _KEYS = [
