@@ -20,8 +20,9 @@ from jaxserve.errors import JaxserveError
 from jaxserve.outputs import RequestOutput, TokenLogprob
 from jaxserve.page_allocator import PageAllocator
 from jaxserve.request import Request
-from jaxserve.runner import NUM_STOP_IDS, DecodeRow, ModelRunner, PrefillRow
-from jaxserve.sampling_params import SamplingParams
+from jaxserve.runner import DecodeRow, ModelRunner, PrefillRow
+from jaxserve.sampling.rows import NUM_STOP_IDS, SamplingRow, token_bitmask
+from jaxserve.sampling_params import MAX_BAD_WORD_TOKENS, SamplingParams
 from jaxserve.scheduler import PrefillChunk, Scheduler, SchedulerConfig
 from jaxserve.stats import EngineStats
 from jaxserve.tokenizer import Tokenizer
@@ -85,6 +86,7 @@ class Engine:
         self._requests: dict[int, Request] = {}
         self._next_id = 0
         self._rng = random.Random(config.seed)
+        self._breaker_masks: dict[tuple[str, ...], np.ndarray] = {}
 
     def add_request(
         self,
@@ -111,6 +113,12 @@ class Engine:
         max_len = min(self.max_model_len, len(ids) + max(params.max_tokens, 1))
         if math.ceil(max_len / self.config.page_size) > self.runner.num_pages - 1:
             raise ContextLengthError(f"{max_len} tokens do not fit the KV cache")
+        if params.allowed_token_ids is not None and max(params.allowed_token_ids) >= vocab:
+            raise ValueError(f"allowed_token_ids must be in [0, {vocab})")
+        if params.logit_bias and max(params.logit_bias) >= vocab:
+            raise ValueError(f"logit_bias token ids must be in [0, {vocab})")
+        if any(t >= vocab for t in params.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be in [0, {vocab})")
         seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
         request = Request(
             request_id=self._next_id,
@@ -122,11 +130,71 @@ class Engine:
             prompt=prompt,
             priority=priority,
         )
+        self._prepare_sampling(request)
         request.arrival_time = time.monotonic()
         self.scheduler.add(request)
         self._next_id += 1
         self._requests[request.request_id] = request
         return request
+
+    def _prepare_sampling(self, request: Request) -> None:
+        """Per-request sampler inputs that never change: bitmask, bad words, DRY breakers."""
+        params = request.params
+        vocab = self.runner.config.vocab_size
+        if params.allowed_token_ids is not None:
+            request.allowed_mask = token_bitmask(params.allowed_token_ids, vocab)
+        words = []
+        for word in params.bad_words:
+            for text in (word, " " + word):  # as a word of its own and mid-sentence
+                ids = tuple(self.tokenizer.encode(text, add_special=False))
+                if len(ids) > MAX_BAD_WORD_TOKENS:
+                    raise ValueError(
+                        f"bad_words: {word!r} is longer than {MAX_BAD_WORD_TOKENS} tokens"
+                    )
+                if ids and ids not in words:
+                    words.append(ids)
+        request.bad_word_ids = words[: 2 * len(params.bad_words)]
+        if len(words) > 16:
+            raise ValueError("bad_words: too many token sequences (at most 16)")
+        if params.dry_multiplier > 0:
+            request.breaker_mask = self._breaker_mask(params.dry_sequence_breakers)
+        request.mirostat_mu = 2.0 * params.mirostat_tau
+
+    def _breaker_mask(self, breakers: tuple[str, ...]) -> np.ndarray:
+        """Tokens whose text contains a DRY sequence breaker (cached per breaker set)."""
+        mask = self._breaker_masks.get(breakers)
+        if mask is None:
+            needles = [b.encode() for b in breakers]
+            ids = [
+                i
+                for i in range(self.tokenizer.vocab_size)
+                if any(n in self.tokenizer.token_bytes(i) for n in needles)
+            ]
+            mask = token_bitmask(ids, self.runner.config.vocab_size)
+            self._breaker_masks[breakers] = mask
+        return mask
+
+    def _sampling_row(self, request: Request, length: int) -> SamplingRow:
+        """The sampler's view of `request` when drawing the token at position `length`."""
+        params = request.params
+        return SamplingRow(
+            params=params,
+            seed=request.seed,
+            prompt_len=len(request.prompt_token_ids),
+            num_generated=len(request.output.token_ids),
+            mirostat_mu=request.mirostat_mu,
+            stop_ids=self._stop_ids(params),
+            history=request.all_token_ids[:length] if params.uses_history else None,
+            allowed_mask=request.allowed_mask,
+            breaker_mask=request.breaker_mask,
+            bad_word_ids=request.bad_word_ids,
+        )
+
+    def _stop_ids(self, params: SamplingParams) -> list[int]:
+        stop_ids = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            stop_ids |= self.tokenizer.eos_ids
+        return sorted(stop_ids)
 
     def abort(self, request: Request | int) -> None:
         """Drop a request wherever it is; its pages are free before the next step."""
@@ -164,7 +232,9 @@ class Engine:
         for c in chunks:
             r = c.request
             tokens = r.all_token_ids[c.start : c.start + c.num_tokens]
-            rows.append(PrefillRow(tokens, c.start, r.pages, r.params.temperature, r.seed))
+            samples = c.is_last and not r.output.token_ids and r.params.max_tokens > 0
+            sampling = self._sampling_row(r, c.start + c.num_tokens) if samples else SamplingRow()
+            rows.append(PrefillRow(tokens, c.start, r.pages, sampling))
         out = self.runner.prefill(rows)
         wants = [c.request.params.prompt_logprobs is not None for c in chunks]
         if any(wants):
@@ -190,6 +260,7 @@ class Engine:
                 events.append(StepEvent(request.output, request.finish("length"), ()))
                 continue
             token = int(out.token_ids[i])
+            request.mirostat_mu = float(out.mirostat_mu[i])
             lp = self._logprob(request, token, out.logprobs[i], out.top_ids[i], out.top_logprobs[i])
             delta = request.append_token(token, lp, eos_ids=self.tokenizer.eos_ids)
             events.append(StepEvent(request.output, delta, (token,)))
@@ -211,14 +282,12 @@ class Engine:
                 if request.finished:
                     break  # anything generated past a stop string is dropped
             request.num_computed = request.num_tokens - 1
+            request.mirostat_mu = float(out.mirostat_mu[i])
             events.append(StepEvent(request.output, delta, tuple(new)))
         return events
 
     def _decode_row(self, request: Request) -> DecodeRow:
         params = request.params
-        stop_ids = set(params.stop_token_ids)
-        if not params.ignore_eos:
-            stop_ids |= self.tokenizer.eos_ids
         remaining = min(
             params.max_tokens - len(request.output.token_ids), request.max_len - request.num_tokens
         )
@@ -226,9 +295,7 @@ class Engine:
             token_id=request.all_token_ids[-1],
             start=request.num_tokens - 1,
             pages=request.pages,
-            temperature=params.temperature,
-            seed=request.seed,
-            stop_ids=sorted(stop_ids),
+            sampling=self._sampling_row(request, request.num_tokens),
             remaining=remaining,
         )
 
@@ -241,26 +308,7 @@ class Engine:
 
 
 # Fields whose device stage is not built yet: a non-default value is refused, never ignored.
-_UNIMPLEMENTED = (
-    "min_tokens",
-    "dynatemp_range",
-    "top_k",
-    "top_p",
-    "min_p",
-    "typical_p",
-    "top_n_sigma",
-    "xtc_probability",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "dry_multiplier",
-    "mirostat",
-    "logit_bias",
-    "allowed_token_ids",
-    "bad_words",
-    "n",
-    "logprobs_mode",
-)
+_UNIMPLEMENTED = ("n",)
 
 
 def _reject_unimplemented(params: SamplingParams) -> None:

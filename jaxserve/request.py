@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from jaxserve.detokenizer import IncrementalDetokenizer
 from jaxserve.outputs import RequestOutput, TokenLogprob
@@ -26,6 +29,12 @@ class Request:
     arrival_time: float = 0.0
     scheduled_time: float | None = None
     first_token_time: float | None = None
+    # Sampler inputs prepared once: allowed-token bitmask, bad words as token sequences,
+    # DRY breaker bitmask; and the Mirostat state carried between steps.
+    allowed_mask: np.ndarray | None = None
+    bad_word_ids: Sequence[Sequence[int]] = ()
+    breaker_mask: np.ndarray | None = None
+    mirostat_mu: float = 0.0
     output: RequestOutput = field(init=False)
     _pending: str = ""  # decoded text held back because it may begin a stop string
 

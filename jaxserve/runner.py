@@ -19,25 +19,27 @@ from flax import nnx
 
 from jaxserve.config import ModelConfig
 from jaxserve.kv_cache import NULL_PAGE, KVCache
-from jaxserve.step import DecodeBatch, DecodeOutput, PrefillBatch, SampleOutput, make_steps
+from jaxserve.sampling.chain import LogitsHook, SampleOutput
+from jaxserve.sampling.rows import SamplingRow, pack
+from jaxserve.sampling.tensors import SamplingTensors
+from jaxserve.step import DecodeBatch, DecodeOutput, PrefillBatch, RowInputs, make_steps
 
 # A one-row decode would take XLA's matrix-vector path, whose numerics differ from the batched
 # one, so decode runs at least two rows (a request's tokens never depend on its batch).
 DECODE_ROW_BUCKETS = (2, 4, 8, 16, 32, 64)
 PREFILL_ROW_BUCKETS = (1, 2, 4)
 TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
-NUM_STOP_IDS = 16  # stop ids per row on device (end-of-generation ids + stop_token_ids)
 
 
 @dataclass(frozen=True)
 class PrefillRow:
-    """`token_ids` continue a sequence that already has `start` tokens cached in `pages`."""
+    """`token_ids` continue a sequence that already has `start` tokens cached in `pages`;
+    `sampling` draws the token after them (greedy and featureless by default)."""
 
     token_ids: Sequence[int]
     start: int
     pages: Sequence[int]
-    temperature: float = 0.0
-    seed: int = 0
+    sampling: SamplingRow = SamplingRow()
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,7 @@ class DecodeRow:
     token_id: int  # the last token, not yet cached, at position `start`
     start: int
     pages: Sequence[int]
-    temperature: float
-    seed: int
-    stop_ids: Sequence[int]
+    sampling: SamplingRow  # its stop_ids also end the row
     remaining: int  # tokens this row may still generate
 
 
@@ -76,13 +76,14 @@ class ModelRunner:
         page_size: int,
         max_pages_per_row: int,
         seed: int = 0,
+        hook: LogitsHook | None = None,
     ) -> None:
         graphdef, self.params = nnx.split(model)
         self.config = config
         self.page_size = page_size
         self.num_pages = num_pages
         self.page_buckets = page_buckets(max_pages_per_row)
-        self._prefill, self._prompt_logprobs, self._decode = make_steps(graphdef)
+        self._prefill, self._prompt_logprobs, self._decode = make_steps(graphdef, hook)
         self.kv = KVCache.zeros(config, num_pages=num_pages, page_size=page_size)
         self.key = jax.random.key(seed)
         self._hidden: jax.Array | None = None
@@ -104,15 +105,15 @@ class ModelRunner:
         num_rows = bucket(len(rows), PREFILL_ROW_BUCKETS)
         num_pages = bucket(max(len(r.pages) for r in rows), self.page_buckets)
         token_ids = np.zeros((num_rows, num_tokens), np.int32)
-        start, num_new, temperature, seeds = _row_arrays(num_rows)
+        start, num_new = np.zeros(num_rows, np.int32), np.zeros(num_rows, np.int32)
         page_table = np.full((num_rows, num_pages), NULL_PAGE, np.int32)
         for i, r in enumerate(rows):
             token_ids[i, : len(r.token_ids)] = r.token_ids
             start[i], num_new[i] = r.start, len(r.token_ids)
             page_table[i, : len(r.pages)] = r.pages
-            temperature[i], seeds[i] = r.temperature, r.seed
+        sampling, row_inputs = self._sampling([r.sampling for r in rows], num_rows, num_pages)
         batch = PrefillBatch(
-            *map(jnp.asarray, (token_ids, start, num_new, page_table, temperature, seeds))
+            *map(jnp.asarray, (token_ids, start, num_new, page_table)), sampling, row_inputs
         )
         self.kv, out, self._hidden = self._prefill(self.params, self.kv, batch, self.key)
         self.num_real_tokens += int(num_new.sum())
@@ -134,21 +135,35 @@ class ModelRunner:
         num_rows = bucket(len(rows), DECODE_ROW_BUCKETS)
         num_pages = bucket(max(len(r.pages) for r in rows), self.page_buckets)
         token_ids = np.zeros(num_rows, np.int32)
-        start, remaining, temperature, seeds = _row_arrays(num_rows)
+        start, remaining = np.zeros(num_rows, np.int32), np.zeros(num_rows, np.int32)
         page_table = np.full((num_rows, num_pages), NULL_PAGE, np.int32)
-        stop_ids = np.full((num_rows, NUM_STOP_IDS), -1, np.int32)
         for i, r in enumerate(rows):
             token_ids[i], start[i], remaining[i] = r.token_id, r.start, r.remaining
             page_table[i, : len(r.pages)] = r.pages
-            temperature[i], seeds[i] = r.temperature, r.seed
-            stop_ids[i, : len(r.stop_ids)] = r.stop_ids
-        arrays = (token_ids, start, page_table, temperature, seeds, stop_ids, remaining)
-        batch = DecodeBatch(*map(jnp.asarray, arrays))
+        sampling, row_inputs = self._sampling([r.sampling for r in rows], num_rows, num_pages)
+        arrays = map(jnp.asarray, (token_ids, start, page_table, remaining))
+        batch = DecodeBatch(*arrays, sampling, row_inputs)
         self.kv, out = self._decode(self.params, self.kv, batch, self.key, num_steps=num_steps)
         out = _host(out, len(rows))
         self.num_real_tokens += int(out.num_generated.sum())
         self.num_padded_tokens += num_rows * int(out.num_generated.max(initial=0))
         return out
+
+    def _sampling(
+        self, rows: Sequence[SamplingRow], num_rows: int, num_pages: int
+    ) -> tuple[SamplingTensors, RowInputs]:
+        t, state, want_logprobs = pack(
+            rows,
+            num_rows=num_rows,
+            history_width=num_pages * self.page_size,
+            vocab=self.config.vocab_size,
+        )
+        tensors = SamplingTensors(**{k: jnp.asarray(v) for k, v in t.items()})
+        inputs = RowInputs(
+            **{k: jnp.asarray(v) for k, v in state.items()},
+            want_logprobs=jnp.asarray(want_logprobs),
+        )
+        return tensors, inputs
 
     def warmup(
         self, *, max_rows: int, max_prefill_rows: int, max_chunk: int, num_steps: int
@@ -170,7 +185,7 @@ class ModelRunner:
         for n, (kind, rows, tokens, pages) in enumerate(shapes, start=1):
             null = [NULL_PAGE] * pages
             if kind == "decode":
-                row = DecodeRow(0, 0, null, 0.0, 0, (), remaining=0)
+                row = DecodeRow(0, 0, null, SamplingRow(), remaining=0)
                 self.decode([row] * rows, num_steps=num_steps)
             else:
                 self.prefill([PrefillRow([0] * tokens, 0, null)] * rows)
@@ -198,15 +213,6 @@ def enable_compilation_cache(path: str | None) -> None:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-def _row_arrays(num_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    return (
-        np.zeros(num_rows, np.int32),
-        np.zeros(num_rows, np.int32),
-        np.zeros(num_rows, np.float32),
-        np.zeros(num_rows, np.uint32),
-    )
 
 
 def _host(out, n: int):

@@ -17,7 +17,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxserve.kv_cache import KVCache, TokenLayout
-from jaxserve.sampler import TOP_LOGPROBS_MAX, logprobs_of, sample
+from jaxserve.sampling.chain import LogitsHook, SampleOutput, advance, initial_counts, sample
+from jaxserve.sampling.draw import TOP_LOGPROBS_MAX, logprobs_of
+from jaxserve.sampling.tensors import RowState, SamplingTensors
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class RowInputs:
+    """Per-row sequence state for the sampler (the counts are built on device from it)."""
+
+    history: jax.Array  # [B, H] int32, tokens by position (-1 where a row does not need them)
+    prompt_len: jax.Array  # [B] int32
+    num_generated: jax.Array  # [B] int32
+    mirostat_mu: jax.Array  # [B] f32
+    want_logprobs: jax.Array  # [B] bool
 
 
 @jax.tree_util.register_dataclass
@@ -27,17 +41,8 @@ class PrefillBatch:
     start: jax.Array  # [B] int32, tokens already in the cache
     num_new: jax.Array  # [B] int32, valid tokens of this step (0 for a padding row)
     page_table: jax.Array  # [B, P] int32
-    temperature: jax.Array  # [B] f32 (0 = greedy)
-    seeds: jax.Array  # [B] uint32
-
-
-@jax.tree_util.register_dataclass
-@dataclass(frozen=True)
-class SampleOutput:
-    token_ids: jax.Array  # [B] int32, sampled after each row's last valid token
-    logprobs: jax.Array  # [B] f32, logprob of the sampled token (raw model distribution)
-    top_ids: jax.Array  # [B, K] int32
-    top_logprobs: jax.Array  # [B, K] f32
+    sampling: SamplingTensors
+    rows: RowInputs
 
 
 @jax.tree_util.register_dataclass
@@ -46,10 +51,9 @@ class DecodeBatch:
     token_ids: jax.Array  # [B] int32, each row's last token (not yet in the cache)
     start: jax.Array  # [B] int32, its position = tokens already in the cache
     page_table: jax.Array  # [B, P] int32, pages for start + num_steps tokens
-    temperature: jax.Array  # [B] f32
-    seeds: jax.Array  # [B] uint32
-    stop_ids: jax.Array  # [B, S] int32, ids that end a row (-1 = unused)
     remaining: jax.Array  # [B] int32, tokens a row may still generate (0 = padding row)
+    sampling: SamplingTensors  # its stop_ids end a row
+    rows: RowInputs
 
 
 @jax.tree_util.register_dataclass
@@ -60,20 +64,29 @@ class DecodeOutput:
     top_ids: jax.Array  # [B, N, K] int32
     top_logprobs: jax.Array  # [B, N, K] f32
     num_generated: jax.Array  # [B] int32
+    mirostat_mu: jax.Array  # [B] f32, each row's Mirostat state after its last token
 
 
 Steps = tuple[Callable[..., tuple[KVCache, SampleOutput, jax.Array]], Callable, Callable]
 
 
-def _sample_rows(model, h_last, temperature, seeds, positions, key) -> SampleOutput:
-    logits = model.logits(h_last)  # [B, V]
-    ids = sample(logits, temperature=temperature, seeds=seeds, positions=positions, key=key)
-    chosen, top_ids, top_logprobs = logprobs_of(logits, ids)
-    return SampleOutput(ids, chosen, top_ids, top_logprobs)
+def _row_state(rows: RowInputs, length: jax.Array, t: SamplingTensors, vocab: int) -> RowState:
+    """`length`: each row's position of the token to draw."""
+    counts = initial_counts(t, rows.history, length, rows.prompt_len, vocab)
+    return RowState(
+        history=rows.history,
+        length=length,
+        prompt_len=rows.prompt_len,
+        num_generated=rows.num_generated,
+        mirostat_mu=rows.mirostat_mu,
+        counts_all=counts[0],
+        counts_out=counts[1],
+    )
 
 
-def make_steps(graphdef: nnx.GraphDef) -> Steps:
-    """Jitted (prefill, prompt_logprobs, decode) for one model structure."""
+def make_steps(graphdef: nnx.GraphDef, hook: LogitsHook | None = None) -> Steps:
+    """Jitted (prefill, prompt_logprobs, decode) for one model structure; `hook` is compiled
+    into the sampler chain of both sampling steps."""
 
     def prefill(
         params: nnx.State, kv: KVCache, batch: PrefillBatch, key: jax.Array
@@ -81,8 +94,8 @@ def make_steps(graphdef: nnx.GraphDef) -> Steps:
         """Write K/V of `batch` into `kv` and sample one token per row after its last valid token.
 
         Returns (kv, sampled, hidden [B, T, E]); the hidden states stay on device and feed
-        `prompt_logprobs` only when a request asks for them. Each row's draw is keyed by
-        `fold_in(fold_in(key, seed), position of the sampled token)`.
+        `prompt_logprobs` only when a request asks for them. Each row's draw runs the sampler
+        chain keyed by `fold_in(fold_in(key, seed), position of the sampled token)`.
         """
         model = nnx.merge(graphdef, params)
         b, t = batch.token_ids.shape
@@ -95,8 +108,15 @@ def make_steps(graphdef: nnx.GraphDef) -> Steps:
         )
         h, (k, v) = model.hidden(batch.token_ids, (kv.k, kv.v), layout)
         last = jnp.clip(batch.num_new - 1, 0, t - 1)
-        out = _sample_rows(
-            model, h[jnp.arange(b), last], batch.temperature, batch.seeds, layout.kv_lens, key
+        logits = model.logits(h[jnp.arange(b), last])
+        state = _row_state(batch.rows, layout.kv_lens, batch.sampling, model.config.vocab_size)
+        out = sample(
+            logits,
+            batch.sampling,
+            state,
+            key,
+            want_logprobs=batch.rows.want_logprobs,
+            hook=hook,
         )
         return KVCache(k=k, v=v), out, h
 
@@ -120,13 +140,15 @@ def make_steps(graphdef: nnx.GraphDef) -> Steps:
         model = nnx.merge(graphdef, params)
         b = batch.token_ids.shape[0]
         page_size = kv.k.shape[3]
+        t = batch.sampling
+        vocab = model.config.vocab_size
         k_top = TOP_LOGPROBS_MAX
         init = (
             jnp.int32(0),
             kv.k,
             kv.v,
             batch.token_ids,
-            batch.start,
+            _row_state(batch.rows, batch.start + 1, t, vocab),
             jnp.zeros(b, jnp.int32),  # generated per row
             batch.remaining <= 0,  # stopped
             jnp.zeros((b, num_steps), jnp.int32),
@@ -140,10 +162,11 @@ def make_steps(graphdef: nnx.GraphDef) -> Steps:
             return (i < num_steps) & ~jnp.all(stopped)
 
         def body(carry):
-            i, k_cache, v_cache, tokens, pos, count, stopped, out_ids, out_lp, top_ids, top_lp = (
+            i, k_cache, v_cache, tokens, state, count, stopped, out_ids, out_lp, top_ids, top_lp = (
                 carry
             )
             active = (~stopped).astype(jnp.int32)
+            pos = state.length - 1  # the input token's position
             layout = TokenLayout.build(
                 start=pos,
                 num_new=active,
@@ -152,23 +175,30 @@ def make_steps(graphdef: nnx.GraphDef) -> Steps:
                 page_size=page_size,
             )
             h, (k_cache, v_cache) = model.hidden(tokens[:, None], (k_cache, v_cache), layout)
-            s = _sample_rows(model, h[:, 0], batch.temperature, batch.seeds, pos + 1, key)
+            s = sample(
+                model.logits(h[:, 0]),
+                t,
+                state,
+                key,
+                want_logprobs=batch.rows.want_logprobs,
+                hook=hook,
+            )
             write = ~stopped
+            state = advance(t, state, s, write)
             out_ids = out_ids.at[:, i].set(jnp.where(write, s.token_ids, 0))
             out_lp = out_lp.at[:, i].set(s.logprobs)
             top_ids = top_ids.at[:, i].set(s.top_ids)
             top_lp = top_lp.at[:, i].set(s.top_logprobs)
             count = count + active
-            hit_stop = jnp.any(s.token_ids[:, None] == batch.stop_ids, axis=-1)
+            hit_stop = jnp.any(s.token_ids[:, None] == t.stop_ids, axis=-1)
             stopped = stopped | hit_stop | (count >= batch.remaining)
             tokens = jnp.where(write, s.token_ids, tokens)
-            pos = pos + active
             return (
                 i + 1,
                 k_cache,
                 v_cache,
                 tokens,
-                pos,
+                state,
                 count,
                 stopped,
                 out_ids,
@@ -178,8 +208,9 @@ def make_steps(graphdef: nnx.GraphDef) -> Steps:
             )
 
         final = jax.lax.while_loop(cond, body, init)
-        _, k_cache, v_cache, _, _, count, _, out_ids, out_lp, top_ids, top_lp = final
-        return KVCache(k=k_cache, v=v_cache), DecodeOutput(out_ids, out_lp, top_ids, top_lp, count)
+        _, k_cache, v_cache, _, state, count, _, out_ids, out_lp, top_ids, top_lp = final
+        out = DecodeOutput(out_ids, out_lp, top_ids, top_lp, count, state.mirostat_mu)
+        return KVCache(k=k_cache, v=v_cache), out
 
     return (
         jax.jit(prefill, donate_argnames=("kv",)),

@@ -7,6 +7,7 @@ import pytest
 
 from jaxserve.loader import GGUFModelFile
 from jaxserve.runner import DecodeRow, ModelRunner, PrefillRow
+from jaxserve.sampling.rows import SamplingRow
 from tests.numpy_llama import NumpyLlama
 
 PROMPT = [5, 77, 120, 3, 250, 18, 42, 42, 9, 101, 64, 200, 7, 33, 150, 11, 90, 260, 2, 58]
@@ -29,7 +30,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _decode_row(token: int, start: int, pages: list[int], remaining: int = 1) -> DecodeRow:
-    return DecodeRow(token, start, pages, 0.0, 0, stop_ids=(), remaining=remaining)
+    return DecodeRow(token, start, pages, SamplingRow(), remaining=remaining)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_gguf", "tiny_gguf_untied"])
@@ -77,7 +78,7 @@ def test_multi_step_decode_equals_single_steps_and_stops_on_device(tiny_gguf):
     assert list(out.token_ids[0, :6]) == singles
     # A stop id ends the row on device right after that token.
     runner.prefill([PrefillRow(PROMPT, 0, pages_b)])
-    stop = DecodeRow(first, len(PROMPT), pages_b, 0.0, 0, stop_ids=(singles[2],), remaining=6)
+    stop = DecodeRow(first, len(PROMPT), pages_b, SamplingRow(stop_ids=(singles[2],)), remaining=6)
     out = runner.decode([stop], num_steps=8)
     assert (
         list(out.token_ids[0, : int(out.num_generated[0])])

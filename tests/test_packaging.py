@@ -32,6 +32,7 @@ def test_host_modules_do_not_import_jax():
         "jaxserve.request",
         "jaxserve.page_allocator",
         "jaxserve.sampling_params",
+        "jaxserve.sampling.rows",
         "jaxserve.weights",
         "jaxserve.grammar",
     ]

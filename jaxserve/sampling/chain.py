@@ -1,0 +1,177 @@
+"""The sampler chain: restrictions, the optional research hook, the ordered stages, Mirostat,
+then one draw and logprobs, all on device for a whole batch.
+
+Order per row follows `SamplingTensors.stage_slot`: slot s of every row runs in one pass of a
+`fori_loop` over slots; inside it each stage runs (under `lax.cond`) only if some row placed it
+at slot s, and its result is selected for those rows alone. A batch that uses no stage pays a
+few scalar predicates; any parameter mix runs the same compiled program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from jaxserve.sampling import filters, mirostat, penalties, restrict
+from jaxserve.sampling.draw import draw, logprobs_of, row_keys
+from jaxserve.sampling.tensors import RowState, SamplingTensors
+from jaxserve.sampling_params import SAMPLER_STAGES
+
+# (logits [B, V], row state) -> logits: a pure function compiled into every step's chain.
+LogitsHook = Callable[[jax.Array, RowState], jax.Array]
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class SampleOutput:
+    token_ids: jax.Array  # [B] int32
+    logprobs: jax.Array  # [B] f32, logprob of the drawn token (raw or processed per row)
+    top_ids: jax.Array  # [B, K] int32
+    top_logprobs: jax.Array  # [B, K] f32
+    mirostat_mu: jax.Array  # [B] f32, the rows' Mirostat state after this draw
+
+
+def _stateful(fn):
+    return lambda logits, t, state, key: fn(logits, t, state)
+
+
+def _stateless(fn):
+    return lambda logits, t, state, key: fn(logits, t, key)
+
+
+_STAGE_FNS = {
+    "penalties": _stateful(penalties.apply_penalties),
+    "dry": _stateful(penalties.apply_dry),
+    "top_n_sigma": _stateless(filters.top_n_sigma),
+    "top_k": _stateless(filters.top_k),
+    "typ_p": _stateless(filters.typical_p),
+    "top_p": _stateless(filters.top_p),
+    "min_p": _stateless(filters.min_p),
+    "xtc": _stateless(filters.xtc),
+    "temperature": _stateless(filters.temperature),
+}
+STAGES = tuple(_STAGE_FNS[name] for name in SAMPLER_STAGES)
+PENALTIES = SAMPLER_STAGES.index("penalties")
+
+
+def _when(pred: jax.Array, fn, logits: jax.Array) -> jax.Array:
+    return jax.lax.cond(jnp.any(pred), fn, lambda x: x, logits)
+
+
+def process(
+    logits: jax.Array,
+    t: SamplingTensors,
+    state: RowState,
+    keys: jax.Array,
+    hook: LogitsHook | None = None,
+) -> jax.Array:
+    """Raw logits [B, V] -> the distribution each row draws from (as logits)."""
+    raw = logits
+    logits = _when(t.bias_ids >= 0, lambda x: restrict.apply_logit_bias(x, t), logits)
+    logits = _when(t.use_bitmask, lambda x: restrict.apply_bitmask(x, t), logits)
+    logits = _when(t.bad_word_lens > 0, lambda x: restrict.apply_bad_words(x, t, state), logits)
+    logits = _when(
+        state.num_generated < t.min_tokens, lambda x: restrict.apply_min_tokens(x, t, state), logits
+    )
+    if hook is not None:
+        logits = hook(logits, state)
+    stage_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+
+    def run_slot(slot: jax.Array, logits: jax.Array) -> jax.Array:
+        for j, stage in enumerate(STAGES):
+            on = t.stage_slot[:, j] == slot
+
+            def apply(x, on=on, stage=stage):
+                return jnp.where(on[:, None], stage(x, t, state, stage_keys), x)
+
+            logits = _when(on, apply, logits)
+        return logits
+
+    logits = jax.lax.fori_loop(0, len(STAGES), run_slot, logits)
+    logits = _when(t.mirostat > 0, lambda x: mirostat.truncate(x, t, state.mirostat_mu), logits)
+    # Restrictions that leave a row nothing (say allowed ids that are all stop ids under
+    # min_tokens) fall back to the model's distribution rather than drawing from nothing.
+    alive = jnp.any(jnp.isfinite(logits), axis=-1, keepdims=True)
+    return jnp.where(alive, logits, raw)
+
+
+def sample(
+    logits: jax.Array,
+    t: SamplingTensors,
+    state: RowState,
+    key: jax.Array,
+    *,
+    want_logprobs: jax.Array,
+    hook: LogitsHook | None = None,
+) -> SampleOutput:
+    """Draw one token per row from raw `logits` [B, V] through the chain.
+
+    The row's key is `fold_in(fold_in(key, seed), position)` (position = `state.length`), so a
+    row's tokens depend on its own seed and sequence only. Greedy rows (temperature 0, no
+    Mirostat) take the argmax of the processed logits. Logprobs (chosen + top-K) are computed
+    only when some row wants them (`want_logprobs` [B] bool).
+    """
+    keys = row_keys(key, t.seeds, state.length)
+    processed = process(logits, t, state, keys, hook)
+    greedy = (t.temperature == 0.0) & (t.mirostat == 0)
+    ids = draw(processed, greedy, keys)
+    mu = jax.lax.cond(
+        jnp.any(t.mirostat > 0),
+        lambda _: mirostat.update(processed, ids, t, state.mirostat_mu),
+        lambda _: state.mirostat_mu,
+        None,
+    )
+    source = jnp.where(t.processed_logprobs[:, None], processed, logits)
+
+    def no_logprobs(_):
+        b, k = ids.shape[0], 20
+        return jnp.zeros(b), jnp.zeros((b, k), jnp.int32), jnp.zeros((b, k))
+
+    chosen, top_ids, top_lp = jax.lax.cond(
+        jnp.any(want_logprobs), lambda _: logprobs_of(source, ids), no_logprobs, None
+    )
+    return SampleOutput(ids, chosen, top_ids, top_lp, mu)
+
+
+def initial_counts(
+    t: SamplingTensors, history: jax.Array, length: jax.Array, prompt_len: jax.Array, vocab: int
+) -> tuple[jax.Array, jax.Array]:
+    """Token counts for rows with penalties on (zeros when no row has them)."""
+    b = history.shape[0]
+
+    def build(_):
+        return penalties.build_counts(t, history, length, prompt_len, vocab)
+
+    def none(_):
+        zeros = jnp.zeros((b, vocab), jnp.int32)
+        return zeros, zeros
+
+    return jax.lax.cond(jnp.any(t.stage_slot[:, PENALTIES] >= 0), build, none, None)
+
+
+def advance(t: SamplingTensors, state: RowState, out: SampleOutput, write: jax.Array) -> RowState:
+    """The row state after appending each writing row's drawn token."""
+    ids = out.token_ids
+    counts = jax.lax.cond(
+        jnp.any(t.stage_slot[:, PENALTIES] >= 0),
+        lambda _: penalties.advance_counts(t, state, ids, write),
+        lambda _: (state.counts_all, state.counts_out),
+        None,
+    )
+    h = state.history.shape[1]
+    rows = jnp.arange(ids.shape[0])
+    target = jnp.where(write & (state.length < h), state.length, h)
+    history = state.history.at[rows, target].set(ids, mode="drop")
+    step = write.astype(jnp.int32)
+    return RowState(
+        history=history,
+        length=state.length + step,
+        prompt_len=state.prompt_len,
+        num_generated=state.num_generated + step,
+        mirostat_mu=jnp.where(write, out.mirostat_mu, state.mirostat_mu),
+        counts_all=counts[0],
+        counts_out=counts[1],
+    )

@@ -1,0 +1,66 @@
+"""Token restrictions that run before the ordered chain: logit_bias, the token bitmask (allowed
+ids and the grammar's slot), bad words, and min_tokens. Each maps `logits [B, V]` to logits;
+a row without the restriction passes through unchanged."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxserve.sampling.tensors import RowState, SamplingTensors
+
+NEG_INF = float("-inf")
+
+
+def bitmask_bits(words: jax.Array, vocab: int) -> jax.Array:
+    """[B, ceil(V/32)] int32 -> [B, V] bool (bit j of word i is token 32 * i + j)."""
+    shifts = jnp.arange(32, dtype=jnp.int32)[None, None, :]
+    bits = (words[:, :, None] >> shifts) & 1
+    return bits.reshape(words.shape[0], -1)[:, :vocab].astype(bool)
+
+
+def token_bits(words: jax.Array, token_ids: jax.Array) -> jax.Array:
+    """Bits of `token_ids` [B, N] in per-row bitmasks [B, W] -> [B, N] bool (-1 ids: False)."""
+    safe = jnp.maximum(token_ids, 0)
+    word = jnp.take_along_axis(words, safe // 32, axis=-1)
+    return (((word >> (safe % 32)) & 1) == 1) & (token_ids >= 0)
+
+
+def _scatter(logits: jax.Array, ids: jax.Array, values: jax.Array, *, mode: str) -> jax.Array:
+    """Apply `values` at `ids` [B, N] per row (ids -1 dropped); mode "add" or "min"."""
+    rows = jnp.arange(logits.shape[0])[:, None]
+    target = jnp.where(ids >= 0, ids, logits.shape[-1])  # out of bounds: dropped
+    at = logits.at[rows, target]
+    return at.add(values, mode="drop") if mode == "add" else at.min(values, mode="drop")
+
+
+def apply_logit_bias(logits: jax.Array, t: SamplingTensors) -> jax.Array:
+    return _scatter(logits, t.bias_ids, t.bias_values, mode="add")
+
+
+def apply_bitmask(logits: jax.Array, t: SamplingTensors) -> jax.Array:
+    allowed = bitmask_bits(t.bitmask, logits.shape[-1]) | ~t.use_bitmask[:, None]
+    return jnp.where(allowed, logits, NEG_INF)
+
+
+def apply_bad_words(logits: jax.Array, t: SamplingTensors, state: RowState) -> jax.Array:
+    """Ban the last token of each bad word whose other tokens end the sequence so far."""
+    _, num_words, width = t.bad_words.shape
+    lens = t.bad_word_lens  # [B, NW]
+    j = jnp.arange(width)[None, None, :]
+    # Token j < len - 1 of a word must sit at position length - (len - 1) + j.
+    pos = state.length[:, None, None] - (lens[:, :, None] - 1) + j
+    hist = jnp.take_along_axis(
+        state.history, jnp.clip(pos, 0, state.history.shape[1] - 1).reshape(len(lens), -1), 1
+    ).reshape(pos.shape)
+    needed = j < lens[:, :, None] - 1
+    match = jnp.all(~needed | ((pos >= 0) & (hist == t.bad_words)), axis=-1)
+    last = jnp.take_along_axis(t.bad_words, jnp.maximum(lens - 1, 0)[:, :, None], -1)[..., 0]
+    banned = jnp.where(match & (lens > 0), last, -1)
+    return _scatter(logits, banned, jnp.full(banned.shape, NEG_INF), mode="min")
+
+
+def apply_min_tokens(logits: jax.Array, t: SamplingTensors, state: RowState) -> jax.Array:
+    """Mask end-of-generation and stop ids while fewer than min_tokens tokens exist."""
+    blocked = jnp.where((state.num_generated < t.min_tokens)[:, None], t.stop_ids, -1)
+    return _scatter(logits, blocked, jnp.full(blocked.shape, NEG_INF), mode="min")

@@ -1,0 +1,6 @@
+"""Building blocks for users' own (property-based) test suites.
+
+- `strategies`: hypothesis strategies for valid `SamplingParams` and request batches.
+- `chain`: run the sampler chain on given logits outside the engine (`run_chain`).
+- `mock_model`: a model whose outputs are computable by hand, behind the real engine.
+"""
