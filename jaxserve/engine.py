@@ -10,7 +10,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from jaxserve.request import Request
 from jaxserve.runner import DecodeRow, ModelRunner, PrefillRow
 from jaxserve.sampling.rows import NUM_STOP_IDS, SamplingRow, token_bitmask
 from jaxserve.sampling_params import MAX_BAD_WORD_TOKENS, SamplingParams
-from jaxserve.scheduler import PrefillChunk, Scheduler, SchedulerConfig
+from jaxserve.scheduler import PrefillChunk, QueueFullError, Scheduler, SchedulerConfig
 from jaxserve.stats import EngineStats
 from jaxserve.tokenizer import Tokenizer
 
@@ -83,7 +83,7 @@ class Engine:
         )
         self.scheduler = Scheduler(scheduler_config, pages)
         self.stats = EngineStats()
-        self._requests: dict[int, Request] = {}
+        self._requests: dict[tuple[int, int], Request] = {}  # (request_id, index)
         self._next_id = 0
         self._rng = random.Random(config.seed)
         self._breaker_masks: dict[tuple[str, ...], np.ndarray] = {}
@@ -97,7 +97,6 @@ class Engine:
         priority: int = 0,
     ) -> Request:
         ids = [int(t) for t in prompt_token_ids]
-        _reject_unimplemented(params)
         if not ids:
             raise ValueError("the prompt is empty")
         vocab = self.tokenizer.vocab_size
@@ -119,23 +118,34 @@ class Engine:
             raise ValueError(f"logit_bias token ids must be in [0, {vocab})")
         if any(t >= vocab for t in params.stop_token_ids):
             raise ValueError(f"stop_token_ids must be in [0, {vocab})")
+        if len(self.scheduler.waiting) + params.n > self.scheduler.config.max_waiting:
+            raise QueueFullError(f"{len(self.scheduler.waiting)} requests are already waiting")
         seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
-        request = Request(
-            request_id=self._next_id,
-            prompt_token_ids=ids,
-            params=params,
-            seed=seed,
-            max_len=max_len,
-            detokenizer=IncrementalDetokenizer(self.tokenizer, skip_special=True),
-            prompt=prompt,
-            priority=priority,
-        )
-        self._prepare_sampling(request)
-        request.arrival_time = time.monotonic()
-        self.scheduler.add(request)
+        group: list[Request] = []
+        for index in range(params.n):
+            # Sequences after the first share the leader's prompt pages, so their prompt
+            # logprobs (computed once, by the leader) are not asked for again.
+            seq_params = params if index == 0 else replace(params, prompt_logprobs=None)
+            request = Request(
+                request_id=self._next_id,
+                prompt_token_ids=ids,
+                params=seq_params,
+                seed=sequence_seed(seed, index),
+                max_len=max_len,
+                detokenizer=IncrementalDetokenizer(self.tokenizer, skip_special=True),
+                prompt=prompt,
+                priority=priority,
+                index=index,
+                group=group,
+            )
+            self._prepare_sampling(request)
+        now = time.monotonic()
+        for request in group:
+            request.arrival_time = now
+            self.scheduler.add(request)
+            self._requests[(request.request_id, request.index)] = request
         self._next_id += 1
-        self._requests[request.request_id] = request
-        return request
+        return group[0]
 
     def _prepare_sampling(self, request: Request) -> None:
         """Per-request sampler inputs that never change: bitmask, bad words, DRY breakers."""
@@ -197,14 +207,16 @@ class Engine:
         return sorted(stop_ids)
 
     def abort(self, request: Request | int) -> None:
-        """Drop a request wherever it is; its pages are free before the next step."""
+        """Drop a request (every one of its sequences) wherever it is; its pages are free
+        before the next step."""
         if isinstance(request, int):
-            request = self._requests.get(request)
+            request = self._requests.get((request, 0))
             if request is None:
                 return
-        self.scheduler.remove(request)
-        self._requests.pop(request.request_id, None)
-        request.finish("abort")
+        for seq in request.group:
+            if self._requests.pop((seq.request_id, seq.index), None) is not None:
+                self.scheduler.remove(seq)
+                seq.finish("abort")
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
@@ -219,7 +231,7 @@ class Engine:
             events += self._run_decode(out.decode, out.decode_steps)
         for event in events:
             if event.output.finished:
-                request = self._requests.pop(event.output.request_id)
+                request = self._requests.pop((event.output.request_id, event.output.index))
                 self.scheduler.remove(request)
                 self.stats.on_finish(request)
         self.scheduler.register_computed(self.scheduler.running)
@@ -308,14 +320,9 @@ class Engine:
 
 
 # Fields whose device stage is not built yet: a non-default value is refused, never ignored.
-_UNIMPLEMENTED = ("n",)
-
-
-def _reject_unimplemented(params: SamplingParams) -> None:
-    default = SamplingParams()
-    for name in _UNIMPLEMENTED:
-        if getattr(params, name) != getattr(default, name):
-            raise ValueError(f"{name} is not supported yet")
+def sequence_seed(seed: int, index: int) -> int:
+    """Seed of sequence `index` of a request seeded with `seed` (sequence 0 keeps it)."""
+    return (seed + index * 0x9E3779B1) % 2**32
 
 
 def num_pages_for(config: EngineConfig, page_bytes: int) -> int:

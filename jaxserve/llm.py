@@ -118,7 +118,8 @@ class LLM:
     def generate(
         self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | None = None
     ) -> list[RequestOutput]:
-        """Continue each prompt (text, or token ids); one output per prompt, in order."""
+        """Continue each prompt (text, or token ids); one output per prompt, in order (with
+        `n > 1`, the prompt's n outputs follow each other, by `index`)."""
         batch = [prompts] if _is_single_prompt(prompts) else list(prompts)  # type: ignore[list-item]
         params = params or SamplingParams()
         requests = []
@@ -131,7 +132,7 @@ class LLM:
             raise
         while self.engine.has_unfinished():
             self.engine.step()
-        return [r.output for r in requests]
+        return [seq.output for r in requests for seq in r.group]
 
     def chat(
         self,

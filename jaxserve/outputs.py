@@ -22,6 +22,7 @@ class RequestOutput:
     request_id: int
     prompt: str | None
     prompt_token_ids: list[int]
+    index: int = 0  # the sequence's index among the request's n
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: FinishReason | None = None

@@ -12,7 +12,7 @@ from jaxserve.outputs import RequestOutput, TokenLogprob
 from jaxserve.sampling_params import SamplingParams
 
 
-@dataclass
+@dataclass(eq=False)
 class Request:
     request_id: int
     prompt_token_ids: list[int]
@@ -22,6 +22,10 @@ class Request:
     detokenizer: IncrementalDetokenizer
     prompt: str | None = None
     priority: int = 0  # lower runs first; ties go to the earlier request
+    index: int = 0  # which of the request's n sequences
+    # The sequences of one request (n > 1 shares one request_id); the first is the leader,
+    # whose prefill the others share.
+    group: list[Request] = field(default_factory=list)
     pages: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose K/V are in the cache
     num_cached_tokens: int = 0  # of those, tokens found in the prefix cache
@@ -39,13 +43,21 @@ class Request:
     _pending: str = ""  # decoded text held back because it may begin a stop string
 
     def __post_init__(self) -> None:
+        if not any(seq is self for seq in self.group):
+            self.group.append(self)
         self.output = RequestOutput(
             request_id=self.request_id,
+            index=self.index,
             prompt=self.prompt,
             prompt_token_ids=list(self.prompt_token_ids),
             logprobs=[] if self.params.logprobs is not None else None,
             prompt_logprobs=[None] if self.params.prompt_logprobs is not None else None,
         )
+
+    @property
+    def leader(self) -> Request | None:
+        """The sequence whose prompt pages this one shares (None for the leader itself)."""
+        return self.group[0] if self.group[0] is not self else None
 
     @property
     def num_tokens(self) -> int:

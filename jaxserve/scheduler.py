@@ -143,10 +143,23 @@ class Scheduler:
 
     def _prefill_candidates(self) -> list[Request]:
         partial = sorted((r for r in self.running if not r.is_prefilled), key=_order)
-        return partial + sorted(self.waiting, key=_order)
+        waiting = [r for r in self.waiting if not _waits_for_leader(r)]
+        return partial + sorted(waiting, key=_order)
 
     def _match_prefix(self, request: Request) -> None:
-        if request.params.prompt_logprobs is not None or request.pages:
+        if request.pages:
+            return
+        leader = request.leader
+        if leader is not None and leader.pages and not request.output.token_ids:
+            # Fork after the leader's prefill: share its full prompt pages (read-only from here
+            # on); the page holding the last prompt token is this sequence's own, recomputed
+            # so that its first token is drawn from its own seed.
+            shared = leader.pages[: (len(request.prompt_token_ids) - 1) // self.pages.page_size]
+            self.pages.share(shared)
+            request.pages = list(shared)
+            request.num_computed = len(shared) * self.pages.page_size
+            return
+        if request.params.prompt_logprobs is not None:
             return
         tokens = request.all_token_ids[: request.prefill_target]
         if not request.output.token_ids:
@@ -200,5 +213,16 @@ class Scheduler:
                 )
 
 
-def _order(request: Request) -> tuple[int, int]:
-    return (request.priority, request.request_id)
+def _order(request: Request) -> tuple[int, int, int]:
+    return (request.priority, request.request_id, request.index)
+
+
+def _waits_for_leader(request: Request) -> bool:
+    """A sequence of an n > 1 request starts once its leader has prefilled the prompt."""
+    leader = request.leader
+    return (
+        leader is not None
+        and not request.output.token_ids
+        and not leader.finished
+        and not leader.is_prefilled
+    )
