@@ -43,16 +43,20 @@ class StreamOutput:
 
 
 class RequestStream:
-    """The outputs of one queued request, in order; the last one has a `finish_reason`.
+    """The outputs of one queued request, in order; it ends once each of its `num_sequences`
+    sequences has given an output with a `finish_reason`.
 
     Closing the stream (`aclose`), cancelling a task blocked on it, or dropping it before the last
     output aborts the request, even when it was never iterated.
     """
 
-    def __init__(self, owner: AsyncEngine, request_id: int, queue: asyncio.Queue) -> None:
+    def __init__(
+        self, owner: AsyncEngine, request_id: int, queue: asyncio.Queue, num_sequences: int = 1
+    ) -> None:
         self.request_id = request_id
         self._owner = owner
         self._queue = queue
+        self._unfinished = num_sequences
         self._done = False
 
     def __aiter__(self) -> RequestStream:
@@ -69,7 +73,9 @@ class RequestStream:
         if isinstance(item, BaseException):
             self._done = True
             raise RuntimeError("the engine loop failed") from item
-        self._done = item.finish_reason is not None
+        if item.finish_reason is not None:
+            self._unfinished -= 1
+            self._done = self._unfinished == 0
         return item
 
     async def aclose(self) -> None:
@@ -91,7 +97,8 @@ class AsyncEngine:
         self.engine = engine
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._streams: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        # request id -> [its caller's loop, its output queue, sequences not finished yet]
+        self._streams: dict[int, list] = {}
         self._aborts: deque[int] = deque()  # appended from any thread, drained by the loop
         self._stopped = False
         self._error: BaseException | None = None
@@ -120,9 +127,9 @@ class AsyncEngine:
             request = self.engine.add_request(
                 prompt_token_ids, params, prompt=prompt, priority=priority
             )
-            self._streams[request.request_id] = (loop, queue)
+            self._streams[request.request_id] = [loop, queue, params.n]
         self._wake.set()
-        return RequestStream(self, request.request_id, queue)
+        return RequestStream(self, request.request_id, queue, params.n)
 
     def abort(self, request_id: int) -> None:
         """Abort now (blocks while a step runs)."""
@@ -155,11 +162,14 @@ class AsyncEngine:
                         (self._streams.get(e.output.request_id), _to_stream(e)) for e in events
                     ]
                     for event in events:
-                        if event.output.finished:
-                            self._streams.pop(event.output.request_id, None)
+                        stream = self._streams.get(event.output.request_id)
+                        if event.output.finished and stream is not None:
+                            stream[2] -= 1
+                            if stream[2] == 0:
+                                del self._streams[event.output.request_id]
                 for stream, output in deliveries:
                     if stream is not None:
-                        loop, queue = stream
+                        loop, queue, _ = stream
                         try:
                             loop.call_soon_threadsafe(queue.put_nowait, output)
                         except RuntimeError:  # the caller's event loop is closed
@@ -171,7 +181,7 @@ class AsyncEngine:
             self._error = error
             with self._lock:
                 streams, self._streams = list(self._streams.values()), {}
-            for loop, queue in streams:
+            for loop, queue, _ in streams:
                 loop.call_soon_threadsafe(queue.put_nowait, error)
 
 
@@ -193,6 +203,7 @@ def _to_stream(event: StepEvent) -> StreamOutput:
         prompt_tokens=len(out.prompt_token_ids),
         completion_tokens=len(out.token_ids),
         cached_tokens=out.num_cached_tokens,
+        index=getattr(out, "index", 0),  # the sequence, once outputs carry one (n > 1)
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
     )
