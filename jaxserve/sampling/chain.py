@@ -61,6 +61,13 @@ def _when(pred: jax.Array, fn, logits: jax.Array) -> jax.Array:
     return jax.lax.cond(jnp.any(pred), fn, lambda x: x, logits)
 
 
+def _in_default_order(stage_slot: jax.Array) -> jax.Array:
+    """Whether every row's enabled stages have increasing slots in `SAMPLER_STAGES` order."""
+    before = jax.lax.cummax(stage_slot, axis=1)  # the largest slot so far, -1 if none
+    before = jnp.pad(before[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+    return jnp.all((stage_slot < 0) | (stage_slot > before))
+
+
 def process(
     logits: jax.Array,
     t: SamplingTensors,
@@ -69,20 +76,20 @@ def process(
     hook: LogitsHook | None = None,
 ) -> jax.Array:
     """Raw logits [B, V] -> the distribution each row draws from (as logits)."""
-    raw = logits
     logits = _when(t.bias_ids >= 0, lambda x: restrict.apply_logit_bias(x, t), logits)
-    logits = _when(t.use_bitmask, lambda x: restrict.apply_bitmask(x, t), logits)
-    logits = _when(t.bad_word_lens > 0, lambda x: restrict.apply_bad_words(x, t, state), logits)
-    logits = _when(
-        state.num_generated < t.min_tokens, lambda x: restrict.apply_min_tokens(x, t, state), logits
+    masking = (
+        t.use_bitmask[:, None]
+        | (t.bad_word_lens > 0)
+        | (state.num_generated < t.min_tokens)[:, None]
     )
+    logits = _when(masking, lambda x: _restrict(x, t, state), logits)
     if hook is not None:
         logits = hook(logits, state)
     stage_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
 
-    def run_slot(slot: jax.Array, logits: jax.Array) -> jax.Array:
+    def run_stages(logits: jax.Array, slot: jax.Array | None) -> jax.Array:
         for j, stage in enumerate(STAGES):
-            on = t.stage_slot[:, j] == slot
+            on = t.stage_slot[:, j] >= 0 if slot is None else t.stage_slot[:, j] == slot
 
             def apply(x, on=on, stage=stage):
                 return jnp.where(on[:, None], stage(x, t, state, stage_keys), x)
@@ -90,12 +97,26 @@ def process(
             logits = _when(on, apply, logits)
         return logits
 
-    logits = jax.lax.fori_loop(0, len(STAGES), run_slot, logits)
-    logits = _when(t.mirostat > 0, lambda x: mirostat.truncate(x, t, state.mirostat_mu), logits)
-    # Restrictions that leave a row nothing (say allowed ids that are all stop ids under
-    # min_tokens) fall back to the model's distribution rather than drawing from nothing.
-    alive = jnp.any(jnp.isfinite(logits), axis=-1, keepdims=True)
-    return jnp.where(alive, logits, raw)
+    def any_order(x: jax.Array) -> jax.Array:
+        return jax.lax.fori_loop(0, len(STAGES), lambda s, y: run_stages(y, s), x)
+
+    # Rows whose stages all follow the default order (the usual case) need one pass over the
+    # stages; other orders run one pass per slot (a loop whose conditionals copy the logits).
+    logits = jax.lax.cond(
+        _in_default_order(t.stage_slot), lambda x: run_stages(x, None), any_order, logits
+    )
+    return _when(t.mirostat > 0, lambda x: mirostat.truncate(x, t, state.mirostat_mu), logits)
+
+
+def _restrict(logits: jax.Array, t: SamplingTensors, state: RowState) -> jax.Array:
+    """Allowed ids, bad words and min_tokens. Restrictions that leave a row nothing (say
+    allowed ids that are all stop ids under min_tokens) give way: the row keeps its logits
+    rather than drawing from nothing. Every later stage keeps at least one token."""
+    masked = restrict.apply_bitmask(logits, t)
+    masked = restrict.apply_bad_words(masked, t, state)
+    masked = restrict.apply_min_tokens(masked, t, state)
+    alive = jnp.any(jnp.isfinite(masked), axis=-1, keepdims=True)
+    return jnp.where(alive, masked, logits)
 
 
 def sample(

@@ -36,10 +36,18 @@ def inverse_cdf(probs: jax.Array, u: jax.Array) -> jax.Array:
     return (bi * BLOCK + jnp.minimum(j, last)).astype(jnp.int32)
 
 
+def first_argmax(logits: jax.Array) -> jax.Array:
+    """`argmax` over the last axis (first index of the max) as two plain reductions, ~10x
+    faster than XLA's CPU variadic argmax reduce at [32, 49k]."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.min(jnp.where(logits == top, iota, logits.shape[-1]), axis=-1)
+
+
 def draw(logits: jax.Array, greedy: jax.Array, keys: jax.Array) -> jax.Array:
     """logits [B, V] (final), greedy [B] bool, keys [B] -> ids [B]. One uniform per row; no
     random numbers at all when every row is greedy."""
-    argmax = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    argmax = first_argmax(logits)
 
     def sampled(_) -> jax.Array:
         probs = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))

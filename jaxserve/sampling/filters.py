@@ -13,6 +13,7 @@ from jaxserve.sampling.select import kth_largest, mass_threshold
 from jaxserve.sampling.tensors import SamplingTensors
 
 NEG_INF = float("-inf")
+MIN_TEMPERATURE = 1e-2
 
 
 def _keep(logits: jax.Array, keep: jax.Array) -> jax.Array:
@@ -69,7 +70,7 @@ def xtc(logits: jax.Array, t: SamplingTensors, key: jax.Array) -> jax.Array:
     (nothing happens when fewer than two tokens reach the threshold)."""
     u = jax.vmap(lambda k: jax.random.uniform(k, ()))(key)
     floor = jax.nn.logsumexp(logits, axis=-1, keepdims=True) + jnp.log(t.xtc_threshold)[:, None]
-    above = logits >= floor
+    above = (logits >= floor) & jnp.isfinite(logits)
     least = jnp.min(jnp.where(above, logits, jnp.inf), axis=-1, keepdims=True)
     fire = (u < t.xtc_probability) & (jnp.sum(above, axis=-1) >= 2)
     return _keep(logits, ~(fire[:, None] & above & (logits > least)))
@@ -90,5 +91,8 @@ def temperature(logits: jax.Array, t: SamplingTensors, key: jax.Array) -> jax.Ar
     normalized = jnp.clip(entropy / max_entropy, 0.0, 1.0)
     dynamic = lo + (hi - lo) * normalized**t.dynatemp_exponent
     temp = jnp.where(t.dynatemp_range > 0, dynamic, t.temperature)
-    safe = jnp.where(temp > 0, temp, 1.0)
-    return jnp.where((temp > 0)[:, None], logits / safe[:, None], logits)
+    # A (dynamic) temperature near 0 is greedy: dividing by it would overflow.
+    cold = (temp < MIN_TEMPERATURE) & (t.dynatemp_range > 0)
+    scaled = logits / jnp.maximum(temp, MIN_TEMPERATURE)[:, None]
+    scaled = jnp.where(cold[:, None], _keep(logits, _top1(logits)), scaled)
+    return jnp.where((temp > 0)[:, None] | cold[:, None], scaled, logits)
