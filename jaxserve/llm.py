@@ -13,6 +13,7 @@ from jaxserve.loader import GGUFModelFile
 from jaxserve.outputs import RequestOutput
 from jaxserve.pull import DEFAULT_MODEL, cache_dir, resolve_model
 from jaxserve.runner import ModelRunner, enable_compilation_cache
+from jaxserve.sampling.chain import LogitsHook
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.scheduler import SchedulerConfig
 from jaxserve.tokenizer import Tokenizer
@@ -40,6 +41,10 @@ class LLM:
     enable_prefix_caching: reuse cached K/V pages of shared prompt prefixes.
     compilation_cache_dir: persistent XLA cache (default `<model cache>/xla`; "" turns it off).
     warmup: compile every bucket now (a server does; notebooks compile on first use).
+    logits_hook: a pure jax function `(logits [B, V], row_state) -> logits` compiled into the
+        sampler chain after the token restrictions (logit_bias, allowed ids, bad words,
+        min_tokens) and before the ordered stages; `row_state` is a
+        `jaxserve.sampling.tensors.RowState` (positions, prompt lengths, token counts, ...).
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class LLM:
         warmup: bool = False,
         seed: int = 0,
         quiet: bool = True,
+        logits_hook: LogitsHook | None = None,
     ) -> None:
         config = EngineConfig(
             weights=weights,
@@ -91,6 +97,7 @@ class LLM:
             page_size=config.page_size,
             max_pages_per_row=max_pages_per_row(max_len, config.page_size),
             seed=seed,
+            hook=logits_hook,
         )
         if warmup:
             runner.warmup(
