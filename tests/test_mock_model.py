@@ -1,0 +1,75 @@
+"""The hand-computable mock model drives the real engine: outputs follow from its definition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jaxserve import SamplingParams
+from jaxserve.scheduler import SchedulerConfig
+from jaxserve.testing.mock_model import EOS_ID, VOCAB, byte_id, mock_engine, mock_probs
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return mock_engine(SchedulerConfig(max_num_seqs=8, prefill_chunk=32, decode_steps=4))
+
+
+def _run(engine, prompts, params):
+    reqs = [engine.add_request(p, params) for p in prompts]
+    while engine.has_unfinished():
+        engine.step()
+    return [r.output for r in reqs]
+
+
+def test_greedy_spells_the_next_bytes(engine):
+    out = _run(engine, [[byte_id(ord("a"))]], SamplingParams(max_tokens=5, temperature=0.0))[0]
+    assert out.text == "bcdef"
+    assert out.finish_reason == "length"
+
+
+def test_end_of_generation_follows_the_last_byte(engine):
+    out = _run(engine, [[byte_id(0xFD)]], SamplingParams(max_tokens=5, temperature=0.0))[0]
+    assert out.token_ids == [byte_id(0xFE), byte_id(0xFF), EOS_ID]
+    assert out.finish_reason == "stop"
+
+
+def test_logprobs_are_the_hand_computed_ones(engine):
+    params = SamplingParams(max_tokens=3, temperature=0.0, logprobs=2)
+    out = _run(engine, [[byte_id(ord("x"))]], params)[0]
+    expected = np.log(mock_probs(byte_id(ord("x"))))
+    first = out.logprobs[0]
+    assert first.token_id == byte_id(ord("y"))
+    np.testing.assert_allclose(first.logprob, expected[byte_id(ord("y"))], rtol=1e-5)
+    assert [t for t, _ in first.top] == [byte_id(ord("y")), byte_id(ord("z"))]
+
+
+def test_logit_bias_hands_the_choice_to_the_runner_up(engine):
+    params = SamplingParams(max_tokens=2, temperature=0.0, logit_bias={byte_id(ord("b")): -100})
+    out = _run(engine, [[byte_id(ord("a"))]], params)[0]
+    assert out.text[0] == "c"  # "b" is banned: the runner-up after "a"
+
+
+def test_repetition_penalty_sees_the_prompt(engine):
+    # After "a" the favourite "b" (logit 4) is in the prompt; a penalty of 3 leaves it 4/3,
+    # below the runner-up "c" (2).
+    prompt = [byte_id(ord("b")), byte_id(ord("a"))]
+    params = SamplingParams(max_tokens=1, temperature=0.0, repetition_penalty=3.0)
+    assert _run(engine, [prompt], params)[0].text == "c"
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.integers(0, 255), st.integers(0, 2**32 - 1))
+def test_sampled_tokens_are_the_favourite_or_runner_up_under_top_k_2(engine, byte, seed):
+    params = SamplingParams(max_tokens=4, top_k=2, seed=seed, ignore_eos=True)
+    out = _run(engine, [[byte_id(byte)]], params)[0]
+    last = byte_id(byte)
+    for token in out.token_ids:
+        assert token in ((last + 1) % VOCAB, (last + 2) % VOCAB)
+        last = token
