@@ -60,8 +60,13 @@ class StepEvent:
     new_token_ids: tuple[int, ...]
 
 
+MIN_LOGPROB = -9999.0  # stands for log(0), which JSON cannot carry (as vLLM reports it)
+
+
 def _top(ids: np.ndarray, logprobs: np.ndarray, k: int) -> tuple[tuple[int, float], ...]:
-    return tuple((int(i), float(lp)) for i, lp in zip(ids[:k], logprobs[:k], strict=True))
+    """The top-k alternatives; tokens the chain removed (logprob -inf) are not alternatives."""
+    pairs = zip(ids[:k], logprobs[:k], strict=True)
+    return tuple((int(i), float(lp)) for i, lp in pairs if np.isfinite(lp))
 
 
 class Engine:
@@ -316,7 +321,7 @@ class Engine:
         k = request.params.logprobs
         if k is None:
             return None
-        return TokenLogprob(token, float(chosen), _top(top_ids, top_lp, k))
+        return TokenLogprob(token, max(float(chosen), MIN_LOGPROB), _top(top_ids, top_lp, k))
 
 
 # Fields whose device stage is not built yet: a non-default value is refused, never ignored.

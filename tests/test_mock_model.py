@@ -73,3 +73,13 @@ def test_sampled_tokens_are_the_favourite_or_runner_up_under_top_k_2(engine, byt
     for token in out.token_ids:
         assert token in ((last + 1) % VOCAB, (last + 2) % VOCAB)
         last = token
+
+
+def test_processed_logprobs_list_only_tokens_the_chain_kept(engine):
+    params = SamplingParams(
+        max_tokens=2, temperature=0.0, top_k=1, logprobs=5, logprobs_mode="processed"
+    )
+    out = _run(engine, [[byte_id(ord("a"))]], params)[0]
+    for entry in out.logprobs:
+        assert entry.logprob == 0.0  # the only token left
+        assert entry.top == ((entry.token_id, 0.0),)
