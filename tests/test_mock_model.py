@@ -83,3 +83,34 @@ def test_processed_logprobs_list_only_tokens_the_chain_kept(engine):
     for entry in out.logprobs:
         assert entry.logprob == 0.0  # the only token left
         assert entry.top == ((entry.token_id, 0.0),)
+
+
+def test_state_carried_inside_the_decode_loop_matches_one_token_per_step():
+    """Counts, history, Mirostat state and min_tokens advance on device within a k-token
+    decode call exactly as they do when the host rebuilds them every token."""
+    params = [
+        SamplingParams(
+            max_tokens=24,
+            min_tokens=20,
+            temperature=1.3,
+            repetition_penalty=8.0,
+            frequency_penalty=0.7,
+            presence_penalty=0.2,
+            repeat_last_n=6,
+            dry_multiplier=0.5,
+            logit_bias=dict.fromkeys(range(VOCAB), 1.0),  # no zero logits: penalties bite
+            seed=9,
+        ),
+        SamplingParams(max_tokens=24, mirostat=2, mirostat_tau=3.0, seed=4, ignore_eos=True),
+        SamplingParams(max_tokens=24, mirostat=1, mirostat_tau=3.0, seed=5, ignore_eos=True),
+    ]
+    prompts = [[byte_id(ord(c)) for c in "abcabc"], [byte_id(250)], [byte_id(7), byte_id(8)]]
+    results = []
+    for k in (1, 8):
+        engine = mock_engine(SchedulerConfig(max_num_seqs=4, prefill_chunk=16, decode_steps=k))
+        reqs = [engine.add_request(p, sp) for p, sp in zip(prompts, params, strict=True)]
+        while engine.has_unfinished():
+            engine.step()
+        results.append([r.output.token_ids for r in reqs])
+    assert results[0] == results[1]
+    assert len(results[0][0]) >= 20
