@@ -266,14 +266,22 @@ def test_content_parts_and_developer_role(client, oracle):
     assert out["choices"][0]["message"]["content"] == expected
 
 
-def test_n_is_refused_until_the_engine_samples_several_sequences_or_gives_n_choices(client):
-    body = {"messages": MESSAGES, "max_tokens": 3, "n": 2}
-    r = client.post("/v1/chat/completions", json=body)
-    if r.status_code == 400:
-        assert r.json()["error"]["param"] == "n"
-    else:
-        assert r.status_code == 200
-        assert [c["index"] for c in r.json()["choices"]] == [0, 1]
+def test_n_sequences_match_offline_generation_in_plain_and_streamed_responses(client, oracle):
+    params = SamplingParams(n=3, max_tokens=6, seed=11, ignore_eos=True)
+    expected = oracle.generate(PROMPTS[0], params)
+    assert [o.index for o in expected] == [0, 1, 2]
+    body = {"prompt": PROMPTS[0], "n": 3, "max_tokens": 6, "seed": 11, "ignore_eos": True}
+    out = client.post("/v1/completions", json=body).json()
+    assert [c["index"] for c in out["choices"]] == [0, 1, 2]
+    assert [c["text"] for c in out["choices"]] == [o.text for o in expected]
+    assert out["usage"]["prompt_tokens"] == len(expected[0].prompt_token_ids)  # counted once
+    assert out["usage"]["completion_tokens"] == 18
+    events = _events(client.post("/v1/completions", json={**body, "stream": True}))
+    texts = ["", "", ""]
+    for event in events:
+        for choice in event["choices"]:
+            texts[choice["index"]] += choice["text"]
+    assert texts == [o.text for o in expected]
 
 
 def test_models_tokenize_detokenize(client, oracle):
