@@ -78,6 +78,8 @@ CHAT_REFUSALS = [
     ({"repeat_penalty": 0}, "repeat_penalty"),
     ({"samplers": ["top_k", "bogus"]}, "samplers"),
     ({"allowed_token_ids": 5}, "allowed_token_ids"),
+    ({"allowed_token_ids": [10**6]}, "allowed_token_ids"),  # refused by the engine (vocab)
+    ({"logit_bias": {"999999": 1.0}}, "logit_bias"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"max_completion_tokens": -3}, "max_completion_tokens"),
     ({"top_logprobs": 2}, "top_logprobs"),
