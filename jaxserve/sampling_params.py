@@ -17,6 +17,7 @@ MAX_N = 16
 MAX_BAD_WORDS = 16  # banned token sequences per request
 MAX_BAD_WORD_TOKENS = 8  # tokens per banned sequence
 MAX_DRY_BREAKERS = 16
+MAX_LOGIT_BIAS = 300  # entries per request (OpenAI's limit)
 
 # Orderable stages of the chain, by llama.cpp's names; `samplers` picks a subset and an order.
 SAMPLER_STAGES = (
@@ -180,6 +181,10 @@ class SamplingParams:
         _check_int("mirostat", self.mirostat, 0, 2)
         _check_range("mirostat_tau", self.mirostat_tau, 0.0, 100.0)
         _check_range("mirostat_eta", self.mirostat_eta, 0.0, 1.0)
+        if len(self.logit_bias or {}) > MAX_LOGIT_BIAS:
+            _fail(
+                "logit_bias", f"at most {MAX_LOGIT_BIAS} entries", f"{len(self.logit_bias)} entries"
+            )
         for token, value in (self.logit_bias or {}).items():
             _check_range(f"logit_bias[{token}]", value, -100.0, 100.0)
         if self.allowed_token_ids is not None:

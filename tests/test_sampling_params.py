@@ -39,6 +39,7 @@ BAD = [
     ("logit_bias", {5: 200.0}),
     ("logit_bias", {"x": 1.0}),
     ("logit_bias", [1, 2]),
+    ("logit_bias", dict.fromkeys(range(301), 1.0)),
     ("allowed_token_ids", ()),
     ("allowed_token_ids", (-1,)),
     ("bad_words", ("",)),

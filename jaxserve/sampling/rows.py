@@ -16,11 +16,12 @@ import numpy as np
 from jaxserve.sampling_params import (
     MAX_BAD_WORD_TOKENS,
     MAX_BAD_WORDS,
+    MAX_LOGIT_BIAS,
     SAMPLER_STAGES,
     SamplingParams,
 )
 
-MAX_LOGIT_BIAS = 300  # entries per request (OpenAI's limit)
+BAD_WORD_SEQUENCES = 2 * MAX_BAD_WORDS  # each word alone and after a space
 NUM_STOP_IDS = 16  # end-of-generation ids + stop_token_ids per row
 
 
@@ -117,8 +118,8 @@ def pack(
         "bias_values": full(0.0, f32, MAX_LOGIT_BIAS),
         "use_bitmask": full(False, bool),
         "bitmask": full(-1, i32, words),
-        "bad_words": full(-1, i32, MAX_BAD_WORDS, MAX_BAD_WORD_TOKENS),
-        "bad_word_lens": full(0, i32, MAX_BAD_WORDS),
+        "bad_words": full(-1, i32, BAD_WORD_SEQUENCES, MAX_BAD_WORD_TOKENS),
+        "bad_word_lens": full(0, i32, BAD_WORD_SEQUENCES),
         "stage_slot": full(-1, i32, len(SAMPLER_STAGES)),
         "processed_logprobs": full(False, bool),
     }
