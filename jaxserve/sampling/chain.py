@@ -1,10 +1,11 @@
 """The sampler chain: restrictions, the optional research hook, the ordered stages, Mirostat,
 then one draw and logprobs, all on device for a whole batch.
 
-Order per row follows `SamplingTensors.stage_slot`: slot s of every row runs in one pass of a
-`fori_loop` over slots; inside it each stage runs (under `lax.cond`) only if some row placed it
-at slot s, and its result is selected for those rows alone. A batch that uses no stage pays a
-few scalar predicates; any parameter mix runs the same compiled program.
+Order per row follows `SamplingTensors.stage_slot`. The (slot, stage) pairs that some row uses
+are listed on device, slot-major, and a loop runs just those: each iteration `lax.switch`es to
+one stage and keeps its result for the rows that placed it at that slot. Each stage is compiled
+once, a batch that uses no stage runs no iteration, and any parameter mix or order runs the
+same compiled program.
 """
 
 from __future__ import annotations
@@ -61,13 +62,6 @@ def _when(pred: jax.Array, fn, logits: jax.Array) -> jax.Array:
     return jax.lax.cond(jnp.any(pred), fn, lambda x: x, logits)
 
 
-def _in_default_order(stage_slot: jax.Array) -> jax.Array:
-    """Whether every row's enabled stages have increasing slots in `SAMPLER_STAGES` order."""
-    before = jax.lax.cummax(stage_slot, axis=1)  # the largest slot so far, -1 if none
-    before = jnp.pad(before[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
-    return jnp.all((stage_slot < 0) | (stage_slot > before))
-
-
 def process(
     logits: jax.Array,
     t: SamplingTensors,
@@ -86,25 +80,21 @@ def process(
     if hook is not None:
         logits = hook(logits, state)
     stage_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    branches = [(lambda x, stage=stage: stage(x, t, state, stage_keys)) for stage in STAGES]
+    # The (slot, stage) pairs some row uses, slot-major; a loop runs just those, so each
+    # stage is compiled once and a batch using no stage runs no iteration.
+    num = len(STAGES)
+    slots = jnp.arange(num, dtype=jnp.int32)
+    used = jnp.any(t.stage_slot[:, None, :] == slots[None, :, None], axis=0)  # [slot, stage]
+    flat = used.reshape(-1)
+    pending = jnp.argsort(~flat, stable=True).astype(jnp.int32)  # used pairs first, in order
 
-    def run_stages(logits: jax.Array, slot: jax.Array | None) -> jax.Array:
-        for j, stage in enumerate(STAGES):
-            on = t.stage_slot[:, j] >= 0 if slot is None else t.stage_slot[:, j] == slot
+    def run_pair(i: jax.Array, x: jax.Array) -> jax.Array:
+        slot, stage = pending[i] // num, pending[i] % num
+        on = jnp.take(t.stage_slot, stage, axis=1) == slot
+        return jnp.where(on[:, None], jax.lax.switch(stage, branches, x), x)
 
-            def apply(x, on=on, stage=stage):
-                return jnp.where(on[:, None], stage(x, t, state, stage_keys), x)
-
-            logits = _when(on, apply, logits)
-        return logits
-
-    def any_order(x: jax.Array) -> jax.Array:
-        return jax.lax.fori_loop(0, len(STAGES), lambda s, y: run_stages(y, s), x)
-
-    # Rows whose stages all follow the default order (the usual case) need one pass over the
-    # stages; other orders run one pass per slot (a loop whose conditionals copy the logits).
-    logits = jax.lax.cond(
-        _in_default_order(t.stage_slot), lambda x: run_stages(x, None), any_order, logits
-    )
+    logits = jax.lax.fori_loop(0, jnp.sum(flat, dtype=jnp.int32), run_pair, logits)
     return _when(t.mirostat > 0, lambda x: mirostat.truncate(x, t, state.mirostat_mu), logits)
 
 

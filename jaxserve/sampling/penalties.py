@@ -81,9 +81,9 @@ def apply_dry(logits: jax.Array, t: SamplingTensors, state: RowState) -> jax.Arr
     start = _window_start(length, t.dry_last_n)
     breaker = token_bits(t.dry_breakers, hist)  # [B, H]
     pos = jnp.arange(h)[None, :]  # candidate position i: token hist[i] follows the match
-    match = jnp.zeros((b, h), jnp.int32)
-    alive = jnp.ones((b, h), bool)
-    for j in range(DRY_MAX_MATCH):
+
+    def extend(j, carry):
+        match, alive = carry
         earlier = pos - 1 - j  # compared with the token at length - 1 - j
         tail_pos = length - 1 - j
         tail = jnp.take_along_axis(hist, jnp.clip(tail_pos, 0, h - 1)[:, None], 1)
@@ -91,7 +91,10 @@ def apply_dry(logits: jax.Array, t: SamplingTensors, state: RowState) -> jax.Arr
         same = (earlier >= start[:, None]) & (tail_pos[:, None] > earlier) & (prev == tail)
         same &= (prev >= 0) & ~jnp.take_along_axis(breaker, jnp.clip(earlier, 0, h - 1), 1)
         alive &= same
-        match += alive.astype(jnp.int32)
+        return match + alive.astype(jnp.int32), alive
+
+    init = (jnp.zeros((b, h), jnp.int32), jnp.ones((b, h), bool))
+    match, _ = jax.lax.fori_loop(0, DRY_MAX_MATCH, extend, init)
     valid = (pos < length[:, None]) & (pos >= start[:, None]) & (hist >= 0)
     allowed = t.dry_allowed_length[:, None]
     hit = valid & (match >= allowed)
