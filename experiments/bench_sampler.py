@@ -25,31 +25,11 @@ from jaxserve import LLM, SamplingParams
 from jaxserve.runner import DecodeRow, PrefillRow
 from jaxserve.sampling.rows import SamplingRow, token_bitmask
 from jaxserve.testing.chain import run_chain
+from jaxserve.testing.strategies import every_stage
 
 PROMPT, STEPS = 128, 8
 TYPICAL = SamplingParams(temperature=0.7, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.1)
-EVERYTHING = SamplingParams(
-    max_tokens=64,
-    min_tokens=4,
-    temperature=0.8,
-    dynatemp_range=0.3,
-    top_k=40,
-    top_p=0.95,
-    min_p=0.02,
-    typical_p=0.9,
-    top_n_sigma=3.0,
-    xtc_probability=0.5,
-    xtc_threshold=0.1,
-    repetition_penalty=1.2,
-    presence_penalty=0.3,
-    frequency_penalty=0.2,
-    dry_multiplier=0.8,
-    mirostat=2,
-    logit_bias={7: 2.0, 9: -100.0},
-    allowed_token_ids=tuple(range(100, 40000)),
-    bad_words=("the",),
-    logprobs=5,
-)
+EVERYTHING = every_stage(allowed=range(100, 40000), max_tokens=64, logprobs_mode="raw")
 
 
 def timed(fn, repeats: int) -> float:

@@ -6,34 +6,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from jaxserve import LLM, SamplingParams
-from jaxserve.testing.strategies import request_batches
+from jaxserve.testing.strategies import every_stage, request_batches
 
 PROMPT = [5, 77, 120, 3, 250, 18, 42, 42, 9, 101, 64, 200, 7, 33, 150, 11, 90, 4, 8]
-EVERYTHING = SamplingParams(
-    max_tokens=10,
-    min_tokens=3,
-    temperature=0.8,
-    dynatemp_range=0.3,
-    top_k=40,
-    top_p=0.95,
-    min_p=0.02,
-    typical_p=0.9,
-    top_n_sigma=3.0,
-    xtc_probability=0.5,
-    xtc_threshold=0.2,
-    repetition_penalty=1.2,
-    presence_penalty=0.3,
-    frequency_penalty=0.2,
-    repeat_last_n=16,
-    dry_multiplier=0.8,
-    mirostat=2,
-    logit_bias={7: 2.0, 9: -100.0},
-    allowed_token_ids=tuple(range(10, 200)),
-    bad_words=("the",),
+EVERYTHING = every_stage(
+    allowed=range(10, 200),
     samplers=("penalties", "dry", "top_k", "temperature", "top_p", "min_p", "xtc", "typ_p"),
-    seed=11,
-    logprobs=3,
-    logprobs_mode="processed",
 )
 
 

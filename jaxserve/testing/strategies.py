@@ -77,3 +77,33 @@ def request_batches(
             params = SamplingParams(**{**params.__dict__, "seed": draw(st.integers(0, 2**16))})
         batch.append((prompt, params))
     return batch
+
+
+def every_stage(*, allowed: range, max_tokens: int = 10, **overrides) -> SamplingParams:
+    """Params with every stage and restriction on (for no-recompile tests and benchmarks)."""
+    fields = dict(
+        max_tokens=max_tokens,
+        min_tokens=3,
+        temperature=0.8,
+        dynatemp_range=0.3,
+        top_k=40,
+        top_p=0.95,
+        min_p=0.02,
+        typical_p=0.9,
+        top_n_sigma=3.0,
+        xtc_probability=0.5,
+        xtc_threshold=0.2,
+        repetition_penalty=1.2,
+        presence_penalty=0.3,
+        frequency_penalty=0.2,
+        repeat_last_n=16,
+        dry_multiplier=0.8,
+        mirostat=2,
+        logit_bias={7: 2.0, 9: -100.0},
+        allowed_token_ids=tuple(allowed),
+        bad_words=("the",),
+        seed=11,
+        logprobs=3,
+        logprobs_mode="processed",
+    )
+    return SamplingParams(**{**fields, **overrides})
