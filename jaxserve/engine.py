@@ -89,6 +89,7 @@ class Engine:
         self.scheduler = Scheduler(scheduler_config, pages)
         self.stats = EngineStats()
         self._requests: dict[tuple[int, int], Request] = {}  # (request_id, index)
+        self._groups: dict[int, Request] = {}  # request_id -> its first sequence
         self._next_id = 0
         self._rng = random.Random(config.seed)
         self._breaker_masks: dict[tuple[str, ...], np.ndarray] = {}
@@ -149,6 +150,7 @@ class Engine:
             request.arrival_time = now
             self.scheduler.add(request)
             self._requests[(request.request_id, request.index)] = request
+        self._groups[group[0].request_id] = group[0]
         self._next_id += 1
         return group[0]
 
@@ -213,9 +215,10 @@ class Engine:
         """Drop a request (every one of its sequences) wherever it is; its pages are free
         before the next step."""
         if isinstance(request, int):
-            request = self._requests.get((request, 0))
+            request = self._groups.get(request)
             if request is None:
                 return
+        self._groups.pop(request.request_id, None)
         for seq in request.group:
             if self._requests.pop((seq.request_id, seq.index), None) is not None:
                 self.scheduler.remove(seq)
@@ -235,6 +238,8 @@ class Engine:
         for event in events:
             if event.output.finished:
                 request = self._requests.pop((event.output.request_id, event.output.index))
+                if all(seq.finished for seq in request.group):
+                    self._groups.pop(request.request_id, None)
                 self.scheduler.remove(request)
                 self.stats.on_finish(request)
         self.scheduler.register_computed(self.scheduler.running)
@@ -251,7 +256,12 @@ class Engine:
             sampling = self._sampling_row(r, c.start + c.num_tokens) if samples else SamplingRow()
             rows.append(PrefillRow(tokens, c.start, r.pages, sampling))
         out = self.runner.prefill(rows)
-        wants = [c.request.params.prompt_logprobs is not None for c in chunks]
+        # A chunk recomputed after a preemption already has its prompt logprobs.
+        wants = [
+            c.request.output.prompt_logprobs is not None
+            and len(c.request.output.prompt_logprobs) == c.start + 1
+            for c in chunks
+        ]
         if any(wants):
             targets = [
                 c.request.prompt_token_ids[c.start + 1 : c.start + 1 + c.num_tokens] if w else []

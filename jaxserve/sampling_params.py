@@ -135,6 +135,13 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         if isinstance(self.bad_words, str):
             object.__setattr__(self, "bad_words", (self.bad_words,))
+        if isinstance(self.dry_sequence_breakers, str):
+            object.__setattr__(self, "dry_sequence_breakers", (self.dry_sequence_breakers,))
+        for name in ("stop", "stop_token_ids", "bad_words", "dry_sequence_breakers", "samplers"):
+            if isinstance(getattr(self, name), Mapping) or not _is_sequence(getattr(self, name)):
+                _fail(name, "a list", getattr(self, name))
+        if self.allowed_token_ids is not None and not _is_sequence(self.allowed_token_ids):
+            _fail("allowed_token_ids", "a list of token ids", self.allowed_token_ids)
         if isinstance(self.samplers, str):
             object.__setattr__(self, "samplers", tuple(self.samplers.replace(",", ";").split(";")))
         for name in ("stop", "stop_token_ids", "bad_words", "dry_sequence_breakers", "samplers"):
@@ -228,6 +235,10 @@ class SamplingParams:
             or self.dry_multiplier > 0.0
             or self.bad_words
         )
+
+
+def _is_sequence(value: object) -> bool:
+    return value is None or isinstance(value, list | tuple | str)
 
 
 def _token_id(key: object) -> int:

@@ -114,3 +114,21 @@ def test_state_carried_inside_the_decode_loop_matches_one_token_per_step():
         results.append([r.output.token_ids for r in reqs])
     assert results[0] == results[1]
     assert len(results[0][0]) >= 20
+
+
+def test_abort_by_id_ends_every_sequence_even_after_the_first_finished(engine):
+    stops = tuple(range(100, 114))
+    for seed in range(64):  # find a seed whose sequence 0 stops before the others
+        params = SamplingParams(
+            max_tokens=40, temperature=2.0, seed=seed, n=3, stop_token_ids=stops
+        )
+        first = engine.add_request([byte_id(1)], params)
+        while not first.finished:
+            engine.step()
+        if not all(seq.finished for seq in first.group):
+            break
+    assert not all(seq.finished for seq in first.group)
+    engine.abort(first.request_id)
+    assert all(seq.finished for seq in first.group)
+    assert not engine.has_unfinished()
+    assert engine.scheduler.pages.num_used == 0

@@ -80,3 +80,21 @@ def test_spellings_are_normalized():
 @given(sampling_params())
 def test_the_strategy_only_builds_valid_params(params):
     assert SamplingParams(**params.__dict__) == params
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("allowed_token_ids", 5),
+        ("bad_words", {"a": 1}),
+        ("stop_token_ids", 3),
+        ("samplers", {"top_k": 1}),
+    ],
+)
+def test_wrong_container_types_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**{field: value})
+
+
+def test_a_single_breaker_string_is_one_breaker():
+    assert SamplingParams(dry_sequence_breakers="\n\n").dry_sequence_breakers == ("\n\n",)
