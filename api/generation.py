@@ -15,6 +15,7 @@ from starlette.requests import Request
 from jaxserve.api.async_engine import RequestStream, StreamOutput
 from jaxserve.api.errors import APIError, bad_request
 from jaxserve.api.sampling import param_error
+from jaxserve.errors import ContextLengthError
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.scheduler import QueueFullError
 
@@ -63,9 +64,6 @@ async def submit(
 
 
 def _api_error(error: BaseException, prompt_param: str, retry_after_s: int) -> BaseException:
-    # Imported here: the front does not import jax; an engine that raised has loaded it already.
-    from jaxserve.engine import ContextLengthError
-
     if isinstance(error, ContextLengthError):
         return bad_request(str(error), prompt_param, "context_length_exceeded")
     if isinstance(error, QueueFullError):

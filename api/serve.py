@@ -5,7 +5,6 @@ requests 503, in-flight ones finish up to `drain_timeout_s`) before the process 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import signal
 import threading
@@ -93,10 +92,9 @@ def llm_loader(model: str, *, max_queue: int | None, **llm_kwargs: Any) -> Calla
         from jaxserve.api.async_engine import AsyncEngine
         from jaxserve.llm import LLM
 
-        llm = LLM(model, warmup=True, quiet=False, **llm_kwargs)
         if max_queue is not None:
-            scheduler = llm.engine.scheduler
-            scheduler.config = dataclasses.replace(scheduler.config, max_waiting=max_queue)
+            llm_kwargs["max_waiting"] = max_queue
+        llm = LLM(model, warmup=True, quiet=False, **llm_kwargs)
         return Served.from_llm(llm, AsyncEngine(llm.engine))
 
     return load

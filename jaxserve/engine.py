@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxserve.config import WeightFormat
 from jaxserve.detokenizer import IncrementalDetokenizer
-from jaxserve.errors import JaxserveError
+from jaxserve.errors import ContextLengthError
 from jaxserve.outputs import RequestOutput, TokenLogprob
 from jaxserve.page_allocator import PageAllocator
 from jaxserve.request import Request
@@ -26,10 +26,6 @@ from jaxserve.sampling_params import MAX_BAD_WORD_TOKENS, SamplingParams
 from jaxserve.scheduler import PrefillChunk, QueueFullError, Scheduler, SchedulerConfig
 from jaxserve.stats import EngineStats
 from jaxserve.tokenizer import Tokenizer
-
-
-class ContextLengthError(JaxserveError):
-    """A prompt that does not fit the model's context."""
 
 
 @dataclass(frozen=True)

@@ -17,5 +17,9 @@ class UnsupportedArchitectureError(GGUFError):
     """A GGUF whose `general.architecture` has no model class here."""
 
 
+class ContextLengthError(JaxserveError):
+    """A prompt that does not fit the model's context (or the KV cache)."""
+
+
 class ChatTemplateError(JaxserveError):
     """A chat template that does not compile, or fails while rendering (`raise_exception`)."""

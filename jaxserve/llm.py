@@ -38,6 +38,7 @@ class LLM:
     max_num_seqs / max_num_batched_tokens / prefill_chunk / max_prefill_rows: rows and tokens
         per engine step.
     decode_steps: tokens each decode row generates on device per step (k).
+    max_waiting: queued requests at most; more are refused with `QueueFullError`.
     enable_prefix_caching: reuse cached K/V pages of shared prompt prefixes.
     compilation_cache_dir: persistent XLA cache (default `<model cache>/xla`; "" turns it off).
     warmup: compile every bucket now (a server does; notebooks compile on first use).
@@ -59,6 +60,7 @@ class LLM:
         prefill_chunk: int = 512,
         max_prefill_rows: int = 1,
         decode_steps: int = 8,
+        max_waiting: int = 4096,
         enable_prefix_caching: bool = True,
         compilation_cache_dir: str | None = None,
         warmup: bool = False,
@@ -83,6 +85,7 @@ class LLM:
             prefill_chunk=prefill_chunk,
             max_prefill_rows=max_prefill_rows,
             decode_steps=decode_steps,
+            max_waiting=max_waiting,
         )
         self.model_file = GGUFModelFile.open(resolve_model(model, quiet=quiet))
         self.config = self.model_file.config
