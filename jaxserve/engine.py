@@ -231,6 +231,9 @@ class Engine:
             events += self._run_prefill(out.prefill)
         if out.decode:
             events += self._run_decode(out.decode, out.decode_steps)
+        # Before finished requests free their pages: one that ended in its prefill step still
+        # leaves its prompt in the prefix cache.
+        self.scheduler.register_computed(self.scheduler.running)
         for event in events:
             if event.output.finished:
                 request = self._requests.pop((event.output.request_id, event.output.index))
@@ -238,7 +241,6 @@ class Engine:
                     self._groups.pop(request.request_id, None)
                 self.scheduler.remove(request)
                 self.stats.on_finish(request)
-        self.scheduler.register_computed(self.scheduler.running)
         self.stats.on_step(self.scheduler, out)
         self.stats.on_runner(self.runner)
         return events
