@@ -1,0 +1,32 @@
+"""Constrained decoding on the host: GBNF / JSON Schema / regex / choice -> token bitmask rows.
+
+Imports numpy only. `GrammarCompiler(vocab).compile(spec)` gives a `CompiledGrammar` (cached);
+each request gets a `Matcher` over it. `matches(spec, text)` checks a string without a tokenizer.
+"""
+
+from .automaton import Automaton
+from .compiled import CompiledGrammar
+from .gbnf import parse_gbnf
+from .ir import ConstraintBudgetError, Grammar, UnsupportedConstraintError
+from .matcher import Matcher
+from .regex import regex_node
+from .spec import KINDS, GrammarCompiler, build_grammar, is_prefix, matches, spec_kind
+from .vocab import TokenVocab
+
+__all__ = [
+    "KINDS",
+    "Automaton",
+    "CompiledGrammar",
+    "ConstraintBudgetError",
+    "Grammar",
+    "GrammarCompiler",
+    "Matcher",
+    "TokenVocab",
+    "UnsupportedConstraintError",
+    "build_grammar",
+    "is_prefix",
+    "matches",
+    "parse_gbnf",
+    "regex_node",
+    "spec_kind",
+]

@@ -17,6 +17,7 @@ import numpy as np
 from jaxserve.config import WeightFormat
 from jaxserve.detokenizer import IncrementalDetokenizer
 from jaxserve.errors import ContextLengthError
+from jaxserve.grammar import GrammarCompiler, Matcher, TokenVocab
 from jaxserve.outputs import RequestOutput, TokenLogprob
 from jaxserve.page_allocator import PageAllocator
 from jaxserve.request import Request
@@ -89,6 +90,15 @@ class Engine:
         self._next_id = 0
         self._rng = random.Random(config.seed)
         self._breaker_masks: dict[tuple[str, ...], np.ndarray] = {}
+        self._grammars: GrammarCompiler | None = None
+
+    @property
+    def grammars(self) -> GrammarCompiler:
+        """Constraint compiler over this tokenizer's vocabulary (built on first use)."""
+        if self._grammars is None:
+            vocab = TokenVocab.from_tokenizer(self.tokenizer, width=self.runner.config.vocab_size)
+            self._grammars = GrammarCompiler(vocab)
+        return self._grammars
 
     def add_request(
         self,
@@ -122,6 +132,8 @@ class Engine:
             raise ValueError(f"stop_token_ids must be in [0, {vocab})")
         if len(self.scheduler.waiting) + params.n > self.scheduler.config.max_waiting:
             raise QueueFullError(f"{len(self.scheduler.waiting)} requests are already waiting")
+        constraint = params.constraint
+        compiled = self.grammars.compile(constraint) if constraint is not None else None
         seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
         group: list[Request] = []
         for index in range(params.n):
@@ -141,6 +153,8 @@ class Engine:
                 group=group,
             )
             self._prepare_sampling(request)
+            if compiled is not None:
+                request.matcher = Matcher(compiled)
         now = time.monotonic()
         for request in group:
             request.arrival_time = now
@@ -188,6 +202,10 @@ class Engine:
     def _sampling_row(self, request: Request, length: int) -> SamplingRow:
         """The sampler's view of `request` when drawing the token at position `length`."""
         params = request.params
+        allowed = request.allowed_mask
+        if request.matcher is not None:
+            grammar_mask = request.matcher.bitmask()
+            allowed = grammar_mask if allowed is None else allowed & grammar_mask
         return SamplingRow(
             params=params,
             seed=request.seed,
@@ -196,7 +214,7 @@ class Engine:
             mirostat_mu=request.mirostat_mu,
             stop_ids=self._stop_ids(params),
             history=request.all_token_ids[:length] if params.uses_history else None,
-            allowed_mask=request.allowed_mask,
+            allowed_mask=allowed,
             breaker_mask=request.breaker_mask,
             bad_word_ids=request.bad_word_ids,
         )
@@ -285,7 +303,7 @@ class Engine:
             token = int(out.token_ids[i])
             request.mirostat_mu = float(out.mirostat_mu[i])
             lp = self._logprob(request, token, out.logprobs[i], out.top_ids[i], out.top_logprobs[i])
-            delta = request.append_token(token, lp, eos_ids=self.tokenizer.eos_ids)
+            delta = self._append(request, token, lp)
             events.append(StepEvent(request.output, delta, (token,)))
         return events
 
@@ -300,7 +318,7 @@ class Engine:
                 lp = self._logprob(
                     request, token, out.logprobs[i, j], out.top_ids[i, j], out.top_logprobs[i, j]
                 )
-                delta += request.append_token(token, lp, eos_ids=self.tokenizer.eos_ids)
+                delta += self._append(request, token, lp)
                 new.append(token)
                 if request.finished:
                     break  # anything generated past a stop string is dropped
@@ -309,11 +327,24 @@ class Engine:
             events.append(StepEvent(request.output, delta, tuple(new)))
         return events
 
+    def _append(self, request: Request, token: int, lp: TokenLogprob | None) -> str:
+        """Record a generated token; a constrained request also advances its matcher, and ends
+        as soon as its output is complete and nothing may follow."""
+        matcher = request.matcher
+        accepted = matcher is None or matcher.accept_token(token)
+        delta = request.append_token(token, lp, eos_ids=self.tokenizer.eos_ids)
+        if matcher is not None and not request.finished:
+            if not accepted or matcher.is_terminated() or matcher.is_complete():
+                delta += request.finish("stop")
+        return delta
+
     def _decode_row(self, request: Request) -> DecodeRow:
         params = request.params
         remaining = min(
             params.max_tokens - len(request.output.token_ids), request.max_len - request.num_tokens
         )
+        if request.matcher is not None:
+            remaining = min(remaining, 1)  # its next mask needs the host
         return DecodeRow(
             token_id=request.all_token_ids[-1],
             start=request.num_tokens - 1,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jaxserve.detokenizer import IncrementalDetokenizer
+from jaxserve.grammar import Matcher
 from jaxserve.outputs import RequestOutput, TokenLogprob
 from jaxserve.sampling_params import SamplingParams
 
@@ -39,6 +40,7 @@ class Request:
     bad_word_ids: Sequence[Sequence[int]] = ()
     breaker_mask: np.ndarray | None = None
     mirostat_mu: float = 0.0
+    matcher: Matcher | None = None  # the request's constraint, advanced per generated token
     output: RequestOutput = field(init=False)
     _pending: str = ""  # decoded text held back because it may begin a stop string
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 MAX_LOGPROBS = 20  # matches the device's static top-k width
 MAX_N = 16
@@ -35,6 +35,7 @@ DEFAULT_SAMPLERS = SAMPLER_STAGES
 _STAGE_ALIASES = {"typical_p": "typ_p", "typical": "typ_p", "penalty": "penalties"}
 
 LogprobsMode = Literal["raw", "processed"]
+CONSTRAINT_FIELDS = ("json_schema", "json_object", "grammar", "regex", "choice")
 
 
 def _fail(name: str, rule: str, value: object) -> None:
@@ -91,6 +92,9 @@ class SamplingParams:
       chain, before the draw).
     prompt_logprobs: number of top alternatives to return at each prompt position after the first,
       beside the logprob of the actual prompt token.
+    Constraints (at most one; the output is a complete string of the language, then end of
+    generation): json_schema (a JSON Schema, as a mapping or JSON text), json_object (any JSON
+    value), grammar (GBNF, llama.cpp's dialect), regex (full match), choice (one of the strings).
     """
 
     max_tokens: int = 16
@@ -129,8 +133,17 @@ class SamplingParams:
     logprobs: int | None = None
     logprobs_mode: LogprobsMode = "raw"
     prompt_logprobs: int | None = None
+    json_schema: Mapping[str, Any] | bool | str | None = None
+    json_object: bool = False
+    grammar: str | None = None
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.choice is not None:
+            if isinstance(self.choice, str | Mapping) or not _is_sequence(self.choice):
+                _fail("choice", "a list of strings", self.choice)
+            object.__setattr__(self, "choice", tuple(self.choice))
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         if isinstance(self.bad_words, str):
@@ -220,6 +233,33 @@ class SamplingParams:
                 _check_int(name, value, 0, MAX_LOGPROBS)
         if self.logprobs_mode not in ("raw", "processed"):
             _fail("logprobs_mode", "'raw' or 'processed'", self.logprobs_mode)
+        self._validate_constraint()
+
+    def _validate_constraint(self) -> None:
+        named = [k for k in CONSTRAINT_FIELDS if getattr(self, k) not in (None, False)]
+        if len(named) > 1:
+            _fail(named[1], f"not combined with {named[0]} (one constraint per request)", "both")
+        if not isinstance(self.json_object, bool):
+            _fail("json_object", "a boolean", self.json_object)
+        if self.json_schema is not None and not isinstance(self.json_schema, Mapping | bool | str):
+            _fail("json_schema", "a JSON Schema object", self.json_schema)
+        for name in ("grammar", "regex"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                _fail(name, "a non-empty string", value)
+        if self.choice is not None and (
+            not self.choice or any(not isinstance(c, str) or not c for c in self.choice)
+        ):
+            _fail("choice", "a non-empty list of non-empty strings", self.choice)
+
+    @property
+    def constraint(self) -> dict[str, Any] | None:
+        """The constraint as a `jaxserve.grammar` spec, or None."""
+        for name in CONSTRAINT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and value is not False:
+                return {name: list(value) if name == "choice" else value}
+        return None
 
     @property
     def is_greedy(self) -> bool:

@@ -1,0 +1,36 @@
+"""A grammar compiled against one vocabulary: per-state token masks, built on first use."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .automaton import DEAD, Automaton
+from .vocab import TokenVocab
+
+
+class CompiledGrammar:
+    """Token-level view of an `Automaton`; shared by every matcher of the same (spec, vocab)."""
+
+    def __init__(self, automaton: Automaton, vocab: TokenVocab) -> None:
+        self.automaton = automaton
+        self.vocab = vocab
+        self._masks: dict[int, np.ndarray] = {}
+
+    def mask(self, state: int) -> np.ndarray:
+        """int32 bitmask `[words]` of the tokens allowed in `state` (stop ids iff accepting)."""
+        cached = self._masks.get(state)
+        if cached is None:
+            allowed = self.vocab.next_states(self.automaton, state) != DEAD
+            # Stop ids end a complete string; they are also the way out of a state no token
+            # of this vocabulary can continue (rather than a row with nothing to sample).
+            if self.automaton.accepting[state] or not allowed.any():
+                allowed[self.vocab.stop_ids] = True
+            cached = self._masks[state] = self.vocab.pack(allowed)
+        return cached
+
+    def advance(self, state: int, token_id: int) -> int:
+        """The state after `token_id` (DEAD if not allowed; the matcher handles stop ids)."""
+        data = self.vocab.token_bytes[token_id] if 0 <= token_id < self.vocab.size else b""
+        if not data:
+            return DEAD
+        return self.automaton.walk(state, data)

@@ -1,0 +1,74 @@
+"""A tokenizer's vocabulary as byte strings, and the vectorized token walk over an automaton."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from .automaton import DEAD, Automaton
+
+
+class TokenVocab:
+    """Byte strings of every token id, laid out for walking all tokens at once.
+
+    `width` is the logits width (may exceed the vocabulary: padded ids are never allowed).
+    Tokens with no bytes (control tokens) are never allowed by a grammar; `stop_ids` are allowed
+    exactly when the grammar accepts.
+    """
+
+    def __init__(
+        self, token_bytes: Sequence[bytes], stop_ids: Iterable[int], *, width: int | None = None
+    ) -> None:
+        self.size = len(token_bytes)
+        self.width = max(width or self.size, self.size)
+        self.words = (self.width + 31) // 32
+        self.token_bytes = list(token_bytes)
+        self.stop_set = frozenset(int(i) for i in stop_ids)
+        self.stop_ids = np.array(sorted(self.stop_set), np.int64)
+        lengths = np.array([len(b) for b in token_bytes], np.int64)
+        order = np.argsort(-lengths, kind="stable")
+        self.order = order[lengths[order] > 0]  # walkable tokens, longest first
+        self.lengths = lengths[self.order]
+        longest = int(self.lengths[0]) if self.order.size else 0
+        self.bytes = np.zeros((self.order.size, longest), np.uint8)
+        for row, tid in enumerate(self.order):
+            data = token_bytes[tid]
+            self.bytes[row, : len(data)] = np.frombuffer(data, np.uint8)
+        # tokens longer than i are rows [0, longer[i]) of the sorted order
+        self.longer = np.array([(self.lengths > i).sum() for i in range(longest)], np.int64)
+        self.key = (tuple(token_bytes), tuple(self.stop_ids.tolist()), self.width)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: object, *, width: int | None = None) -> TokenVocab:
+        """Build from a `jaxserve.tokenizer.Tokenizer` (its `token_bytes` and `eos_ids`)."""
+        size = tokenizer.vocab_size  # type: ignore[attr-defined]
+        data = [tokenizer.token_bytes(i) for i in range(size)]  # type: ignore[attr-defined]
+        return cls(data, tokenizer.eos_ids, width=width)  # type: ignore[attr-defined]
+
+    def next_states(self, automaton: Automaton, state: int) -> np.ndarray:
+        """The state after each token from `state`, `[size]` int32 (DEAD for disallowed)."""
+        cur = np.full(self.order.size, state, np.int32)
+        idx = np.arange(self.order.size)
+        for i, n in enumerate(self.longer):
+            idx = idx[: np.searchsorted(idx, n)]
+            if not idx.size:
+                break
+            src = cur[idx]
+            col = self.bytes[idx, i]
+            nxt = automaton.table[src, col]
+            missing = nxt < 0
+            if missing.any():
+                automaton.fill_rows(np.unique(src[missing]))
+                nxt = automaton.table[src, col]
+            cur[idx] = nxt
+            idx = idx[nxt != DEAD]
+        out = np.zeros(self.size, np.int32)
+        out[self.order] = cur
+        return out
+
+    def pack(self, allowed: np.ndarray) -> np.ndarray:
+        """Bool `[size]` -> int32 bitmask `[words]` (bit i of word w = token 32*w+i)."""
+        bits = np.zeros(self.words * 32, bool)
+        bits[: allowed.size] = allowed
+        return np.packbits(bits, bitorder="little").view("<u4").view(np.int32)

@@ -1,0 +1,107 @@
+"""Constraints inside the engine: every finished output is a complete string of its language."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jaxserve import SamplingParams
+from jaxserve.grammar import UnsupportedConstraintError, is_prefix, matches
+from jaxserve.scheduler import SchedulerConfig
+from jaxserve.testing.mock_model import byte_id, mock_engine
+
+SPECS = [
+    {"regex": r"(ab|cd)+x?[0-9]{2}"},
+    {"choice": ["yes", "no", "maybe"]},
+    {"grammar": 'root ::= "(" item ("," item)* ")"\nitem ::= [a-c]+ | root'},
+    {
+        "json_schema": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}},
+            "required": ["a"],
+        }
+    },
+    {"json_object": True},
+]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return mock_engine(SchedulerConfig(max_num_seqs=8, prefill_chunk=32, decode_steps=4))
+
+
+def _run(engine, requests):
+    reqs = [engine.add_request(p, params) for p, params in requests]
+    while engine.has_unfinished():
+        engine.step()
+    return [r.output for r in reqs]
+
+
+def _params(spec, **kw) -> SamplingParams:
+    kw = {"max_tokens": 64, "temperature": 1.0, **kw}
+    return SamplingParams(**{**spec, **kw})
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: next(iter(s)))
+def test_sampled_outputs_are_complete_strings_of_the_language(engine, spec):
+    outs = _run(engine, [([byte_id(b)], _params(spec, seed=s)) for s, b in enumerate(b"aZ{(x")])
+    for out in outs:
+        if out.finish_reason == "length":  # a recursive grammar may run past max_tokens
+            assert "grammar" in spec and is_prefix(spec, out.text), out.text
+            continue
+        assert out.finish_reason == "stop", out.text
+        assert matches(spec, out.text), out.text
+        if "json_schema" in spec:
+            assert isinstance(json.loads(out.text)["a"], int)
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 2**32 - 1), greedy=st.booleans())
+def test_constrained_and_free_rows_share_a_batch(engine, seed, greedy):
+    t = 0.0 if greedy else 1.0
+    free = SamplingParams(max_tokens=12, temperature=t, seed=seed)
+    spec = {"regex": "[a-z]{3,8}"}
+    outs = _run(
+        engine,
+        [([byte_id(65)], free), ([byte_id(66)], _params(spec, seed=seed, temperature=t))] * 2,
+    )
+    assert outs[0].text == outs[2].text  # a free row is unaffected by its constrained neighbour
+    assert len(outs[0].token_ids) == 12
+    assert matches(spec, outs[1].text) and matches(spec, outs[3].text)
+
+
+def test_a_constrained_output_ends_as_soon_as_nothing_may_follow(engine):
+    out = _run(engine, [([byte_id(ord("a"))], _params({"choice": ["bcd"]}, temperature=0.0))])[0]
+    assert out.text == "bcd"
+    assert out.token_ids == [byte_id(ord(c)) for c in "bcd"]  # no extra step for the EOS
+    assert out.finish_reason == "stop"
+
+
+def test_n_sequences_each_follow_the_constraint(engine):
+    spec = {"regex": "[0-9]+"}
+    leader = engine.add_request([byte_id(1)], _params(spec, n=3, seed=1, max_tokens=6))
+    while engine.has_unfinished():
+        engine.step()
+    texts = [seq.output.text for seq in leader.group]
+    assert len(texts) == 3 and len(set(texts)) > 1
+    for seq in leader.group:
+        assert is_prefix(spec, seq.output.text)
+        assert seq.output.finish_reason == "length" or matches(spec, seq.output.text)
+
+
+def test_an_unsupported_constraint_is_refused_when_the_request_is_added(engine):
+    with pytest.raises(UnsupportedConstraintError, match="lookaround"):
+        engine.add_request([1], _params({"regex": "(?=a)a"}))
+    with pytest.raises(UnsupportedConstraintError, match="GBNF syntax error"):
+        engine.add_request([1], _params({"grammar": "root ::= ("}))
+    assert not engine.has_unfinished()
+
+
+def test_two_constraints_in_one_request_are_refused():
+    with pytest.raises(ValueError, match="regex"):
+        SamplingParams(choice=["a"], regex="a")
