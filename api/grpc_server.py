@@ -97,7 +97,14 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 ids, text = list(request.token_ids.ids), None
             else:
                 raise bad_request("give a prompt: text or token_ids", "prompt")
-            job = self._job(request.sampling, ids, text, request.priority, default_max=16)
+            job = self._job(
+                request.sampling,
+                ids,
+                text,
+                request.priority,
+                default_max=16,
+                constraint=self._constraint(request.constraint),
+            )
         async for response in self._run(served, job, "prompt", context):
             yield response
 
@@ -121,7 +128,14 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             add = not request.HasField("add_generation_prompt") or request.add_generation_prompt
             ids = self._render(served, messages, add)
             default = max(1, served.max_model_len - len(ids))
-            job = self._job(request.sampling, ids, None, request.priority, default_max=default)
+            job = self._job(
+                request.sampling,
+                ids,
+                None,
+                request.priority,
+                default_max=default,
+                constraint=self._constraint(request.constraint),
+            )
         async for response in self._run(served, job, "messages", context):
             yield response
 
@@ -167,10 +181,17 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     def _start(self, model: str, constraint: pb.Constraint | None) -> Served:
         served = self.state.ready()
         self.state.check_model(model or None)
-        kind = constraint.WhichOneof("kind") if constraint is not None else None
-        if kind is not None:
-            raise unsupported(f"constraint.{kind}")
         return served
+
+    @staticmethod
+    def _constraint(constraint: pb.Constraint) -> dict[str, Any]:
+        """The proto's constraint oneof as SamplingParams fields."""
+        kind = constraint.WhichOneof("kind")
+        if kind is None:
+            return {}
+        if kind == "choice":
+            return {"choice": tuple(constraint.choice.values)}
+        return {kind: getattr(constraint, kind)}
 
     @staticmethod
     def _render(served: Served, messages: list[dict[str, Any]], add: bool) -> list[int]:
@@ -181,8 +202,16 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         return served.tokenizer.encode(text, add_special=False, parse_special=True)
 
     @staticmethod
-    def _job(sampling: pb.SamplingParams, ids, text, priority: int, *, default_max: int) -> Job:
-        values = sampling_values(sampling)
+    def _job(
+        sampling: pb.SamplingParams,
+        ids,
+        text,
+        priority: int,
+        *,
+        default_max: int,
+        constraint: dict[str, Any],
+    ) -> Job:
+        values = sampling_values(sampling) | constraint
         fixed = {
             name: values.pop(name) for name in ("logprobs", "prompt_logprobs") if name in values
         }

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from jaxserve.api.errors import APIError, bad_request, unknown_field, unsupported
+from jaxserve.grammar import UnsupportedConstraintError, build_grammar
 from jaxserve.sampling_params import SamplingParams
 
 SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
@@ -26,6 +27,10 @@ ALIASES = {
     "repeat_penalty": "repetition_penalty",
     "typ_p": "typical_p",
     "penalty_last_n": "repeat_last_n",
+    "guided_json": "json_schema",
+    "guided_regex": "regex",
+    "guided_choice": "choice",
+    "guided_grammar": "grammar",
 }
 
 # SamplingParams fields a request may not set by name: the response would have to carry what
@@ -40,14 +45,6 @@ NO_OP = frozenset(
 # Known features this server does not have yet: a clear 400 instead of "unrecognized".
 NOT_YET = frozenset(
     {
-        "grammar",
-        "regex",
-        "choice",
-        "json_schema",
-        "guided_json",
-        "guided_regex",
-        "guided_choice",
-        "guided_grammar",
         "structural_tag",
         "functions",
         "function_call",
@@ -114,7 +111,7 @@ def params_from_values(values: Mapping[str, Any], fixed: Mapping[str, Any]) -> S
         names[target] = name
     kwargs.update(fixed)
     try:
-        return SamplingParams(**kwargs)
+        params = SamplingParams(**kwargs)
     except ValueError as error:
         raise param_error(error, names) from None
     except TypeError:  # a value of the wrong shape: find which one
@@ -125,6 +122,21 @@ def params_from_values(values: Mapping[str, Any], fixed: Mapping[str, Any]) -> S
                 name = names.get(target, target)
                 raise bad_request(f"{name}: invalid value {value!r}", name) from None
         raise bad_request("invalid sampling parameters") from None
+    check_constraint(params, names)
+    return params
+
+
+def check_constraint(params: SamplingParams, names: Mapping[str, str]) -> None:
+    """Parse the constraint now, so a spec the compiler refuses is a 400 naming the field."""
+    spec = params.constraint
+    if spec is None:
+        return
+    kind = next(iter(spec))
+    name = names.get(kind, kind)
+    try:
+        build_grammar(spec)
+    except UnsupportedConstraintError as error:
+        raise bad_request(f"{name}: {error}", name, "unsupported_constraint") from None
 
 
 def param_error(error: Exception, names: Mapping[str, str] | None = None) -> APIError:

@@ -65,13 +65,34 @@ def plain_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
+def response_format_fields(response_format: dict[str, Any] | None) -> dict[str, Any]:
+    """OpenAI's `response_format` as SamplingParams constraint fields."""
+    if response_format is None:
+        return {}
+    kind = response_format.get("type")
+    extra = sorted(set(response_format) - {"type", kind})
+    if kind == "text" and not extra:
+        return {}
+    if kind == "json_object" and not extra:
+        return {"json_schema": {"type": "object"}}  # OpenAI: the output is a JSON object
+    if kind == "json_schema" and not extra and isinstance(response_format.get(kind), dict):
+        spec = response_format[kind]
+        unknown = sorted(set(spec) - {"name", "description", "schema", "strict"})
+        if unknown:
+            message = f"response_format.json_schema has unknown fields {unknown}"
+            raise bad_request(message, "response_format")
+        if not isinstance(spec.get("schema", {}), dict | bool):
+            message = "response_format.json_schema.schema must be an object"
+            raise bad_request(message, "response_format")
+        return {"json_schema": spec.get("schema", {})}  # always enforced, strict or not
+    raise bad_request(
+        'response_format must be {"type": "text"}, {"type": "json_object"} or '
+        '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
+        "response_format",
+    )
+
+
 def _check_constraints(body: ChatCompletionRequest) -> None:
-    if body.response_format is not None:
-        kind = body.response_format.get("type")
-        if kind in ("json_object", "json_schema"):
-            raise unsupported("response_format", f"type {kind!r} is not supported yet")
-        if kind != "text" or len(body.response_format) != 1:
-            raise bad_request('response_format must be {"type": "text"}', "response_format")
     choice = body.tool_choice
     if body.tools and choice != "none":
         raise unsupported("tools", 'are not supported yet (only with tool_choice "none")')
@@ -103,7 +124,13 @@ async def create_chat_completion(
             message = f"top_logprobs must be in [0, {MAX_LOGPROBS}], got {top}"
             raise bad_request(message, "top_logprobs")
         fixed["logprobs"] = top
-    params = build_params(body, handled=HANDLED, fixed=fixed)
+    fixed.update(response_format_fields(body.response_format))
+    try:
+        params = build_params(body, handled=HANDLED, fixed=fixed)
+    except APIError as error:
+        if body.response_format is not None and error.param == "json_schema":
+            error.param = "response_format"
+        raise
     priority = _priority(body)
     job = Job(ids, params, priority=priority)
     streams = await submit(

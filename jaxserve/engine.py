@@ -17,7 +17,8 @@ import numpy as np
 from jaxserve.config import WeightFormat
 from jaxserve.detokenizer import IncrementalDetokenizer
 from jaxserve.errors import ContextLengthError
-from jaxserve.grammar import GrammarCompiler, Matcher, TokenVocab
+from jaxserve.grammar import CompiledGrammar, GrammarCompiler, Matcher, TokenVocab
+from jaxserve.grammar import UnsupportedConstraintError
 from jaxserve.outputs import RequestOutput, TokenLogprob
 from jaxserve.page_allocator import PageAllocator
 from jaxserve.request import Request
@@ -132,8 +133,7 @@ class Engine:
             raise ValueError(f"stop_token_ids must be in [0, {vocab})")
         if len(self.scheduler.waiting) + params.n > self.scheduler.config.max_waiting:
             raise QueueFullError(f"{len(self.scheduler.waiting)} requests are already waiting")
-        constraint = params.constraint
-        compiled = self.grammars.compile(constraint) if constraint is not None else None
+        compiled = self._compile_constraint(params)
         seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
         group: list[Request] = []
         for index in range(params.n):
@@ -163,6 +163,17 @@ class Engine:
         self._groups[group[0].request_id] = group[0]
         self._next_id += 1
         return group[0]
+
+    def _compile_constraint(self, params: SamplingParams) -> CompiledGrammar | None:
+        """The request's constraint against this vocabulary (cached); errors name the field."""
+        spec = params.constraint
+        if spec is None:
+            return None
+        try:
+            return self.grammars.compile(spec)
+        except UnsupportedConstraintError as error:
+            name = next(iter(spec))
+            raise type(error)(f"{name}: {error}") from None
 
     def _prepare_sampling(self, request: Request) -> None:
         """Per-request sampler inputs that never change: bitmask, bad words, DRY breakers."""

@@ -114,6 +114,20 @@ def test_chat(stub, oracle):
     assert responses[-1].usage.prompt_tokens == len(want.prompt_token_ids)
 
 
+def test_constraints_shape_the_output(stub):
+    from jaxserve.grammar import matches
+
+    for constraint, spec in [
+        (pb.Constraint(choice=pb.Choices(values=["sea", "sky"])), {"choice": ["sea", "sky"]}),
+        (pb.Constraint(regex="[a-c]{3}"), {"regex": "[a-c]{3}"}),
+    ]:
+        sampling = pb.SamplingParams(max_tokens=20, temperature=1, seed=5)
+        request = pb.GenerateRequest(text=PROMPT, sampling=sampling, constraint=constraint)
+        responses = list(stub.Generate(request))
+        assert matches(spec, "".join(r.text for r in responses))
+        assert responses[-1].finish_reason == pb.FINISH_REASON_STOP
+
+
 def test_extra_sampling_fields_reach_the_engine(stub, oracle):
     first = list(stub.Generate(pb.GenerateRequest(text=PROMPT, sampling=_greedy(8))))
     ids = [t for r in first for t in r.token_ids]
@@ -150,12 +164,12 @@ def _bogus_extra() -> struct_pb2.Struct:
             "bogus_field",
         ),
         (
-            pb.GenerateRequest(text="a", constraint=pb.Constraint(regex="[a-z]+")),
-            "constraint.regex",
+            pb.GenerateRequest(text="a", constraint=pb.Constraint(regex="(?=x)")),
+            "regex",
         ),
         (
-            pb.GenerateRequest(text="a", constraint=pb.Constraint(json_schema="{}")),
-            "constraint.json_schema",
+            pb.GenerateRequest(text="a", constraint=pb.Constraint(json_schema="{nope")),
+            "json_schema",
         ),
         (pb.GenerateRequest(), "prompt"),
         (pb.GenerateRequest(token_ids=pb.TokenIds(ids=[10**6])), "prompt"),

@@ -302,3 +302,31 @@ def test_models_tokenize_detokenize(client, oracle):
     body = {"model": "tiny-alias", "messages": MESSAGES, "max_tokens": 2}
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200 and r.json()["model"] == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("extra", "spec"),
+    [
+        ({"choice": ["sea", "sky", "sand"]}, {"choice": ["sea", "sky", "sand"]}),
+        ({"guided_regex": "[a-z]{2,5}!"}, {"regex": "[a-z]{2,5}!"}),
+        ({"grammar": 'root ::= "(" [a-e]+ ")"'}, {"grammar": 'root ::= "(" [a-e]+ ")"'}),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "w", "schema": {"enum": ["x", 7]}},
+                }
+            },
+            {"json_schema": {"enum": ["x", 7]}},
+        ),
+    ],
+)
+def test_constraint_fields_shape_the_output(client, extra, spec):
+    from jaxserve.grammar import matches
+
+    body = {"messages": MESSAGES, "max_tokens": 40, "temperature": 1.0, **extra}
+    for seed in range(3):
+        out = client.post("/v1/chat/completions", json={**body, "seed": seed}).json()
+        choice = out["choices"][0]
+        assert choice["finish_reason"] == "stop", out
+        assert matches(spec, choice["message"]["content"]), choice
