@@ -64,7 +64,8 @@ class Automaton:
     def accepts(self, text: str | bytes) -> bool:
         """Is `text` a complete string of the grammar's language?"""
         data = text.encode() if isinstance(text, str) else text
-        return bool(self.accepting[self.walk(self.start, data)])
+        state = self.walk(self.start, data)  # may grow the arrays: index them after
+        return bool(self.accepting[state])
 
     def is_live(self, state: int) -> bool:
         """Can the input reach a complete string from `state`? (Dead states never can.)"""

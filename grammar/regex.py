@@ -1,8 +1,8 @@
 """Regular expressions (the common Python `re` / ECMAScript subset) -> grammar IR.
 
-Supported: literals and escapes, `.`, classes with ranges and negation, `\\d \\w \\s` (and their
-negations; `\\d` and `\\w` are ASCII), groups `(...)`, `(?:...)`, `(?P<n>...)`, `(?<n>...)`, `|`,
-`* + ? {m} {m,} {m,n}` with lazy variants (same language), `^`/`$` (and `\\A`, `\\Z`, `\\z`)
+Supported: literals and escapes, `.`, classes with ranges and negation, `\\d \\w \\s` and their
+negations (ASCII, as under `re.ASCII`), groups `(...)`, `(?:...)`, `(?P<n>...)`, `(?<n>...)`, `|`,
+`* + ? {m} {m,} {m,n}` with lazy variants (same language), and `^`/`$` (and `\\A`, `\\Z`, `\\z`)
 at the ends.
 Refused: backreferences, lookaround, word boundaries, inline flags, anchors inside the pattern.
 """
@@ -27,7 +27,7 @@ from .ir import (
 
 DIGIT = ((0x30, 0x39),)
 WORD = normalize_ranges([(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)])
-SPACE = normalize_ranges([(c, c) for c in range(0x3001) if chr(c).isspace()])
+SPACE = normalize_ranges([(9, 13), (32, 32)])
 _SIMPLE = {"n": "\n", "r": "\r", "t": "\t", "f": "\f", "v": "\v", "0": "\0", "a": "\a"}
 _CLASSES = {"d": (DIGIT, False), "D": (DIGIT, True), "w": (WORD, False), "W": (WORD, True)}
 _CLASSES |= {"s": (SPACE, False), "S": (SPACE, True)}
