@@ -20,13 +20,22 @@ class CompiledGrammar:
         """int32 bitmask `[words]` of the tokens allowed in `state` (stop ids iff accepting)."""
         cached = self._masks.get(state)
         if cached is None:
-            allowed = self.vocab.next_states(self.automaton, state) != DEAD
+            self.successors(state)
+            cached = self._masks[state]
+        return cached
+
+    def successors(self, state: int) -> np.ndarray:
+        """The state after each token from `state` (`[size]`, DEAD = not allowed); caches
+        the state's mask on the way."""
+        nxt = self.vocab.next_states(self.automaton, state)
+        if state not in self._masks:
+            allowed = nxt != DEAD
             # Stop ids end a complete string; they are also the way out of a state no token
             # of this vocabulary can continue (rather than a row with nothing to sample).
             if self.automaton.accepting[state] or not allowed.any():
                 allowed[self.vocab.stop_ids] = True
-            cached = self._masks[state] = self.vocab.pack(allowed)
-        return cached
+            self._masks[state] = self.vocab.pack(allowed)
+        return nxt
 
     def advance(self, state: int, token_id: int) -> int:
         """The state after `token_id` (DEAD if not allowed; the matcher handles stop ids)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 import jinja2.nodes
 import jinja2.sandbox
 
@@ -117,6 +118,14 @@ class ChatTemplate:
             raise
         except Exception as exc:  # the template is code from the model file: any failure is its
             raise ChatTemplateError(f"chat template failed to render: {exc!r}") from exc
+
+    def reads(self, name: str) -> bool:
+        """Whether the template reads the variable `name` (e.g. `tools`: it renders tools itself);
+        False for a template that does not parse."""
+        try:
+            return name in jinja2.meta.find_undeclared_variables(_environment().parse(self.source))
+        except jinja2.TemplateSyntaxError:
+            return False
 
     def _compile(self) -> jinja2.Template:
         if self._compiled is None:

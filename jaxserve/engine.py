@@ -17,8 +17,15 @@ import numpy as np
 from jaxserve.config import WeightFormat
 from jaxserve.detokenizer import IncrementalDetokenizer
 from jaxserve.errors import ContextLengthError
-from jaxserve.grammar import CompiledGrammar, GrammarCompiler, Matcher, TokenVocab
-from jaxserve.grammar import UnsupportedConstraintError
+from jaxserve.grammar import (
+    CompiledGrammar,
+    GrammarCompiler,
+    LazyMatcher,
+    Matcher,
+    TokenVocab,
+    UnsupportedConstraintError,
+)
+from jaxserve.grammar_slots import GrammarSlots
 from jaxserve.outputs import RequestOutput, TokenLogprob
 from jaxserve.page_allocator import PageAllocator
 from jaxserve.request import Request
@@ -41,6 +48,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     compilation_cache_dir: str | None = None  # None: <model cache>/xla; "": off
     seed: int = 0
+    grammar_states: int = 1024  # on-device constraint table capacity (0: host masks only)
 
     def __post_init__(self) -> None:
         if self.weights not in ("int8", "f32"):
@@ -92,6 +100,8 @@ class Engine:
         self._rng = random.Random(config.seed)
         self._breaker_masks: dict[tuple[str, ...], np.ndarray] = {}
         self._grammars: GrammarCompiler | None = None
+        words = (runner.config.vocab_size + 31) // 32
+        self.grammar_slots = GrammarSlots(runner.grammar_states, words)
 
     @property
     def grammars(self) -> GrammarCompiler:
@@ -153,7 +163,9 @@ class Engine:
                 group=group,
             )
             self._prepare_sampling(request)
-            if compiled is not None:
+            if compiled is not None and params.grammar_triggers:
+                request.matcher = LazyMatcher(compiled, params.grammar_triggers)
+            elif compiled is not None:
                 request.matcher = Matcher(compiled)
         now = time.monotonic()
         for request in group:
@@ -210,11 +222,14 @@ class Engine:
             self._breaker_masks[breakers] = mask
         return mask
 
-    def _sampling_row(self, request: Request, length: int) -> SamplingRow:
-        """The sampler's view of `request` when drawing the token at position `length`."""
+    def _sampling_row(
+        self, request: Request, length: int, *, host_mask: bool = True
+    ) -> SamplingRow:
+        """The sampler's view of `request` when drawing the token at position `length`;
+        `host_mask` adds the constraint's mask (off when the device applies it)."""
         params = request.params
         allowed = request.allowed_mask
-        if request.matcher is not None:
+        if request.matcher is not None and host_mask:
             grammar_mask = request.matcher.bitmask()
             allowed = grammar_mask if allowed is None else allowed & grammar_mask
         return SamplingRow(
@@ -319,7 +334,12 @@ class Engine:
         return events
 
     def _run_decode(self, requests: list[Request], num_steps: int) -> list[StepEvent]:
-        rows = [self._decode_row(r) for r in requests]
+        in_use = {r.matcher.grammar for r in requests if r.matcher is not None}
+        rows = [self._decode_row(r, in_use) for r in requests]
+        slots = self.grammar_slots
+        if slots.dirty:
+            self.runner.load_grammar_tables(slots.byte_next, slots.masks, slots.complete)
+            slots.dirty = False
         out = self.runner.decode(rows, num_steps=num_steps)
         events = []
         for i, request in enumerate(requests):
@@ -349,19 +369,25 @@ class Engine:
                 delta += request.finish("stop")
         return delta
 
-    def _decode_row(self, request: Request) -> DecodeRow:
+    def _decode_row(self, request: Request, in_use: set[CompiledGrammar]) -> DecodeRow:
         params = request.params
         remaining = min(
             params.max_tokens - len(request.output.token_ids), request.max_len - request.num_tokens
         )
-        if request.matcher is not None:
+        matcher, grammar_state = request.matcher, -1
+        if type(matcher) is Matcher:  # a regular constraint runs on device when it fits
+            offset = self.grammar_slots.offset(matcher.grammar, in_use)
+            if offset is not None:
+                grammar_state = offset + matcher.state
+        if matcher is not None and grammar_state < 0:
             remaining = min(remaining, 1)  # its next mask needs the host
         return DecodeRow(
             token_id=request.all_token_ids[-1],
             start=request.num_tokens - 1,
             pages=request.pages,
-            sampling=self._sampling_row(request, request.num_tokens),
+            sampling=self._sampling_row(request, request.num_tokens, host_mask=grammar_state < 0),
             remaining=remaining,
+            grammar_state=grammar_state,
         )
 
     @staticmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ class LLM:
         sampler chain after the token restrictions (logit_bias, allowed ids, bad words,
         min_tokens) and before the ordered stages; `row_state` is a
         `jaxserve.sampling.tensors.RowState` (positions, prompt lengths, token counts, ...).
+    grammar_states: capacity of the on-device tables of regular constraints (regex, choice,
+        bounded JSON schemas), which then run k tokens per step with no host round trip; other
+        constraints, and any beyond the capacity, are masked from the host one token per step.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class LLM:
         seed: int = 0,
         quiet: bool = True,
         logits_hook: LogitsHook | None = None,
+        grammar_states: int = 1024,
     ) -> None:
         config = EngineConfig(
             weights=weights,
@@ -75,6 +79,7 @@ class LLM:
             enable_prefix_caching=enable_prefix_caching,
             compilation_cache_dir=compilation_cache_dir,
             seed=seed,
+            grammar_states=grammar_states,
         )
         if compilation_cache_dir is None:
             compilation_cache_dir = str(cache_dir() / "xla")
@@ -101,6 +106,8 @@ class LLM:
             max_pages_per_row=max_pages_per_row(max_len, config.page_size),
             seed=seed,
             hook=logits_hook,
+            grammar_states=config.grammar_states,
+            token_bytes=[self.tokenizer.token_bytes(i) for i in range(self.tokenizer.vocab_size)],
         )
         if warmup:
             runner.warmup(
@@ -163,13 +170,19 @@ class LLM:
         )
 
     def render_chat(
-        self, messages: Sequence[Message], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str:
+        """The prompt text of `messages`; `tools` (OpenAI's shape) go to the template as is."""
         return self.template.render(
             list(messages),
             add_generation_prompt=add_generation_prompt,
             bos_token=self.tokenizer.bos_text,
             eos_token=self.tokenizer.eos_text,
+            tools=tools,
         )
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:

@@ -6,6 +6,7 @@ jitted step, and returns numpy results in one host transfer. `warmup` compiles e
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ from flax import nnx
 from jaxserve.config import ModelConfig
 from jaxserve.kv_cache import NULL_PAGE, KVCache
 from jaxserve.sampling.chain import LogitsHook, SampleOutput
+from jaxserve.sampling.grammar import GrammarTables
 from jaxserve.sampling.rows import SamplingRow, pack
 from jaxserve.sampling.tensors import SamplingTensors
 from jaxserve.step import DecodeBatch, DecodeOutput, PrefillBatch, RowInputs, make_steps
@@ -49,6 +51,7 @@ class DecodeRow:
     pages: Sequence[int]
     sampling: SamplingRow  # its stop_ids also end the row
     remaining: int  # tokens this row may still generate
+    grammar_state: int = -1  # global id in the loaded constraint tables (-1: none on device)
 
 
 def bucket(n: int, sizes: Sequence[int]) -> int:
@@ -77,7 +80,11 @@ class ModelRunner:
         max_pages_per_row: int,
         seed: int = 0,
         hook: LogitsHook | None = None,
+        grammar_states: int = 0,
+        token_bytes: Sequence[bytes] = (),
     ) -> None:
+        """`grammar_states`: capacity of the on-device constraint tables (0: constraints are
+        masked from the host only); `token_bytes`: each token's bytes, for walking them."""
         graphdef, self.params = nnx.split(model)
         self.config = config
         self.page_size = page_size
@@ -90,6 +97,38 @@ class ModelRunner:
         self.num_real_tokens = 0  # tokens computed for requests
         self.num_padded_tokens = 0  # token slots computed, padding included
         self.compiled_at_warmup: int | None = None
+        self.grammar_states = grammar_states
+        self.grammar = self._grammar_tables(token_bytes)
+
+    def _grammar_tables(self, token_bytes: Sequence[bytes]) -> GrammarTables:
+        capacity = max(self.grammar_states, 1)
+        words = (self.config.vocab_size + 31) // 32
+        longest = max((len(b) for b in token_bytes), default=1) if self.grammar_states else 1
+        data = np.zeros((self.config.vocab_size, max(longest, 1)), np.uint8)
+        lens = np.zeros(self.config.vocab_size, np.int32)
+        for i, b in enumerate(token_bytes if self.grammar_states else ()):
+            data[i, : len(b)] = np.frombuffer(b, np.uint8)
+            lens[i] = len(b)
+        return GrammarTables(
+            byte_next=jnp.zeros((capacity, 256), jnp.int32),
+            masks=jnp.zeros((capacity, words), jnp.int32),
+            complete=jnp.zeros(capacity, bool),
+            token_bytes=jnp.asarray(data),
+            token_lens=jnp.asarray(lens),
+        )
+
+    def load_grammar_tables(
+        self, byte_next: np.ndarray, masks: np.ndarray, complete: np.ndarray
+    ) -> None:
+        """Replace the on-device constraint tables (`[grammar_states, ...]` global ids)."""
+        if byte_next.shape != self.grammar.byte_next.shape:
+            raise ValueError(f"tables must have {self.grammar_states} states")
+        self.grammar = dataclasses.replace(
+            self.grammar,
+            byte_next=jnp.asarray(byte_next),
+            masks=jnp.asarray(masks),
+            complete=jnp.asarray(complete),
+        )
 
     def num_compiled(self) -> int:
         """Programs compiled so far (a count that must stay flat after warm-up)."""
@@ -136,14 +175,18 @@ class ModelRunner:
         num_pages = bucket(max(len(r.pages) for r in rows), self.page_buckets)
         token_ids = np.zeros(num_rows, np.int32)
         start, remaining = np.zeros(num_rows, np.int32), np.zeros(num_rows, np.int32)
+        grammar_state = np.full(num_rows, -1, np.int32)
         page_table = np.full((num_rows, num_pages), NULL_PAGE, np.int32)
         for i, r in enumerate(rows):
             token_ids[i], start[i], remaining[i] = r.token_id, r.start, r.remaining
+            grammar_state[i] = r.grammar_state
             page_table[i, : len(r.pages)] = r.pages
         sampling, row_inputs = self._sampling([r.sampling for r in rows], num_rows, num_pages)
-        arrays = map(jnp.asarray, (token_ids, start, page_table, remaining))
+        arrays = map(jnp.asarray, (token_ids, start, page_table, remaining, grammar_state))
         batch = DecodeBatch(*arrays, sampling, row_inputs)
-        self.kv, out = self._decode(self.params, self.kv, batch, self.key, num_steps=num_steps)
+        self.kv, out = self._decode(
+            self.params, self.kv, batch, self.key, self.grammar, num_steps=num_steps
+        )
         out = _host(out, len(rows))
         self.num_real_tokens += int(out.num_generated.sum())
         self.num_padded_tokens += num_rows * int(out.num_generated.max(initial=0))

@@ -95,6 +95,9 @@ class SamplingParams:
     Constraints (at most one; the output is a complete string of the language, then end of
     generation): json_schema (a JSON Schema, as a mapping or JSON text), json_object (any JSON
     value), grammar (GBNF, llama.cpp's dialect), regex (full match), choice (one of the strings).
+    grammar_triggers: with `grammar`, a lazy constraint: the text is free until one of these
+      strings is generated; from its first character on, the output must follow the grammar
+      (tool calls with tool_choice "auto").
     """
 
     max_tokens: int = 16
@@ -138,6 +141,7 @@ class SamplingParams:
     grammar: str | None = None
     regex: str | None = None
     choice: tuple[str, ...] | None = None
+    grammar_triggers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.choice is not None:
@@ -150,14 +154,17 @@ class SamplingParams:
             object.__setattr__(self, "bad_words", (self.bad_words,))
         if isinstance(self.dry_sequence_breakers, str):
             object.__setattr__(self, "dry_sequence_breakers", (self.dry_sequence_breakers,))
-        for name in ("stop", "stop_token_ids", "bad_words", "dry_sequence_breakers", "samplers"):
+        if isinstance(self.grammar_triggers, str):
+            object.__setattr__(self, "grammar_triggers", (self.grammar_triggers,))
+        listed = ("stop", "stop_token_ids", "bad_words", "dry_sequence_breakers", "samplers")
+        for name in (*listed, "grammar_triggers"):
             if isinstance(getattr(self, name), Mapping) or not _is_sequence(getattr(self, name)):
                 _fail(name, "a list", getattr(self, name))
         if self.allowed_token_ids is not None and not _is_sequence(self.allowed_token_ids):
             _fail("allowed_token_ids", "a list of token ids", self.allowed_token_ids)
         if isinstance(self.samplers, str):
             object.__setattr__(self, "samplers", tuple(self.samplers.replace(",", ";").split(";")))
-        for name in ("stop", "stop_token_ids", "bad_words", "dry_sequence_breakers", "samplers"):
+        for name in (*listed, "grammar_triggers"):
             object.__setattr__(self, name, tuple(getattr(self, name) or ()))
         if self.allowed_token_ids is not None:
             object.__setattr__(self, "allowed_token_ids", tuple(self.allowed_token_ids))
@@ -251,6 +258,11 @@ class SamplingParams:
             not self.choice or any(not isinstance(c, str) or not c for c in self.choice)
         ):
             _fail("choice", "a non-empty list of non-empty strings", self.choice)
+        if self.grammar_triggers:
+            if self.grammar is None:
+                _fail("grammar_triggers", "given only with grammar", self.grammar_triggers)
+            if any(not isinstance(t, str) or not t for t in self.grammar_triggers):
+                _fail("grammar_triggers", "non-empty strings", self.grammar_triggers)
 
     @property
     def constraint(self) -> dict[str, Any] | None:
@@ -258,7 +270,10 @@ class SamplingParams:
         for name in CONSTRAINT_FIELDS:
             value = getattr(self, name)
             if value is not None and value is not False:
-                return {name: list(value) if name == "choice" else value}
+                spec = {name: list(value) if name == "choice" else value}
+                if self.grammar_triggers:
+                    spec["triggers"] = list(self.grammar_triggers)
+                return spec
         return None
 
     @property

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from flax import nnx
 from jaxserve.kv_cache import KVCache, TokenLayout
 from jaxserve.sampling.chain import LogitsHook, SampleOutput, advance, initial_counts, sample
 from jaxserve.sampling.draw import TOP_LOGPROBS_MAX, logprobs_of
+from jaxserve.sampling.grammar import GrammarTables, advance_rows, is_complete, mask_rows
 from jaxserve.sampling.tensors import RowState, SamplingTensors
 
 
@@ -52,6 +54,7 @@ class DecodeBatch:
     start: jax.Array  # [B] int32, its position = tokens already in the cache
     page_table: jax.Array  # [B, P] int32, pages for start + num_steps tokens
     remaining: jax.Array  # [B] int32, tokens a row may still generate (0 = padding row)
+    grammar_state: jax.Array  # [B] int32, global constraint state (-1 = none on device)
     sampling: SamplingTensors  # its stop_ids end a row
     rows: RowInputs
 
@@ -129,13 +132,21 @@ def make_steps(graphdef: nnx.GraphDef, hook: LogitsHook | None = None) -> Steps:
         return logprobs_of(model.logits(hidden), target_ids)
 
     def decode(
-        params: nnx.State, kv: KVCache, batch: DecodeBatch, key: jax.Array, *, num_steps: int
+        params: nnx.State,
+        kv: KVCache,
+        batch: DecodeBatch,
+        key: jax.Array,
+        grammar: GrammarTables,
+        *,
+        num_steps: int,
     ) -> tuple[KVCache, DecodeOutput]:
         """Generate up to `num_steps` tokens per row without returning to the host.
 
-        A row stops once it produced `remaining` tokens or a token in its `stop_ids`; stopped rows
-        write nothing more to the cache. The loop ends early when every row has stopped. Draws use
-        the same per-row keys as single steps, so k does not change a seeded result.
+        A row stops once it produced `remaining` tokens, a token in its `stop_ids`, or a complete
+        string of its constraint; stopped rows write nothing more to the cache. Rows with a
+        `grammar_state` draw under their automaton's mask and advance it per token. The loop ends
+        early when every row has stopped. Draws use the same per-row keys as single steps, so k
+        does not change a seeded result.
         """
         model = nnx.merge(graphdef, params)
         b = batch.token_ids.shape[0]
@@ -155,6 +166,7 @@ def make_steps(graphdef: nnx.GraphDef, hook: LogitsHook | None = None) -> Steps:
             jnp.zeros((b, num_steps), jnp.float32),
             jnp.zeros((b, num_steps, k_top), jnp.int32),
             jnp.zeros((b, num_steps, k_top), jnp.float32),
+            batch.grammar_state,
         )
 
         def cond(carry) -> jax.Array:
@@ -162,9 +174,20 @@ def make_steps(graphdef: nnx.GraphDef, hook: LogitsHook | None = None) -> Steps:
             return (i < num_steps) & ~jnp.all(stopped)
 
         def body(carry):
-            i, k_cache, v_cache, tokens, state, count, stopped, out_ids, out_lp, top_ids, top_lp = (
-                carry
-            )
+            (
+                i,
+                k_cache,
+                v_cache,
+                tokens,
+                state,
+                count,
+                stopped,
+                out_ids,
+                out_lp,
+                top_ids,
+                top_lp,
+            ) = carry[:11]
+            g_state = carry[11]
             active = (~stopped).astype(jnp.int32)
             pos = state.length - 1  # the input token's position
             layout = TokenLayout.build(
@@ -175,9 +198,10 @@ def make_steps(graphdef: nnx.GraphDef, hook: LogitsHook | None = None) -> Steps:
                 page_size=page_size,
             )
             h, (k_cache, v_cache) = model.hidden(tokens[:, None], (k_cache, v_cache), layout)
+            bitmask, use_bitmask = mask_rows(grammar, g_state, t.bitmask, t.use_bitmask)
             s = sample(
                 model.logits(h[:, 0]),
-                t,
+                dataclasses.replace(t, bitmask=bitmask, use_bitmask=use_bitmask),
                 state,
                 key,
                 want_logprobs=batch.rows.want_logprobs,
@@ -191,7 +215,9 @@ def make_steps(graphdef: nnx.GraphDef, hook: LogitsHook | None = None) -> Steps:
             top_lp = top_lp.at[:, i].set(s.top_logprobs)
             count = count + active
             hit_stop = jnp.any(s.token_ids[:, None] == t.stop_ids, axis=-1)
-            stopped = stopped | hit_stop | (count >= batch.remaining)
+            g_state = jnp.where(write, advance_rows(grammar, g_state, s.token_ids), g_state)
+            done = is_complete(grammar, g_state)
+            stopped = stopped | hit_stop | done | (count >= batch.remaining)
             tokens = jnp.where(write, s.token_ids, tokens)
             return (
                 i + 1,
@@ -205,10 +231,11 @@ def make_steps(graphdef: nnx.GraphDef, hook: LogitsHook | None = None) -> Steps:
                 out_lp,
                 top_ids,
                 top_lp,
+                g_state,
             )
 
         final = jax.lax.while_loop(cond, body, init)
-        _, k_cache, v_cache, _, state, count, _, out_ids, out_lp, top_ids, top_lp = final
+        _, k_cache, v_cache, _, state, count, _, out_ids, out_lp, top_ids, top_lp, _ = final
         out = DecodeOutput(out_ids, out_lp, top_ids, top_lp, count, state.mirostat_mu)
         return KVCache(k=k_cache, v=v_cache), out
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from jaxserve import SamplingParams
 from jaxserve.grammar import UnsupportedConstraintError, is_prefix, matches
 from jaxserve.scheduler import SchedulerConfig
-from jaxserve.testing.mock_model import byte_id, mock_engine
+from jaxserve.testing.mock_model import MockSetup, byte_id, mock_engine
 
 SPECS = [
     {"regex": r"(ab|cd)+x?[0-9]{2}"},
@@ -105,3 +105,28 @@ def test_an_unsupported_constraint_is_refused_when_the_request_is_added(engine):
 def test_two_constraints_in_one_request_are_refused():
     with pytest.raises(ValueError, match="regex"):
         SamplingParams(choice=["a"], regex="a")
+
+
+@pytest.mark.parametrize("spec", [SPECS[0], SPECS[1], SPECS[3]], ids=["regex", "choice", "schema"])
+def test_device_and_host_paths_give_identical_tokens(engine, spec):
+    host = mock_engine(
+        SchedulerConfig(max_num_seqs=8, prefill_chunk=32, decode_steps=4),
+        MockSetup(grammar_states=0),
+    )
+    requests = [([byte_id(b)], _params(spec, seed=s)) for s, b in enumerate(b"aZ{(x1")]
+    requests.append(([byte_id(7)], SamplingParams(max_tokens=9, temperature=1.0, seed=3)))
+    steps_before = engine.stats.num_steps if hasattr(engine.stats, "num_steps") else None
+    on_device = _run(engine, requests)
+    on_host = _run(host, requests)
+    assert [o.token_ids for o in on_device] == [o.token_ids for o in on_host]
+    assert [o.finish_reason for o in on_device] == [o.finish_reason for o in on_host]
+    assert engine.grammar_slots._offsets  # noqa: SLF001 - the constraint ran on device
+    del steps_before
+
+
+def test_a_recursive_grammar_stays_on_the_host(engine):
+    spec = {"grammar": 'root ::= "(" root? ")"'}
+    compiled = engine.grammars.compile(spec)
+    assert engine.grammar_slots.tables(compiled) is None
+    out = _run(engine, [([byte_id(1)], _params(spec, seed=2, max_tokens=12))])[0]
+    assert is_prefix(spec, out.text)

@@ -114,6 +114,7 @@ class MockSetup:
     max_model_len: int = 512
     kv_cache_bytes: int = 2**20
     logits_hook: LogitsHook | None = None
+    grammar_states: int = 64  # on-device constraint capacity (0: host masks only)
 
 
 def mock_engine(scheduler: SchedulerConfig | None = None, setup: MockSetup | None = None) -> Engine:
@@ -121,8 +122,12 @@ def mock_engine(scheduler: SchedulerConfig | None = None, setup: MockSetup | Non
     setup = setup or MockSetup()
     config = mock_config(max_position=setup.max_model_len)
     engine_config = EngineConfig(
-        weights="f32", kv_cache_bytes=setup.kv_cache_bytes, compilation_cache_dir=""
+        weights="f32",
+        kv_cache_bytes=setup.kv_cache_bytes,
+        compilation_cache_dir="",
+        grammar_states=setup.grammar_states,
     )
+    tokenizer = mock_tokenizer()
     page_bytes = ModelRunner.bytes_per_page(config, engine_config.page_size)
     runner = ModelRunner(
         MockModel(config),
@@ -131,9 +136,11 @@ def mock_engine(scheduler: SchedulerConfig | None = None, setup: MockSetup | Non
         page_size=engine_config.page_size,
         max_pages_per_row=max_pages_per_row(setup.max_model_len, engine_config.page_size),
         hook=setup.logits_hook,
+        grammar_states=setup.grammar_states,
+        token_bytes=[tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)],
     )
     return Engine(
-        mock_tokenizer(),
+        tokenizer,
         runner,
         engine_config,
         scheduler or SchedulerConfig(),
