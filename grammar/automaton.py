@@ -79,19 +79,17 @@ class Automaton:
                 continue
             if self.deadline is not None and time.monotonic() > self.deadline:
                 raise ConstraintBudgetError("constraint exceeded its compile time budget")
-            by_targets: dict[frozenset[int], list[int]] = {}
-            targets: list[list[int]] = [[] for _ in range(256)]
+            edges = []
             for sid in self._states[s]:
                 q, parent = self._stack_state[sid], self._stack_parent[sid]
                 for lo, hi, t in self.net.edges[q]:
-                    nxt = self._stack(t, parent)
-                    for b in range(lo, hi + 1):
-                        targets[b].append(nxt)
-            for b in range(256):
-                by_targets.setdefault(frozenset(targets[b]), []).append(b)
+                    edges.append((lo, hi, self._stack(t, parent)))
+            # Bytes between consecutive edge boundaries share their target stacks.
+            points = sorted({0, 256, *(lo for lo, _, _ in edges), *(hi + 1 for _, hi, _ in edges)})
             row = np.empty(256, np.int32)
-            for pre, bs in by_targets.items():
-                row[bs] = self._closure(pre) if pre else DEAD
+            for a, b in zip(points, points[1:], strict=False):
+                pre = frozenset(t for lo, hi, t in edges if lo <= a <= hi)
+                row[a:b] = self._closure(pre) if pre else DEAD
             self.table[s] = row
 
     def _stack(self, state: int, parent: int) -> int:

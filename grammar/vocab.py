@@ -35,6 +35,7 @@ class TokenVocab:
         for row, tid in enumerate(self.order):
             data = token_bytes[tid]
             self.bytes[row, : len(data)] = np.frombuffer(data, np.uint8)
+        self.columns = np.ascontiguousarray(self.bytes.T)  # [longest, n] uint8
         # tokens longer than i are rows [0, longer[i]) of the sorted order
         self.longer = np.array([(self.lengths > i).sum() for i in range(longest)], np.int64)
         self.key = (tuple(token_bytes), tuple(self.stop_ids.tolist()), self.width)
@@ -48,19 +49,20 @@ class TokenVocab:
 
     def next_states(self, automaton: Automaton, state: int) -> np.ndarray:
         """The state after each token from `state`, `[size]` int32 (DEAD for disallowed)."""
-        cur = np.full(self.order.size, state, np.int32)
-        idx = np.arange(self.order.size)
-        for i, n in enumerate(self.longer):
-            idx = idx[: np.searchsorted(idx, n)]
+        automaton.fill_rows([state])
+        row = automaton.table[state]
+        cur = row[self.columns[0]].astype(np.int32)  # every token is at least one byte
+        idx = np.flatnonzero(cur != DEAD)
+        for i in range(1, self.columns.shape[0]):
+            idx = idx[: np.searchsorted(idx, self.longer[i])]
             if not idx.size:
                 break
-            src = cur[idx]
-            col = self.bytes[idx, i]
-            nxt = automaton.table[src, col]
+            flat = cur[idx].astype(np.int64) * 256 + self.columns[i][idx]
+            nxt = automaton.table.ravel()[flat]
             missing = nxt < 0
             if missing.any():
-                automaton.fill_rows(np.unique(src[missing]))
-                nxt = automaton.table[src, col]
+                automaton.fill_rows(np.unique(flat[missing] // 256))
+                nxt = automaton.table.ravel()[flat]
             cur[idx] = nxt
             idx = idx[nxt != DEAD]
         out = np.zeros(self.size, np.int32)
