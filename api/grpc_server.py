@@ -8,6 +8,7 @@ HTTP statuses map onto gRPC codes: 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 40
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -20,13 +21,15 @@ from grpc_reflection.v1alpha import reflection
 from jaxserve.api import jaxserve_v1_pb2 as pb
 from jaxserve.api import jaxserve_v1_pb2_grpc as pb_grpc
 from jaxserve.api.async_engine import StreamOutput
-from jaxserve.api.errors import APIError, bad_request, unsupported
+from jaxserve.api.errors import APIError, bad_request
 from jaxserve.api.generation import Job, submit
 from jaxserve.api.middleware import key_matches
 from jaxserve.api.responses import token_text
 from jaxserve.api.sampling import params_from_values
 from jaxserve.api.server_state import Served, ServerState
+from jaxserve.api.tool_calls import ToolUse, chat_prompt, history_tool_calls, tool_use
 from jaxserve.errors import JaxserveError
+from jaxserve.grammar.tool_parser import parse_tool_calls
 
 log = logging.getLogger("jaxserve.api")
 SERVICE = pb.DESCRIPTOR.services_by_name["Generation"].full_name
@@ -41,6 +44,7 @@ FINISH = {
     "stop": pb.FINISH_REASON_STOP,
     "length": pb.FINISH_REASON_LENGTH,
     "abort": pb.FINISH_REASON_ABORT,
+    "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
 }
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -111,22 +115,15 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     async def Chat(self, request: pb.ChatRequest, context) -> AsyncIterator:  # noqa: N802
         async with self._guard(context):
             served = self._start(request.model, request.constraint)
-            if request.tools and request.tool_choice != "none":
-                raise unsupported("tools", "are not supported yet (only with tool_choice none)")
-            if request.tool_choice not in ("", "none", "auto"):
-                raise unsupported("tool_choice")
             if not request.messages:
                 raise bad_request("messages must not be empty", "messages")
-            messages = []
-            for i, m in enumerate(request.messages):
-                if m.role not in ROLES:
-                    raise bad_request(f"unknown role {m.role!r}", f"messages[{i}].role")
-                role = "system" if m.role == "developer" else m.role
-                messages.append(
-                    {"role": role, "content": m.content} | ({"name": m.name} if m.name else {})
-                )
+            use = _tool_use(request, served)
+            constraint = self._constraint(request.constraint)
+            if use.active and constraint:
+                message = 'constraint cannot be combined with tools (unless tool_choice is "none")'
+                raise bad_request(message, "constraint")
             add = not request.HasField("add_generation_prompt") or request.add_generation_prompt
-            ids = self._render(served, messages, add)
+            ids = self._render(served, _messages(request), add, use)
             default = max(1, served.max_model_len - len(ids))
             job = self._job(
                 request.sampling,
@@ -134,17 +131,16 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 None,
                 request.priority,
                 default_max=default,
-                constraint=self._constraint(request.constraint),
+                constraint=constraint | use.constraint(),
             )
-        async for response in self._run(served, job, "messages", context):
+        async for response in self._run(served, job, "messages", context, use):
             yield response
 
     async def Tokenize(self, request: pb.TokenizeRequest, context) -> pb.TokenizeResponse:  # noqa: N802
         async with self._guard(context):
             served = self._start(request.model, None)
             if request.messages:
-                messages = [{"role": m.role, "content": m.content} for m in request.messages]
-                ids = self._render(served, messages, True)
+                ids = self._render(served, _messages(request), True, ToolUse())
             else:
                 add = not request.HasField("add_special_tokens") or request.add_special_tokens
                 ids = served.tokenizer.encode(request.text, add_special=add)
@@ -194,9 +190,11 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         return {kind: getattr(constraint, kind)}
 
     @staticmethod
-    def _render(served: Served, messages: list[dict[str, Any]], add: bool) -> list[int]:
+    def _render(
+        served: Served, messages: list[dict[str, Any]], add: bool, use: ToolUse
+    ) -> list[int]:
         try:
-            text = served.render_chat(messages, add)
+            text = chat_prompt(messages, use, served, add)
         except JaxserveError as error:
             raise bad_request(f"The chat template failed: {error}", "messages") from None
         return served.tokenizer.encode(text, add_special=False, parse_special=True)
@@ -218,16 +216,24 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         fixed["max_tokens"] = values.pop("max_tokens", default_max)
         return Job(ids, params_from_values(values, fixed), prompt=text, priority=priority)
 
-    async def _run(self, served: Served, job: Job, prompt_param: str, context) -> AsyncIterator:
+    async def _run(
+        self, served: Served, job: Job, prompt_param: str, context, use: ToolUse | None = None
+    ) -> AsyncIterator:
         async with self._guard(context):
             retry = self.state.config.retry_after_s
             [stream] = await submit(
                 served.engine, [job], prompt_param=prompt_param, retry_after_s=retry
             )
+        texts: dict[int, str] = {}
         async with self.state.tracking():
             try:
                 async for out in stream:  # a cancelled call cancels this task: the stream aborts
-                    yield self._response(served, out, job.prompt_token_ids)
+                    response = self._response(served, out, job.prompt_token_ids)
+                    if use is not None and use.active:
+                        texts[out.index] = texts.get(out.index, "") + out.delta
+                        if out.finish_reason is not None:
+                            _add_tool_calls(response, texts[out.index], use)
+                    yield response
             except RuntimeError:
                 await context.abort(grpc.StatusCode.INTERNAL, "the engine failed while generating")
             finally:
@@ -267,6 +273,73 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 )
             )
         return response
+
+
+def _tool_use(request: pb.ChatRequest, served: Served) -> ToolUse:
+    tools = []
+    for i, tool in enumerate(request.tools):
+        function: dict[str, Any] = {"name": tool.name}
+        if tool.description:
+            function["description"] = tool.description
+        if tool.parameters_json_schema:
+            try:
+                function["parameters"] = json.loads(tool.parameters_json_schema)
+            except json.JSONDecodeError as error:
+                where = f"tools[{i}].parameters_json_schema"
+                raise bad_request(f"{where} is not valid JSON: {error}", where) from None
+        tools.append({"type": "function", "function": function})
+    choice: Any = request.tool_choice or None
+    if choice not in (None, "none", "auto", "required"):
+        choice = {"type": "function", "function": {"name": choice}}
+    parallel = request.parallel_tool_calls if request.HasField("parallel_tool_calls") else None
+    try:
+        return tool_use(tools, choice, parallel, served)
+    except APIError as error:  # the HTTP front's field names -> this message's
+        if error.param and ".function." in error.param:
+            error.param = error.param.replace(".function.parameters", ".parameters_json_schema")
+            error.param = error.param.replace(".function.", ".")
+        raise
+
+
+def _messages(request: pb.ChatRequest | pb.TokenizeRequest) -> list[dict[str, Any]]:
+    """The proto's messages as the chat template wants them."""
+    messages = []
+    for i, m in enumerate(request.messages):
+        if m.role not in ROLES:
+            raise bad_request(f"unknown role {m.role!r}", f"messages[{i}].role")
+        entry: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
+        entry["content"] = m.content
+        if m.name:
+            entry["name"] = m.name
+        if m.tool_call_id:
+            entry["tool_call_id"] = m.tool_call_id
+        if m.tool_calls:
+            where = f"messages[{i}].tool_calls"
+            if m.role != "assistant":
+                raise bad_request(f"{where}: only assistant messages have tool calls", where)
+            calls = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for c in m.tool_calls
+            ]
+            entry["tool_calls"] = history_tool_calls(calls, where)
+        messages.append(entry)
+    return messages
+
+
+def _add_tool_calls(response: pb.GenerateResponse, text: str, use: ToolUse) -> None:
+    """The calls in a finished sequence's whole text, on its last response."""
+    _, calls = parse_tool_calls(text, use.format)
+    for call in calls:
+        function = call["function"]
+        response.tool_calls.append(
+            pb.ToolCall(id=call["id"], name=function["name"], arguments=function["arguments"])
+        )
+    if calls and response.finish_reason == pb.FINISH_REASON_STOP:
+        response.finish_reason = pb.FINISH_REASON_TOOL_CALLS
 
 
 class _Guard:

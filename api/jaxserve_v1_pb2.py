@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ajaxserve/v1/jaxserve.proto\x12\x0bjaxserve.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xae\x06\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x12\n\x05top_k\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x12\n\x05min_p\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x16\n\ttypical_p\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x02H\x07\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\t \x01(\x02H\x08\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\n \x01(\x02H\t\x88\x01\x01\x12\x11\n\x04seed\x18\x0b \x01(\x04H\n\x88\x01\x01\x12\x0c\n\x04stop\x18\x0c \x03(\t\x12\x16\n\x0estop_token_ids\x18\r \x03(\r\x12\x17\n\nignore_eos\x18\x0e \x01(\x08H\x0b\x88\x01\x01\x12>\n\nlogit_bias\x18\x0f \x03(\x0b\x32*.jaxserve.v1.SamplingParams.LogitBiasEntry\x12\x0e\n\x01n\x18\x10 \x01(\rH\x0c\x88\x01\x01\x12\x15\n\x08logprobs\x18\x11 \x01(\rH\r\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x12 \x01(\rH\x0e\x88\x01\x01\x12\x10\n\x08samplers\x18\x13 \x03(\t\x12&\n\x05\x65xtra\x18\x14 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\r\n\x0b_max_tokensB\r\n\x0b_min_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x0c\n\n_typical_pB\x15\n\x13_repetition_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seedB\r\n\x0b_ignore_eosB\x04\n\x02_nB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"\x8e\x01\n\nConstraint\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12\x11\n\x07grammar\x18\x04 \x01(\tH\x00\x12&\n\x06\x63hoice\x18\x05 \x01(\x0b\x32\x14.jaxserve.v1.ChoicesH\x00\x42\x06\n\x04kind\"\x19\n\x07\x43hoices\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xd4\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12*\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x15.jaxserve.v1.TokenIdsH\x00\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.jaxserve.v1.SamplingParams\x12+\n\nconstraint\x18\x05 \x01(\x0b\x32\x17.jaxserve.v1.Constraint\x12\x10\n\x08priority\x18\x06 \x01(\x05\x42\x08\n\x06prompt\":\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"I\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\"\xab\x02\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x08messages\x18\x02 \x03(\x0b\x32\x18.jaxserve.v1.ChatMessage\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.jaxserve.v1.SamplingParams\x12+\n\nconstraint\x18\x04 \x01(\x0b\x32\x17.jaxserve.v1.Constraint\x12 \n\x05tools\x18\x05 \x03(\x0b\x32\x11.jaxserve.v1.Tool\x12\x13\n\x0btool_choice\x18\x06 \x01(\t\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x07 \x01(\x08H\x00\x88\x01\x01\x12\x10\n\x08priority\x18\x08 \x01(\x05\x42\x18\n\x16_add_generation_prompt\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"{\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x13\n\x0bhas_logprob\x18\x04 \x01(\x08\x12$\n\x03top\x18\x05 \x03(\x0b\x32\x17.jaxserve.v1.TopLogprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\xf8\x01\n\x10GenerateResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12+\n\x08logprobs\x18\x04 \x03(\x0b\x32\x19.jaxserve.v1.TokenLogprob\x12\x32\n\x0fprompt_logprobs\x18\x05 \x03(\x0b\x32\x19.jaxserve.v1.TokenLogprob\x12\x30\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x19.jaxserve.v1.FinishReason\x12!\n\x05usage\x18\x07 \x01(\x0b\x32\x12.jaxserve.v1.Usage\"\x92\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12*\n\x08messages\x18\x03 \x03(\x0b\x32\x18.jaxserve.v1.ChatMessage\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x15\n\x13_add_special_tokens\"L\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\"5\n\x11\x44\x65tokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\";\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x03\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.jaxserve.v1.Model*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32\x81\x03\n\nGeneration\x12I\n\x08Generate\x12\x1c.jaxserve.v1.GenerateRequest\x1a\x1d.jaxserve.v1.GenerateResponse0\x01\x12\x41\n\x04\x43hat\x12\x18.jaxserve.v1.ChatRequest\x1a\x1d.jaxserve.v1.GenerateResponse0\x01\x12G\n\x08Tokenize\x12\x1c.jaxserve.v1.TokenizeRequest\x1a\x1d.jaxserve.v1.TokenizeResponse\x12M\n\nDetokenize\x12\x1e.jaxserve.v1.DetokenizeRequest\x1a\x1f.jaxserve.v1.DetokenizeResponse\x12M\n\nListModels\x12\x1e.jaxserve.v1.ListModelsRequest\x1a\x1f.jaxserve.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ajaxserve/v1/jaxserve.proto\x12\x0bjaxserve.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xae\x06\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x12\n\x05top_k\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x12\n\x05min_p\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x16\n\ttypical_p\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x02H\x07\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\t \x01(\x02H\x08\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\n \x01(\x02H\t\x88\x01\x01\x12\x11\n\x04seed\x18\x0b \x01(\x04H\n\x88\x01\x01\x12\x0c\n\x04stop\x18\x0c \x03(\t\x12\x16\n\x0estop_token_ids\x18\r \x03(\r\x12\x17\n\nignore_eos\x18\x0e \x01(\x08H\x0b\x88\x01\x01\x12>\n\nlogit_bias\x18\x0f \x03(\x0b\x32*.jaxserve.v1.SamplingParams.LogitBiasEntry\x12\x0e\n\x01n\x18\x10 \x01(\rH\x0c\x88\x01\x01\x12\x15\n\x08logprobs\x18\x11 \x01(\rH\r\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x12 \x01(\rH\x0e\x88\x01\x01\x12\x10\n\x08samplers\x18\x13 \x03(\t\x12&\n\x05\x65xtra\x18\x14 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\r\n\x0b_max_tokensB\r\n\x0b_min_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x0c\n\n_typical_pB\x15\n\x13_repetition_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seedB\r\n\x0b_ignore_eosB\x04\n\x02_nB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"\x8e\x01\n\nConstraint\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12\x11\n\x07grammar\x18\x04 \x01(\tH\x00\x12&\n\x06\x63hoice\x18\x05 \x01(\x0b\x32\x14.jaxserve.v1.ChoicesH\x00\x42\x06\n\x04kind\"\x19\n\x07\x43hoices\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xd4\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12*\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x15.jaxserve.v1.TokenIdsH\x00\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.jaxserve.v1.SamplingParams\x12+\n\nconstraint\x18\x05 \x01(\x0b\x32\x17.jaxserve.v1.Constraint\x12\x10\n\x08priority\x18\x06 \x01(\x05\x42\x08\n\x06prompt\"{\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12)\n\ntool_calls\x18\x04 \x03(\x0b\x32\x15.jaxserve.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x05 \x01(\t\"I\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"\xe5\x02\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x08messages\x18\x02 \x03(\x0b\x32\x18.jaxserve.v1.ChatMessage\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.jaxserve.v1.SamplingParams\x12+\n\nconstraint\x18\x04 \x01(\x0b\x32\x17.jaxserve.v1.Constraint\x12 \n\x05tools\x18\x05 \x03(\x0b\x32\x11.jaxserve.v1.Tool\x12\x13\n\x0btool_choice\x18\x06 \x01(\t\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x07 \x01(\x08H\x00\x88\x01\x01\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12 \n\x13parallel_tool_calls\x18\t \x01(\x08H\x01\x88\x01\x01\x42\x18\n\x16_add_generation_promptB\x16\n\x14_parallel_tool_calls\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"{\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x13\n\x0bhas_logprob\x18\x04 \x01(\x08\x12$\n\x03top\x18\x05 \x03(\x0b\x32\x17.jaxserve.v1.TopLogprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\xa3\x02\n\x10GenerateResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12+\n\x08logprobs\x18\x04 \x03(\x0b\x32\x19.jaxserve.v1.TokenLogprob\x12\x32\n\x0fprompt_logprobs\x18\x05 \x03(\x0b\x32\x19.jaxserve.v1.TokenLogprob\x12\x30\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x19.jaxserve.v1.FinishReason\x12!\n\x05usage\x18\x07 \x01(\x0b\x32\x12.jaxserve.v1.Usage\x12)\n\ntool_calls\x18\x08 \x03(\x0b\x32\x15.jaxserve.v1.ToolCall\"\x92\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12*\n\x08messages\x18\x03 \x03(\x0b\x32\x18.jaxserve.v1.ChatMessage\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x15\n\x13_add_special_tokens\"L\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\"5\n\x11\x44\x65tokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\";\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x03\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.jaxserve.v1.Model*\x96\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04\x32\x81\x03\n\nGeneration\x12I\n\x08Generate\x12\x1c.jaxserve.v1.GenerateRequest\x1a\x1d.jaxserve.v1.GenerateResponse0\x01\x12\x41\n\x04\x43hat\x12\x18.jaxserve.v1.ChatRequest\x1a\x1d.jaxserve.v1.GenerateResponse0\x01\x12G\n\x08Tokenize\x12\x1c.jaxserve.v1.TokenizeRequest\x1a\x1d.jaxserve.v1.TokenizeResponse\x12M\n\nDetokenize\x12\x1e.jaxserve.v1.DetokenizeRequest\x1a\x1f.jaxserve.v1.DetokenizeResponse\x12M\n\nListModels\x12\x1e.jaxserve.v1.ListModelsRequest\x1a\x1f.jaxserve.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=2719
-  _globals['_FINISHREASON']._serialized_end=2839
+  _globals['_FINISHREASON']._serialized_start=2943
+  _globals['_FINISHREASON']._serialized_end=3093
   _globals['_SAMPLINGPARAMS']._serialized_start=74
   _globals['_SAMPLINGPARAMS']._serialized_end=888
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=621
@@ -50,33 +50,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST']._serialized_start=1088
   _globals['_GENERATEREQUEST']._serialized_end=1300
   _globals['_CHATMESSAGE']._serialized_start=1302
-  _globals['_CHATMESSAGE']._serialized_end=1360
-  _globals['_TOOL']._serialized_start=1362
-  _globals['_TOOL']._serialized_end=1435
-  _globals['_CHATREQUEST']._serialized_start=1438
-  _globals['_CHATREQUEST']._serialized_end=1737
-  _globals['_TOPLOGPROB']._serialized_start=1739
-  _globals['_TOPLOGPROB']._serialized_end=1801
-  _globals['_TOKENLOGPROB']._serialized_start=1803
-  _globals['_TOKENLOGPROB']._serialized_end=1926
-  _globals['_USAGE']._serialized_start=1928
-  _globals['_USAGE']._serialized_end=2008
-  _globals['_GENERATERESPONSE']._serialized_start=2011
-  _globals['_GENERATERESPONSE']._serialized_end=2259
-  _globals['_TOKENIZEREQUEST']._serialized_start=2262
-  _globals['_TOKENIZEREQUEST']._serialized_end=2408
-  _globals['_TOKENIZERESPONSE']._serialized_start=2410
-  _globals['_TOKENIZERESPONSE']._serialized_end=2486
-  _globals['_DETOKENIZEREQUEST']._serialized_start=2488
-  _globals['_DETOKENIZEREQUEST']._serialized_end=2541
-  _globals['_DETOKENIZERESPONSE']._serialized_start=2543
-  _globals['_DETOKENIZERESPONSE']._serialized_end=2577
-  _globals['_LISTMODELSREQUEST']._serialized_start=2579
-  _globals['_LISTMODELSREQUEST']._serialized_end=2598
-  _globals['_MODEL']._serialized_start=2600
-  _globals['_MODEL']._serialized_end=2659
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2661
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2717
-  _globals['_GENERATION']._serialized_start=2842
-  _globals['_GENERATION']._serialized_end=3227
+  _globals['_CHATMESSAGE']._serialized_end=1425
+  _globals['_TOOL']._serialized_start=1427
+  _globals['_TOOL']._serialized_end=1500
+  _globals['_TOOLCALL']._serialized_start=1502
+  _globals['_TOOLCALL']._serialized_end=1557
+  _globals['_CHATREQUEST']._serialized_start=1560
+  _globals['_CHATREQUEST']._serialized_end=1917
+  _globals['_TOPLOGPROB']._serialized_start=1919
+  _globals['_TOPLOGPROB']._serialized_end=1981
+  _globals['_TOKENLOGPROB']._serialized_start=1983
+  _globals['_TOKENLOGPROB']._serialized_end=2106
+  _globals['_USAGE']._serialized_start=2108
+  _globals['_USAGE']._serialized_end=2188
+  _globals['_GENERATERESPONSE']._serialized_start=2191
+  _globals['_GENERATERESPONSE']._serialized_end=2482
+  _globals['_TOKENIZEREQUEST']._serialized_start=2485
+  _globals['_TOKENIZEREQUEST']._serialized_end=2631
+  _globals['_TOKENIZERESPONSE']._serialized_start=2633
+  _globals['_TOKENIZERESPONSE']._serialized_end=2709
+  _globals['_DETOKENIZEREQUEST']._serialized_start=2711
+  _globals['_DETOKENIZEREQUEST']._serialized_end=2764
+  _globals['_DETOKENIZERESPONSE']._serialized_start=2766
+  _globals['_DETOKENIZERESPONSE']._serialized_end=2800
+  _globals['_LISTMODELSREQUEST']._serialized_start=2802
+  _globals['_LISTMODELSREQUEST']._serialized_end=2821
+  _globals['_MODEL']._serialized_start=2823
+  _globals['_MODEL']._serialized_end=2882
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2884
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2940
+  _globals['_GENERATION']._serialized_start=3096
+  _globals['_GENERATION']._serialized_end=3481
 # @@protoc_insertion_point(module_scope)

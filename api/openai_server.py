@@ -28,6 +28,7 @@ from jaxserve.api.protocol import (
 from jaxserve.api.server_state import Served, ServerConfig, ServerState
 from jaxserve.api.serving_chat import create_chat_completion, plain_messages
 from jaxserve.api.serving_completion import create_completion
+from jaxserve.api.tool_calls import ToolUse, chat_prompt
 from jaxserve.errors import JaxserveError
 
 __all__ = ["Served", "ServerConfig", "ServerState", "create_app"]
@@ -76,7 +77,7 @@ def create_app(config: ServerConfig, served: Served | None = None) -> FastAPI:
         if body.messages is not None:
             messages = plain_messages(body.messages)
             try:
-                text = served.render_chat(messages, body.add_generation_prompt)
+                text = chat_prompt(messages, ToolUse(), served, body.add_generation_prompt)
             except JaxserveError as error:
                 raise bad_request(f"The chat template failed: {error}", "messages") from None
             ids = served.tokenizer.encode(text, add_special=False, parse_special=True)

@@ -38,9 +38,7 @@ ALIASES = {
 FRONT_ONLY = frozenset({"prompt_logprobs", "logprobs", "max_tokens"})
 
 # Accepted, with no effect on the output.
-NO_OP = frozenset(
-    {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "cache_prompt"}
-)
+NO_OP = frozenset({"user", "metadata", "store", "service_tier", "cache_prompt"})
 
 # Known features this server does not have yet: a clear 400 instead of "unrecognized".
 NOT_YET = frozenset(

@@ -13,13 +13,16 @@ from typing import TYPE_CHECKING, Any
 from jaxserve.api.errors import APIError
 from jaxserve.api.generation import EngineLike
 from jaxserve.api.metrics import Metrics
+from jaxserve.grammar.tools import tool_format
 from jaxserve.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from jaxserve.api.async_engine import AsyncEngine, StreamOutput
     from jaxserve.llm import LLM
 
-RenderChat = Callable[[Sequence[Mapping[str, Any]], bool], str]  # (messages, add_gen_prompt)
+# (messages, add_generation_prompt) -> prompt text; called with `tools=` (OpenAI's shape) too when
+# `Served.template_tools` says the template renders tools itself.
+RenderChat = Callable[..., str]
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,11 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class Served:
-    """A loaded model as the front sees it."""
+    """A loaded model as the front sees it.
+
+    tool_format: how the model writes tool calls (`jaxserve.grammar.tools.FORMATS`).
+    template_tools: the chat template renders `tools` and tool messages itself; otherwise the
+    front describes the tools in a system message (`api/tool_calls.py`)."""
 
     engine: EngineLike
     tokenizer: Tokenizer
@@ -56,18 +63,29 @@ class Served:
     max_model_len: int
     stats: Callable[[], Mapping[str, float]] = dict
     created: int = field(default_factory=lambda: int(time.time()))
+    tool_format: str = "hermes"
+    template_tools: bool = False
 
     @classmethod
     def from_llm(cls, llm: LLM, engine: AsyncEngine) -> Served:
-        def render(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) -> str:
-            return llm.render_chat(list(messages), add_generation_prompt=add_generation_prompt)
+        def render(
+            messages: Sequence[Mapping[str, Any]],
+            add_generation_prompt: bool,
+            tools: Sequence[Mapping[str, Any]] | None = None,
+        ) -> str:
+            return llm.render_chat(
+                list(messages), add_generation_prompt=add_generation_prompt, tools=tools
+            )
 
+        template = llm.template
         return cls(
             engine=engine,
             tokenizer=llm.tokenizer,
             render_chat=render,
             max_model_len=llm.engine.max_model_len,
             stats=llm.engine.stats.snapshot,
+            tool_format=tool_format(None if template.is_fallback else template.source),
+            template_tools=template.reads("tools"),
         )
 
 

@@ -1,4 +1,7 @@
-"""POST /v1/chat/completions: messages -> chat template -> engine -> OpenAI response or SSE."""
+"""POST /v1/chat/completions: messages -> chat template -> engine -> OpenAI response or SSE.
+
+With tools (`api/tool_calls.py`), the reply is constrained to the model's call format and the
+calls come back as `message.tool_calls` / streamed `tool_calls` deltas, never as content."""
 
 from __future__ import annotations
 
@@ -13,10 +16,19 @@ from jaxserve.api.errors import APIError, bad_request, unsupported
 from jaxserve.api.generation import Job, merged, submit
 from jaxserve.api.protocol import ChatCompletionRequest, ChatMessage
 from jaxserve.api.responses import Choice, Envelope, chat_logprob_entry, new_id, sse, total_usage
-from jaxserve.api.sampling import build_params, check_stream_options
+from jaxserve.api.sampling import ALIASES, build_params, check_stream_options
 from jaxserve.api.server_state import Served, ServerState
+from jaxserve.api.tool_calls import (
+    ToolUse,
+    call_delta,
+    chat_prompt,
+    finish_reason,
+    history_tool_calls,
+    tool_use,
+)
 from jaxserve.errors import JaxserveError
-from jaxserve.sampling_params import MAX_LOGPROBS
+from jaxserve.grammar.tool_parser import ToolCallParser, parse_tool_calls
+from jaxserve.sampling_params import CONSTRAINT_FIELDS, MAX_LOGPROBS
 
 HANDLED = frozenset(
     {
@@ -31,6 +43,7 @@ HANDLED = frozenset(
         "response_format",
         "tools",
         "tool_choice",
+        "parallel_tool_calls",
         "add_generation_prompt",
         "priority",
     }
@@ -41,8 +54,6 @@ def plain_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     """Messages as the chat template wants them; content parts other than text are refused."""
     out = []
     for i, message in enumerate(messages):
-        if message.tool_calls:
-            raise unsupported(f"messages[{i}].tool_calls")
         content = message.content
         if isinstance(content, list):
             texts = []
@@ -61,6 +72,13 @@ def plain_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
         for key in ("name", "tool_call_id"):
             if getattr(message, key) is not None:
                 entry[key] = getattr(message, key)
+        if message.tool_calls:
+            if message.role != "assistant":
+                where = f"messages[{i}].tool_calls"
+                raise bad_request(f"{where}: only assistant messages have tool calls", where)
+            entry["tool_calls"] = history_tool_calls(
+                message.tool_calls, f"messages[{i}].tool_calls"
+            )
         out.append(entry)
     return out
 
@@ -92,12 +110,17 @@ def response_format_fields(response_format: dict[str, Any] | None) -> dict[str, 
     )
 
 
-def _check_constraints(body: ChatCompletionRequest) -> None:
-    choice = body.tool_choice
-    if body.tools and choice != "none":
-        raise unsupported("tools", 'are not supported yet (only with tool_choice "none")')
-    if choice is not None and choice not in ("none", "auto"):
-        raise unsupported("tool_choice")
+def _check_tools(body: ChatCompletionRequest, use: ToolUse) -> None:
+    """Tool calls are a constraint of their own: no other may be combined with them."""
+    if not use.active:
+        return
+    if response_format_fields(body.response_format):
+        message = 'response_format cannot be combined with tools (unless tool_choice is "none")'
+        raise bad_request(message, "response_format")
+    for name in body.model_extra or {}:
+        if ALIASES.get(name, name) in (*CONSTRAINT_FIELDS, "grammar_triggers"):
+            message = f'{name} cannot be combined with tools (unless tool_choice is "none")'
+            raise bad_request(message, name)
 
 
 async def create_chat_completion(
@@ -107,11 +130,12 @@ async def create_chat_completion(
     served = state.ready()
     model = state.check_model(body.model)
     include_usage = check_stream_options(body)
-    _check_constraints(body)
+    use = tool_use(body.tools, body.tool_choice, body.parallel_tool_calls, served)
+    _check_tools(body, use)
     messages = plain_messages(body.messages)
     add_generation_prompt = body.add_generation_prompt is not False
     try:
-        text = served.render_chat(messages, add_generation_prompt)
+        text = chat_prompt(messages, use, served, add_generation_prompt)
     except JaxserveError as error:
         raise bad_request(f"The chat template failed: {error}", "messages") from None
     ids = served.tokenizer.encode(text, add_special=False, parse_special=True)
@@ -125,11 +149,13 @@ async def create_chat_completion(
             raise bad_request(message, "top_logprobs")
         fixed["logprobs"] = top
     fixed.update(response_format_fields(body.response_format))
+    fixed.update(use.constraint())
     try:
         params = build_params(body, handled=HANDLED, fixed=fixed)
     except APIError as error:
         if body.response_format is not None and error.param == "json_schema":
             error.param = "response_format"
+            error.message = "response_format: " + error.message.removeprefix("json_schema: ")
         raise
     priority = _priority(body)
     job = Job(ids, params, priority=priority)
@@ -141,7 +167,9 @@ async def create_chat_completion(
         merged(streams, request, num_sequences=params.n), started=started, n=params.n
     )
     if body.stream:
-        stream = _stream(outputs, envelope, served, params.n, include_usage, bool(body.logprobs))
+        stream = _stream(
+            outputs, envelope, served, params.n, include_usage, bool(body.logprobs), use
+        )
         return StreamingResponse(state.track(stream), media_type="text/event-stream")
     async with state.tracking():
         choices = {i: Choice(i) for i in range(params.n)}
@@ -150,7 +178,7 @@ async def create_chat_completion(
     ordered = [choices[i] for i in sorted(choices)]
     body_out = envelope.wrap(
         "chat.completion",
-        choices=[_choice(c, served, bool(body.logprobs)) for c in ordered],
+        choices=[_choice(c, served, bool(body.logprobs), use) for c in ordered],
         usage=total_usage(ordered, params.n),
     )
     return JSONResponse(body_out)
@@ -173,16 +201,22 @@ def _max_tokens(body: ChatCompletionRequest, served: Served, num_prompt: int) ->
     return value
 
 
-def _choice(choice: Choice, served: Served, logprobs: bool) -> dict[str, Any]:
-    content = None
+def _choice(choice: Choice, served: Served, logprobs: bool, use: ToolUse) -> dict[str, Any]:
+    lp = None
     if logprobs:
         entries = [chat_logprob_entry(served.tokenizer, e) for e in choice.logprobs]
-        content = {"content": entries, "refusal": None}
+        lp = {"content": entries, "refusal": None}
+    message: dict[str, Any] = {"role": "assistant", "content": choice.text, "refusal": None}
+    calls = []
+    if use.active:
+        message["content"], calls = parse_tool_calls(choice.text, use.format)
+        if calls:
+            message["tool_calls"] = calls
     return {
         "index": choice.index,
-        "message": {"role": "assistant", "content": choice.text, "refusal": None},
-        "logprobs": content,
-        "finish_reason": choice.finish_reason,
+        "message": message,
+        "logprobs": lp,
+        "finish_reason": finish_reason(choice.finish_reason, len(calls)),
     }
 
 
@@ -193,6 +227,7 @@ async def _stream(
     n: int,
     include_usage: bool,
     logprobs: bool,
+    use: ToolUse,
 ) -> AsyncIterator[bytes]:
     extra = {"usage": None} if include_usage else {}
 
@@ -201,6 +236,7 @@ async def _stream(
         return sse(envelope.wrap("chat.completion.chunk", choices=[choice], **extra))
 
     choices = {i: Choice(i) for i in range(n)}
+    parsers = {i: ToolCallParser(use.format) for i in range(n)} if use.active else {}
     for i in range(n):
         yield chunk(i, {"role": "assistant", "content": ""})
     try:
@@ -210,10 +246,27 @@ async def _stream(
             if logprobs and out.logprobs:
                 entries = [chat_logprob_entry(served.tokenizer, e) for e in out.logprobs]
                 lp = {"content": entries, "refusal": None}
-            if out.delta or lp is not None:
-                yield chunk(index, {"content": out.delta}, lp)
+            if index not in parsers:
+                if out.delta or lp is not None:
+                    yield chunk(index, {"content": out.delta}, lp)
+                if out.finish_reason is not None:
+                    yield chunk(index, {}, None, out.finish_reason)
+                continue
+            parser = parsers[index]
+            events = parser.feed(out.delta)
             if out.finish_reason is not None:
-                yield chunk(index, {}, None, out.finish_reason)
+                events += parser.finish()
+            for event in events:  # logprobs ride on the first chunk of their output
+                if isinstance(event, str):
+                    yield chunk(index, {"content": event}, lp)
+                else:
+                    yield chunk(index, {"tool_calls": [call_delta(event)]}, lp)
+                lp = None
+            if lp is not None:
+                yield chunk(index, {}, lp)
+            if out.finish_reason is not None:
+                reason = finish_reason(out.finish_reason, parser.num_calls)
+                yield chunk(index, {}, None, reason)
     except APIError as error:
         yield sse(error.body())
         return

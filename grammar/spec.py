@@ -2,7 +2,9 @@
 
 A spec is a mapping with exactly one of `json_schema`, `grammar` (GBNF), `regex`, `choice`
 (list of strings) or `json_object` (true: any JSON value), plus for the JSON kinds an optional
-`whitespace` ("compact", the default, or "bounded").
+`whitespace` ("compact", the default, or "bounded"). A `grammar` spec may carry `triggers`
+(non-empty strings): the matcher then lets text through freely until one appears
+(`grammar/lazy.py`); they do not change the compiled grammar, so they are not part of its key.
 """
 
 from __future__ import annotations
@@ -26,11 +28,19 @@ KINDS = ("json_schema", "grammar", "regex", "choice", "json_object")
 def spec_kind(spec: Mapping[str, Any]) -> str:
     """Which constraint `spec` names; ValueError for none, several or unknown keys."""
     kinds = [k for k in KINDS if k in spec]
-    unknown = sorted(set(spec) - set(KINDS) - {"whitespace"})
+    unknown = sorted(set(spec) - set(KINDS) - {"whitespace", "triggers"})
     if unknown:
         raise UnsupportedConstraintError(f"unknown constraint field(s): {unknown}")
     if len(kinds) != 1:
         raise UnsupportedConstraintError(f"a constraint names exactly one of {list(KINDS)}")
+    if "triggers" in spec:
+        triggers = spec["triggers"]
+        if kinds[0] != "grammar":
+            raise UnsupportedConstraintError("triggers apply to grammar only")
+        if not isinstance(triggers, list | tuple) or not all(
+            isinstance(t, str) and t for t in triggers
+        ):
+            raise UnsupportedConstraintError("triggers must be a list of non-empty strings")
     return kinds[0]
 
 
@@ -70,6 +80,7 @@ def build_grammar(spec: Mapping[str, Any]) -> Grammar:
 
 
 def spec_key(spec: Mapping[str, Any]) -> str:
+    spec = {k: v for k, v in spec.items() if k != "triggers"}  # they leave the grammar alone
     return json.dumps(spec, sort_keys=True, separators=(",", ":"), default=list)
 
 

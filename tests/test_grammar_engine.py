@@ -33,6 +33,12 @@ def engine():
     return mock_engine(SchedulerConfig(max_num_seqs=8, prefill_chunk=32, decode_steps=4))
 
 
+@pytest.fixture(scope="module")
+def host_engine():
+    config = SchedulerConfig(max_num_seqs=8, prefill_chunk=32, decode_steps=4)
+    return mock_engine(config, MockSetup(grammar_states=0))
+
+
 def _run(engine, requests):
     reqs = [engine.add_request(p, params) for p, params in requests]
     while engine.has_unfinished():
@@ -49,8 +55,8 @@ def _params(spec, **kw) -> SamplingParams:
 def test_sampled_outputs_are_complete_strings_of_the_language(engine, spec):
     outs = _run(engine, [([byte_id(b)], _params(spec, seed=s)) for s, b in enumerate(b"aZ{(x")])
     for out in outs:
-        if out.finish_reason == "length":  # a recursive grammar may run past max_tokens
-            assert "grammar" in spec and is_prefix(spec, out.text), out.text
+        if out.finish_reason == "length":  # e.g. a recursive grammar ran past max_tokens
+            assert is_prefix(spec, out.text), out.text
             continue
         assert out.finish_reason == "stop", out.text
         assert matches(spec, out.text), out.text
@@ -108,20 +114,15 @@ def test_two_constraints_in_one_request_are_refused():
 
 
 @pytest.mark.parametrize("spec", [SPECS[0], SPECS[1], SPECS[3]], ids=["regex", "choice", "schema"])
-def test_device_and_host_paths_give_identical_tokens(engine, spec):
-    host = mock_engine(
-        SchedulerConfig(max_num_seqs=8, prefill_chunk=32, decode_steps=4),
-        MockSetup(grammar_states=0),
-    )
+def test_device_and_host_paths_give_identical_tokens(engine, host_engine, spec):
+    host = host_engine
     requests = [([byte_id(b)], _params(spec, seed=s)) for s, b in enumerate(b"aZ{(x1")]
     requests.append(([byte_id(7)], SamplingParams(max_tokens=9, temperature=1.0, seed=3)))
-    steps_before = engine.stats.num_steps if hasattr(engine.stats, "num_steps") else None
     on_device = _run(engine, requests)
     on_host = _run(host, requests)
     assert [o.token_ids for o in on_device] == [o.token_ids for o in on_host]
     assert [o.finish_reason for o in on_device] == [o.finish_reason for o in on_host]
     assert engine.grammar_slots._offsets  # noqa: SLF001 - the constraint ran on device
-    del steps_before
 
 
 def test_a_recursive_grammar_stays_on_the_host(engine):

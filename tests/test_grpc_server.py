@@ -188,8 +188,17 @@ def test_invalid_chat_arguments_and_unknown_model(stub):
     for request_, field in [
         (pb.ChatRequest(), "messages"),
         (pb.ChatRequest(messages=[pb.ChatMessage(role="wizard", content="x")]), "messages[0].role"),
-        (pb.ChatRequest(messages=[user], tools=tools), "tools"),
+        (pb.ChatRequest(messages=[user], tools=[pb.Tool(name="a b")]), "tools[0].name"),
+        (
+            pb.ChatRequest(messages=[user], tools=[pb.Tool(name="f", parameters_json_schema="{")]),
+            "tools[0].parameters_json_schema",
+        ),
         (pb.ChatRequest(messages=[user], tool_choice="required"), "tool_choice"),
+        (pb.ChatRequest(messages=[user], tools=tools, tool_choice="g"), "tool_choice"),
+        (
+            pb.ChatRequest(messages=[user], tools=tools, constraint=pb.Constraint(regex="a")),
+            "constraint",
+        ),
         (
             pb.ChatRequest(messages=[user], constraint=pb.Constraint(grammar="root ::= x")),
             "grammar",

@@ -55,6 +55,12 @@ def _error(r: httpx.Response, status: int) -> dict:
 
 
 IMAGE = {"type": "image_url", "image_url": {"url": "http://x/y.png"}}
+TOOL = {"type": "function", "function": {"name": "f"}}
+NOT_SCHEMA = {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "wat"}}}}
+PARAMETERS = "tools[0].function.parameters"
+CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+BAD_CALL = {"id": "c1", "type": "function", "function": {"name": "f"}}
+BAD_CALL_PARAM = "messages[0].tool_calls[0].function.arguments"
 CHAT_REFUSALS = [
     ({"frobnicate": 1}, "frobnicate"),
     ({"grammar": "root ::= ("}, "grammar"),
@@ -69,8 +75,22 @@ CHAT_REFUSALS = [
         {"response_format": {"type": "json_schema", "json_schema": {"schema": {"not": {}}}}},
         "response_format",
     ),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools[0].function.name"),
+    ({"tools": [{"type": "tool", "function": {"name": "f"}}]}, "tools[0].type"),
+    ({"tools": [TOOL, TOOL]}, "tools[1].function.name"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": 5}}]}, PARAMETERS),
+    ({"tools": [{"type": "function", "function": NOT_SCHEMA}]}, PARAMETERS),
     ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [TOOL], "tool_choice": "sometimes"}, "tool_choice"),
+    (
+        {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+        "tool_choice",
+    ),
+    ({"tools": [TOOL], "response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": [TOOL], "regex": "a+"}, "regex"),
+    ({"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+    ({"messages": [{"role": "assistant", "tool_calls": [BAD_CALL]}]}, BAD_CALL_PARAM),
+    ({"messages": [{"role": "user", "tool_calls": [CALL]}]}, "messages[0].tool_calls"),
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"prompt_logprobs": 1}, "prompt_logprobs"),
     ({"n_probs": 2}, "n_probs"),
