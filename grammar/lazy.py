@@ -39,6 +39,7 @@ class LazyMatcher:
         last = np.array(sorted({t[-1] for t in self.triggers}), np.uint8)
         self._candidates = vocab.order[np.isin(vocab.bytes, last).any(axis=1)]
         self._masks: dict[bytes, np.ndarray] = {}  # pending -> free-text bitmask
+        self._free: dict[bytes, bool] = {}  # pending -> its bitmask allows every token
 
     @property
     def is_triggered(self) -> bool:
@@ -46,6 +47,17 @@ class LazyMatcher:
 
     def is_terminated(self) -> bool:
         return self._history[-1][2] or (self.is_triggered and self.inner.is_terminated())
+
+    def is_free(self) -> bool:
+        """Before the trigger with every token allowed: the next draw needs no mask."""
+        if self.is_triggered or self.is_terminated():
+            return False
+        pending = self._history[-1][0]
+        free = self._free.get(pending)
+        if free is None:
+            everything = self.grammar.vocab.pack(np.ones(self.grammar.vocab.size, bool))
+            free = self._free[pending] = bool((self._free_mask(pending) == everything).all())
+        return free
 
     def is_accepting(self) -> bool:
         return self.inner.is_accepting() if self.is_triggered else True

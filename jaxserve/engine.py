@@ -344,12 +344,17 @@ class Engine:
         events = []
         for i, request in enumerate(requests):
             delta, new = "", []
+            free = _runs_free(request)
             for j in range(int(out.num_generated[i])):
                 token = int(out.token_ids[i, j])
+                if free and not request.matcher.accept_token(token):
+                    break  # a free draw the trigger's constraint forbids: redrawn masked next step
                 lp = self._logprob(
                     request, token, out.logprobs[i, j], out.top_ids[i, j], out.top_logprobs[i, j]
                 )
-                delta += self._append(request, token, lp)
+                delta += self._append(request, token, lp, accepted=True if free else None)
+                if free and not request.matcher.is_free():
+                    break  # later draws ignored the mask that now applies
                 new.append(token)
                 if request.finished:
                     break  # anything generated past a stop string is dropped
@@ -358,11 +363,15 @@ class Engine:
             events.append(StepEvent(request.output, delta, tuple(new)))
         return events
 
-    def _append(self, request: Request, token: int, lp: TokenLogprob | None) -> str:
-        """Record a generated token; a constrained request also advances its matcher, and ends
-        as soon as its output is complete and nothing may follow."""
+    def _append(
+        self, request: Request, token: int, lp: TokenLogprob | None, *, accepted: bool | None = None
+    ) -> str:
+        """Record a generated token; a constrained request also advances its matcher (unless
+        the caller already did: `accepted`), and ends as soon as its output is complete and
+        nothing may follow."""
         matcher = request.matcher
-        accepted = matcher is None or matcher.accept_token(token)
+        if accepted is None:
+            accepted = matcher is None or matcher.accept_token(token)
         delta = request.append_token(token, lp, eos_ids=self.tokenizer.eos_ids)
         if matcher is not None and not request.finished:
             if not accepted or matcher.is_terminated() or matcher.is_complete():
@@ -379,7 +388,8 @@ class Engine:
             offset = self.grammar_slots.offset(matcher.grammar, in_use)
             if offset is not None:
                 grammar_state = offset + matcher.state
-        if matcher is not None and grammar_state < 0:
+        free = _runs_free(request)
+        if matcher is not None and grammar_state < 0 and not free:
             remaining = min(remaining, 1)  # its next mask needs the host
         return DecodeRow(
             token_id=request.all_token_ids[-1],
@@ -399,6 +409,19 @@ class Engine:
 
 
 # Fields whose device stage is not built yet: a non-default value is refused, never ignored.
+def _runs_free(request: Request) -> bool:
+    """A lazy constraint whose next draw needs no mask (before its trigger) decodes k tokens
+    unmasked on device; the host keeps them up to the first after which a mask applies (later
+    ones are drawn again, masked, from the same per-position keys, so the tokens are those of
+    one-token steps)."""
+    matcher = request.matcher
+    return (
+        isinstance(matcher, LazyMatcher)
+        and request.params.mirostat == 0  # its state would count the dropped draws
+        and matcher.is_free()
+    )
+
+
 def sequence_seed(seed: int, index: int) -> int:
     """Seed of sequence `index` of a request seeded with `seed` (sequence 0 keeps it)."""
     return (seed + index * 0x9E3779B1) % 2**32

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -131,3 +132,21 @@ def test_a_recursive_grammar_stays_on_the_host(engine):
     assert engine.grammar_slots.tables(compiled) is None
     out = _run(engine, [([byte_id(1)], _params(spec, seed=2, max_tokens=12))])[0]
     assert is_prefix(spec, out.text)
+
+
+def test_a_lazy_constraint_decodes_free_text_k_tokens_at_a_time(engine):
+    """Before its trigger a lazy constraint runs unmasked on device, as 1-token steps would."""
+    one_step = mock_engine(SchedulerConfig(max_num_seqs=8, prefill_chunk=32, decode_steps=1))
+    spec = {"grammar": 'root ::= "ef" [0-9]{2}', "grammar_triggers": ["ef"]}
+    requests = [
+        ([byte_id(b)], _params(spec, seed=s, max_tokens=40)) for s, b in enumerate(b"abcXY")
+    ]
+    steps = engine.stats.num_steps
+    outs = _run(engine, requests)
+    k_steps = engine.stats.num_steps - steps
+    assert [o.token_ids for o in outs] == [o.token_ids for o in _run(one_step, requests)]
+    assert k_steps < max(len(o.token_ids) for o in outs)  # several tokens per step
+    for out in outs:
+        text = out.text
+        if "ef" in text:
+            assert re.fullmatch(r"[^\n]*?ef[0-9]{0,2}", text, re.S), text
