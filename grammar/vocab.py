@@ -36,6 +36,14 @@ class TokenVocab:
             data = token_bytes[tid]
             self.bytes[row, : len(data)] = np.frombuffer(data, np.uint8)
         self.columns = np.ascontiguousarray(self.bytes.T)  # [longest, n] uint8
+        # Which bytes each token holds, as 256-bit sets [n, 4] uint64: a token made only of
+        # bytes on which a state loops back to itself needs no walk.
+        present = np.zeros((self.order.size, 256), bool)
+        rows = np.repeat(np.arange(self.order.size), self.lengths)
+        flat = np.concatenate([np.frombuffer(token_bytes[t], np.uint8) for t in self.order])
+        present[rows, flat] = True
+        sets = np.packbits(present, axis=1, bitorder="little").view("<u8")
+        self.byte_sets = [np.ascontiguousarray(sets[:, w]) for w in range(4)]
         # tokens longer than i are rows [0, longer[i]) of the sorted order
         self.longer = np.array([(self.lengths > i).sum() for i in range(longest)], np.int64)
         self.key = (tuple(token_bytes), tuple(self.stop_ids.tolist()), self.width)
@@ -52,7 +60,17 @@ class TokenVocab:
         automaton.fill_rows([state])
         row = automaton.table[state]
         cur = row[self.columns[0]].astype(np.int32)  # every token is at least one byte
-        idx = np.flatnonzero(cur != DEAD)
+        live = cur != DEAD
+        self_loops = row == state
+        if self_loops.sum() > 1:
+            outside = ~np.packbits(self_loops, bitorder="little").view("<u8")
+            stray = self.byte_sets[0] & outside[0]
+            for w in range(1, 4):
+                stray |= self.byte_sets[w] & outside[w]
+            inside = stray == 0
+            cur[inside] = state
+            live &= ~inside
+        idx = np.flatnonzero(live)
         for i in range(1, self.columns.shape[0]):
             idx = idx[: np.searchsorted(idx, self.longer[i])]
             if not idx.size:
