@@ -136,7 +136,10 @@ def schema_grammar(
         ws = Repeat(chars([(9, 10), (32, 32)]), 0, max_whitespace) if max_whitespace else EMPTY
     else:
         raise ValueError(f"whitespace must be 'compact' or 'bounded', not {whitespace!r}")
-    return _Compiler(schema, ws).compile()
+    try:
+        return _Compiler(schema, ws).compile()
+    except RecursionError:
+        raise _refuse("the schema nests (or refers to itself) too deeply") from None
 
 
 def json_value_grammar(*, whitespace: str = "compact", max_whitespace: int = 4) -> Grammar:
@@ -450,8 +453,11 @@ class _Compiler:
                 s = self.merge_all(s, 0)
         return True
 
-    def kinds_of(self, s: Any) -> set[str]:
+    def kinds_of(self, s: Any, depth: int = 0) -> set[str]:
+        """A superset of the kinds of values valid under `s`."""
         s = self.view(s)
+        if depth > MAX_DEPTH:
+            return set(ALL_KINDS)
         if not isinstance(s, dict):
             return set() if s is False else set(ALL_KINDS)
         s = _nullable(s)
@@ -462,7 +468,7 @@ class _Compiler:
             kinds &= {_kind(v) for v in s["enum"]}
         for key in ("anyOf", "oneOf"):
             if isinstance(s.get(key), list):
-                kinds &= set().union(*(self.kinds_of(b) for b in s[key]))
+                kinds &= set().union(*(self.kinds_of(b, depth + 1) for b in s[key]))
         return kinds
 
     def values_of(self, s: Any) -> set[str] | None:
