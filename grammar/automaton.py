@@ -38,6 +38,7 @@ class Automaton:
         self.accepting = np.zeros(64, bool)
         self.table = np.full((64, 256), -1, np.int32)
         self._closure_cache: dict[frozenset[int], int] = {}
+        self.loops_non_ascii: dict[int, bool] = {}  # state -> every non-ASCII char loops back
         self._intern_state(frozenset(), False)  # DEAD
         self.table[DEAD] = DEAD
         self.start = self._closure([self._stack(self.net.start, -1)])

@@ -7,6 +7,10 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from .automaton import DEAD, Automaton
+from .utf8 import utf8_sequences
+
+# Byte-range sequences of every non-ASCII code point (surrogates excluded).
+NON_ASCII_SEQUENCES = utf8_sequences(0x80, 0xD7FF) + utf8_sequences(0xE000, 0x10FFFF)
 
 
 class TokenVocab:
@@ -44,6 +48,8 @@ class TokenVocab:
         present[rows, flat] = True
         sets = np.packbits(present, axis=1, bitorder="little").view("<u8")
         self.byte_sets = [np.ascontiguousarray(sets[:, w]) for w in range(4)]
+        # Tokens of whole UTF-8 characters (no code point split at either end).
+        self.whole_utf8 = np.array([_is_utf8(token_bytes[t]) for t in self.order], bool)
         # tokens longer than i are rows [0, longer[i]) of the sorted order
         self.longer = np.array([(self.lengths > i).sum() for i in range(longest)], np.int64)
         self.key = (tuple(token_bytes), tuple(self.stop_ids.tolist()), self.width)
@@ -63,11 +69,14 @@ class TokenVocab:
         live = cur != DEAD
         self_loops = row == state
         if self_loops.sum() > 1:
+            # A token of bytes the state loops on, or of ASCII bytes it loops on plus whole
+            # non-ASCII characters when every such character returns to the state, ends there.
             outside = ~np.packbits(self_loops, bitorder="little").view("<u8")
-            stray = self.byte_sets[0] & outside[0]
-            for w in range(1, 4):
-                stray |= self.byte_sets[w] & outside[w]
-            inside = stray == 0
+            stray = (self.byte_sets[0] & outside[0]) | (self.byte_sets[1] & outside[1])
+            high = (self.byte_sets[2] & outside[2]) | (self.byte_sets[3] & outside[3])
+            inside = (stray == 0) & (high == 0)
+            if _loops_on_non_ascii(automaton, state):
+                inside |= (stray == 0) & self.whole_utf8
             cur[inside] = state
             live &= ~inside
         idx = np.flatnonzero(live)
@@ -92,3 +101,30 @@ class TokenVocab:
         bits = np.zeros(self.words * 32, bool)
         bits[: allowed.size] = allowed
         return np.packbits(bits, bitorder="little").view("<u4").view(np.int32)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _loops_on_non_ascii(automaton: Automaton, state: int) -> bool:
+    """Does every non-ASCII character lead from `state` back to `state`?"""
+    cached = automaton.loops_non_ascii.get(state)
+    if cached is None:
+        cached = True
+        for ranges in NON_ASCII_SEQUENCES:
+            states = {state}
+            for lo, hi in ranges:
+                automaton.fill_rows(sorted(states))
+                states = set(automaton.table[sorted(states), lo : hi + 1].ravel().tolist())
+                if DEAD in states:
+                    break
+            if states != {state}:
+                cached = False
+                break
+        automaton.loops_non_ascii[state] = cached
+    return cached
