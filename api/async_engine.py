@@ -1,7 +1,8 @@
 """AsyncEngine: the engine loop on a background thread, one async stream of outputs per request.
 
 Front ends call `generate(...)` and iterate; leaving the iteration early (client gone) aborts the
-request, whose pages are free before the next engine step.
+request, whose pages are free before the next engine step. `embed(...)` runs on the engine thread
+too, between steps.
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from jaxserve.outputs import FinishReason, TokenLogprob
+from jaxserve.page_allocator import OutOfPagesError
 from jaxserve.sampling_params import SamplingParams
+
+EMBED_BATCH = 16  # inputs embedded per engine-loop turn
 
 if TYPE_CHECKING:  # host-only module: the engine (and jax) is imported by whoever builds it
     from jaxserve.engine import Engine, StepEvent
@@ -100,6 +106,9 @@ class AsyncEngine:
         # request id -> [its caller's loop, its output queue, sequences not finished yet]
         self._streams: dict[int, list] = {}
         self._aborts: deque[int] = deque()  # appended from any thread, drained by the loop
+        # (token id lists, caller's loop, future) of embedding calls, run by the loop between steps
+        self._embeds: deque[tuple[list[list[int]], asyncio.AbstractEventLoop, asyncio.Future]]
+        self._embeds = deque()
         self._stopped = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="jaxserve-engine", daemon=True)
@@ -131,6 +140,22 @@ class AsyncEngine:
         self._wake.set()
         return RequestStream(self, request.request_id, queue, params.n)
 
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embeddings of token-id lists (`Engine.embed`), computed on the engine thread between
+        steps, `EMBED_BATCH` inputs per turn so generation keeps going meanwhile. Bad input raises
+        here (`ValueError`, `ContextLengthError`). While running requests hold the pages an input
+        needs, it waits for them to finish."""
+        if self._error is not None:
+            raise RuntimeError("the engine loop has stopped") from self._error
+        ids = self.engine.check_embed_inputs(inputs)  # reads only the engine's fixed config
+        loop = asyncio.get_running_loop()
+        futures = []
+        for at in range(0, len(ids), EMBED_BATCH):
+            futures.append(loop.create_future())
+            self._embeds.append((ids[at : at + EMBED_BATCH], loop, futures[-1]))
+        self._wake.set()
+        return np.concatenate(await asyncio.gather(*futures))  # cancelled: each part is too
+
     def abort(self, request_id: int) -> None:
         """Abort now (blocks while a step runs)."""
         with self._lock:
@@ -156,6 +181,7 @@ class AsyncEngine:
                 with self._lock:
                     while self._aborts:
                         self._abort(self._aborts.popleft())
+                    self._run_embeds()
                     busy = self.engine.has_unfinished()
                     events = self.engine.step() if busy else []
                     deliveries = [
@@ -174,7 +200,7 @@ class AsyncEngine:
                             loop.call_soon_threadsafe(queue.put_nowait, output)
                         except RuntimeError:  # the caller's event loop is closed
                             self.abort_soon(output.request_id)
-                if not busy:
+                if not busy and not self._embeds:
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
         except BaseException as error:  # surface the failure to every open stream
@@ -183,6 +209,53 @@ class AsyncEngine:
                 streams, self._streams = list(self._streams.values()), {}
             for loop, queue, _ in streams:
                 loop.call_soon_threadsafe(queue.put_nowait, error)
+            while self._embeds:
+                _, loop, future = self._embeds.popleft()
+                failed = RuntimeError("the engine loop failed")
+                failed.__cause__ = error
+                _settle(loop, future, error=failed)
+
+    def _run_embeds(self) -> None:
+        """Run the first queued embedding part (under the lock). One that needs pages that
+        running requests hold goes to the back of the queue, to run after later steps."""
+        while self._embeds:
+            job = self._embeds.popleft()
+            ids, loop, future = job
+            if future.cancelled():  # the caller is gone
+                continue
+            try:
+                _settle(loop, future, result=self.engine.embed(ids))
+            except OutOfPagesError as error:
+                if self.engine.has_unfinished():
+                    self._embeds.append(job)
+                else:
+                    _settle(loop, future, error=error)
+            except Exception as error:  # any other failure is this caller's alone
+                _settle(loop, future, error=error)
+            return
+
+
+def _settle(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future,
+    *,
+    result: object = None,
+    error: BaseException | None = None,
+) -> None:
+    """Resolve a caller's future from the engine thread (unless it was cancelled meanwhile)."""
+
+    def settle() -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the caller's event loop is closed
+        pass
 
 
 def _to_stream(event: StepEvent) -> StreamOutput:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 from starlette.requests import Request
 
 from jaxserve.api.async_engine import RequestStream, StreamOutput
@@ -34,6 +35,8 @@ class EngineLike(Protocol):
         prompt: str | None = None,
         priority: int = 0,
     ) -> RequestStream: ...
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

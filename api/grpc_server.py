@@ -27,6 +27,7 @@ from jaxserve.api.middleware import key_matches
 from jaxserve.api.responses import token_text
 from jaxserve.api.sampling import params_from_values
 from jaxserve.api.server_state import Served, ServerState
+from jaxserve.api.serving_embedding import MAX_INPUTS, embed
 from jaxserve.api.tool_calls import ToolUse, chat_prompt, history_tool_calls, tool_use
 from jaxserve.errors import JaxserveError
 from jaxserve.grammar.tool_parser import parse_tool_calls
@@ -168,6 +169,28 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             for name in self.state.config.model_names
         ]
         return pb.ListModelsResponse(models=models)
+
+    async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:  # noqa: N802
+        async with self._guard(context):
+            served = self._start(request.model, None)
+            if not request.inputs:
+                raise bad_request("inputs must not be empty", "inputs")
+            if len(request.inputs) > MAX_INPUTS:
+                raise bad_request(f"at most {MAX_INPUTS} inputs per request", "inputs")
+            ids = []
+            for i, item in enumerate(request.inputs):
+                where = f"inputs[{i}]"
+                kind = item.WhichOneof("input")
+                if kind == "text" and item.text:
+                    ids.append(served.tokenizer.encode(item.text))
+                elif kind == "token_ids" and item.token_ids.ids:
+                    ids.append(list(item.token_ids.ids))
+                else:
+                    raise bad_request(f"{where} must be a non-empty text or token_ids", where)
+            async with self.state.tracking():
+                vectors = await embed(served, ids, param="inputs")
+            embeddings = [pb.Embedding(values=v.tolist()) for v in vectors]
+            return pb.EmbedResponse(embeddings=embeddings, prompt_tokens=sum(len(x) for x in ids))
 
     # -- helpers -----------------------------------------------------------------------------
 

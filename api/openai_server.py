@@ -1,9 +1,10 @@
 """The OpenAI-compatible HTTP front: `create_app(config, served)` builds a FastAPI app.
 
-Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /v1/models/{id},
-POST /tokenize, POST /detokenize, GET /health (503 while loading, draining, or after the engine
-stopped), GET /metrics (Prometheus). Every error is OpenAI-shaped JSON (`api/errors.py`); every
-request field is applied or refused with a 400 naming it (`api/sampling.py`).
+Routes: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models,
+GET /v1/models/{id}, POST /tokenize, POST /detokenize, GET /health (503 while loading, draining,
+or after the engine stopped), GET /metrics (Prometheus). Every error is OpenAI-shaped JSON
+(`api/errors.py`); every request field is applied or refused with a 400 naming it
+(`api/sampling.py`).
 
 The app can start before the model is loaded (`served=None`): attach it later with
 `app.state.server.served = Served(...)`; until then generating routes and /health answer 503.
@@ -23,11 +24,13 @@ from jaxserve.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    EmbeddingRequest,
     TokenizeRequest,
 )
 from jaxserve.api.server_state import Served, ServerConfig, ServerState
 from jaxserve.api.serving_chat import create_chat_completion, plain_messages
 from jaxserve.api.serving_completion import create_completion
+from jaxserve.api.serving_embedding import create_embedding
 from jaxserve.api.tool_calls import ToolUse, chat_prompt
 from jaxserve.errors import JaxserveError
 
@@ -57,6 +60,12 @@ def create_app(config: ServerConfig, served: Served | None = None) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await create_completion(body, request, state)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest) -> Response:
+        """Each input's final hidden states (after the final norm), mean-pooled over its tokens
+        and L2-normalized."""
+        return await create_embedding(body, state)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

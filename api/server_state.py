@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from jaxserve.api.errors import APIError
 from jaxserve.api.generation import EngineLike
 from jaxserve.api.metrics import Metrics
+from jaxserve.api.reasoning import REASONING_PARSERS
 from jaxserve.grammar.tools import tool_format
 from jaxserve.tokenizer import Tokenizer
 
@@ -31,7 +32,9 @@ class ServerConfig:
     api_key: when set, every route but /health needs `Authorization: Bearer <api_key>`.
     cors_origins: origins allowed by CORS ("*" for any); empty turns CORS off.
     drain_timeout_s: how long in-flight requests may run after SIGTERM.
-    retry_after_s: the Retry-After of a 429 (queue full)."""
+    retry_after_s: the Retry-After of a 429 (queue full).
+    reasoning_parser: how chat replies are split into `reasoning_content` and `content`
+    (`api/reasoning.py`: "none", "think", "think-open")."""
 
     model_names: tuple[str, ...]
     api_key: str | None = None
@@ -39,6 +42,7 @@ class ServerConfig:
     drain_timeout_s: float = 30.0
     retry_after_s: int = 1
     system_fingerprint: str = "fp_jaxserve"
+    reasoning_parser: str = "none"
 
     def __post_init__(self) -> None:
         if not self.model_names or not all(self.model_names):
@@ -47,6 +51,8 @@ class ServerConfig:
             raise ValueError("api_key must be None or non-empty")
         if self.drain_timeout_s < 0 or self.retry_after_s < 0:
             raise ValueError("drain_timeout_s and retry_after_s must be non-negative")
+        if self.reasoning_parser not in REASONING_PARSERS:
+            raise ValueError(f"reasoning_parser must be one of {REASONING_PARSERS}")
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,9 @@ class Served:
 
     tool_format: how the model writes tool calls (`jaxserve.grammar.tools.FORMATS`).
     template_tools: the chat template renders `tools` and tool messages itself; otherwise the
-    front describes the tools in a system message (`api/tool_calls.py`)."""
+    front describes the tools in a system message (`api/tool_calls.py`).
+    embedding_size: the width of the model's embeddings (its hidden size); 0 when the engine
+    does not embed."""
 
     engine: EngineLike
     tokenizer: Tokenizer
@@ -65,6 +73,7 @@ class Served:
     created: int = field(default_factory=lambda: int(time.time()))
     tool_format: str = "hermes"
     template_tools: bool = False
+    embedding_size: int = 0
 
     @classmethod
     def from_llm(cls, llm: LLM, engine: AsyncEngine) -> Served:
@@ -86,6 +95,7 @@ class Served:
             stats=llm.engine.stats.snapshot,
             tool_format=tool_format(None if template.is_fallback else template.source),
             template_tools=template.reads("tools"),
+            embedding_size=llm.config.hidden_size,
         )
 
 

@@ -1,7 +1,9 @@
 """POST /v1/chat/completions: messages -> chat template -> engine -> OpenAI response or SSE.
 
 With tools (`api/tool_calls.py`), the reply is constrained to the model's call format and the
-calls come back as `message.tool_calls` / streamed `tool_calls` deltas, never as content."""
+calls come back as `message.tool_calls` / streamed `tool_calls` deltas, never as content. With a
+reasoning parser (`api/reasoning.py`), a `<think>` block comes back as `message.reasoning_content`
+/ streamed `reasoning_content` deltas; tool calls are read from the text after it."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from jaxserve.api.errors import APIError, bad_request, unsupported
 from jaxserve.api.generation import Job, merged, submit
 from jaxserve.api.protocol import ChatCompletionRequest, ChatMessage
+from jaxserve.api.reasoning import ReasoningFormat, reasoning_format
 from jaxserve.api.responses import Choice, Envelope, chat_logprob_entry, new_id, sse, total_usage
 from jaxserve.api.sampling import ALIASES, build_params, check_stream_options
 from jaxserve.api.server_state import Served, ServerState
@@ -166,9 +169,10 @@ async def create_chat_completion(
     outputs = state.metered(
         merged(streams, request, num_sequences=params.n), started=started, n=params.n
     )
+    thinking = reasoning_format(state.config.reasoning_parser, text)
     if body.stream:
         stream = _stream(
-            outputs, envelope, served, params.n, include_usage, bool(body.logprobs), use
+            outputs, envelope, served, params.n, include_usage, bool(body.logprobs), use, thinking
         )
         return StreamingResponse(state.track(stream), media_type="text/event-stream")
     async with state.tracking():
@@ -178,7 +182,7 @@ async def create_chat_completion(
     ordered = [choices[i] for i in sorted(choices)]
     body_out = envelope.wrap(
         "chat.completion",
-        choices=[_choice(c, served, bool(body.logprobs), use) for c in ordered],
+        choices=[_choice(c, served, bool(body.logprobs), use, thinking) for c in ordered],
         usage=total_usage(ordered, params.n),
     )
     return JSONResponse(body_out)
@@ -201,15 +205,25 @@ def _max_tokens(body: ChatCompletionRequest, served: Served, num_prompt: int) ->
     return value
 
 
-def _choice(choice: Choice, served: Served, logprobs: bool, use: ToolUse) -> dict[str, Any]:
+def _choice(
+    choice: Choice,
+    served: Served,
+    logprobs: bool,
+    use: ToolUse,
+    thinking: ReasoningFormat | None,
+) -> dict[str, Any]:
     lp = None
     if logprobs:
         entries = [chat_logprob_entry(served.tokenizer, e) for e in choice.logprobs]
         lp = {"content": entries, "refusal": None}
-    message: dict[str, Any] = {"role": "assistant", "content": choice.text, "refusal": None}
+    text = choice.text
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if thinking is not None:
+        reasoning, text = thinking.split(text)
+        message["content"], message["reasoning_content"] = text, reasoning or None
     calls = []
     if use.active:
-        message["content"], calls = parse_tool_calls(choice.text, use.format)
+        message["content"], calls = parse_tool_calls(text, use.format)
         if calls:
             message["tool_calls"] = calls
     return {
@@ -228,6 +242,7 @@ async def _stream(
     include_usage: bool,
     logprobs: bool,
     use: ToolUse,
+    thinking: ReasoningFormat | None,
 ) -> AsyncIterator[bytes]:
     extra = {"usage": None} if include_usage else {}
 
@@ -237,6 +252,7 @@ async def _stream(
 
     choices = {i: Choice(i) for i in range(n)}
     parsers = {i: ToolCallParser(use.format) for i in range(n)} if use.active else {}
+    thinkers = {i: thinking.parser() for i in range(n)} if thinking is not None else {}
     for i in range(n):
         yield chunk(i, {"role": "assistant", "content": ""})
     try:
@@ -246,14 +262,23 @@ async def _stream(
             if logprobs and out.logprobs:
                 entries = [chat_logprob_entry(served.tokenizer, e) for e in out.logprobs]
                 lp = {"content": entries, "refusal": None}
+            text = out.delta
+            if index in thinkers:
+                reasoning, text = thinkers[index].feed(out.delta)
+                if out.finish_reason is not None:
+                    more_reasoning, more_text = thinkers[index].finish()
+                    reasoning, text = reasoning + more_reasoning, text + more_text
+                if reasoning:
+                    yield chunk(index, {"reasoning_content": reasoning}, lp)
+                    lp = None
             if index not in parsers:
-                if out.delta or lp is not None:
-                    yield chunk(index, {"content": out.delta}, lp)
+                if text or lp is not None:
+                    yield chunk(index, {"content": text}, lp)
                 if out.finish_reason is not None:
                     yield chunk(index, {}, None, out.finish_reason)
                 continue
             parser = parsers[index]
-            events = parser.feed(out.delta)
+            events = parser.feed(text)
             if out.finish_reason is not None:
                 events += parser.finish()
             for event in events:  # logprobs ride on the first chunk of their output

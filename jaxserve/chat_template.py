@@ -3,7 +3,8 @@
 The environment matches `transformers`' `apply_chat_template`: a sandboxed, immutable Jinja
 environment with `trim_blocks`/`lstrip_blocks`, loop controls, a no-op `{% generation %}` block,
 `raise_exception`, `strftime_now` and a `tojson` filter that keeps non-ASCII text. A model without
-a template gets ChatML (`FALLBACK_TEMPLATE`).
+a template gets its family's format where one is known (`ARCHITECTURE_TEMPLATES`: Gemma's turns
+for `gemma3`), otherwise ChatML (`FALLBACK_TEMPLATE`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,27 @@ FALLBACK_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+
+# Gemma's turn format: `<bos><start_of_turn>user\n{content}<end_of_turn>\n`, assistant turns as
+# `model`, a system message prepended to the first user turn (as Gemma 3's own template does).
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(prefix='', text='') %}"
+    "{% for message in messages %}"
+    "{% if message['content'] is string %}{% set ns.text = message['content'] %}"
+    "{% else %}{% set ns.text = '' %}{% for part in message['content'] or [] %}"
+    "{% if part['type'] == 'text' %}{% set ns.text = ns.text + part['text'] %}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% if message['role'] == 'system' %}{% set ns.prefix = ns.text | trim + '\\n\\n' %}"
+    "{% else %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) }}"
+    "{{ '\\n' + ns.prefix + ns.text | trim + '<end_of_turn>\\n' }}{% set ns.prefix = '' %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+# Architectures (GGUF `general.architecture`) whose files often lack a template.
+ARCHITECTURE_TEMPLATES = {"gemma3": GEMMA_TEMPLATE}
 
 
 class _GenerationBlock(jinja2.ext.Extension):
@@ -80,12 +102,15 @@ def _environment() -> jinja2.Environment:
 class ChatTemplate:
     """One chat template, compiled on first use and then reused.
 
-    `ChatTemplate(None)` uses `FALLBACK_TEMPLATE` (ChatML); `is_fallback` tells which.
+    `ChatTemplate(None)` uses the `architecture`'s template from `ARCHITECTURE_TEMPLATES`, or
+    `FALLBACK_TEMPLATE` (ChatML); `is_fallback` tells whether the source is a fallback.
     """
 
-    def __init__(self, source: str | None) -> None:
+    def __init__(self, source: str | None, *, architecture: str | None = None) -> None:
         self.is_fallback = source is None
-        self.source = FALLBACK_TEMPLATE if source is None else source
+        if source is None:
+            source = ARCHITECTURE_TEMPLATES.get(architecture or "", FALLBACK_TEMPLATE)
+        self.source = source
         self._compiled: jinja2.Template | None = None
 
     def render(

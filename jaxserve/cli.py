@@ -100,6 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("JAXSERVE_API_KEY") or None,
         cors_origins=tuple(args.cors_origin or ()),
         drain_timeout_s=args.drain_timeout,
+        reasoning_parser=args.reasoning_parser,
     )
     load = llm_loader(
         args.model,
@@ -137,6 +138,13 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model-name", action="append", help="name(s) clients use")
     p.add_argument("--cors-origin", action="append", help="allowed CORS origin ('*' for any)")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds, after SIGTERM")
+    p.add_argument(
+        "--reasoning-parser",
+        choices=("none", "think", "think-open"),
+        default="none",
+        help="chat: move <think>...</think> into reasoning_content (think-open: the template "
+        "opens the block; think detects that from the prompt)",
+    )
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=16)
     p.add_argument("--kv-cache-mb", type=int, default=512)

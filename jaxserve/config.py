@@ -11,7 +11,12 @@ from jaxserve.errors import GGUFError, UnsupportedArchitectureError
 WeightFormat = Literal["int8", "f32"]
 RopeStyle = Literal["interleaved", "neox"]
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "gemma3")
+
+# llama.cpp hard-codes these for Gemma 3 (llama-model.cpp): every 6th layer is global, the
+# sliding-window layers use RoPE base 10k.
+GEMMA3_SWA_PATTERN = 6
+GEMMA3_LOCAL_ROPE_THETA = 10000.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,14 @@ class ModelConfig:
     rope_style: RopeStyle
     norm_eps: float
     tie_embeddings: bool
+    # Sliding-window (local) layers, as llama.cpp's `set_swa_pattern(n)`: layer i is local when
+    # `n > 0 and i % n < n - 1`; a local layer sees keys at positions > query - sliding_window.
+    sliding_window: int = 0
+    sliding_window_pattern: int = 0
+    rope_theta_local: float | None = None  # RoPE base of local layers (None: rope_theta)
+    attention_scale: float | None = None  # query scale (None: 1 / sqrt(head_dim))
+    embedding_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(hidden))
+    final_logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap) when > 0
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -46,6 +59,11 @@ class ModelConfig:
     @property
     def q_per_kv(self) -> int:
         return self.num_heads // self.num_kv_heads
+
+    def is_local_layer(self, layer: int) -> bool:
+        """Whether `layer` attends within the sliding window only."""
+        n = self.sliding_window_pattern
+        return self.sliding_window > 0 and n > 0 and layer % n < n - 1
 
     @classmethod
     def from_gguf(cls, meta: Mapping[str, Any], *, has_output: bool) -> ModelConfig:
@@ -67,6 +85,20 @@ class ModelConfig:
         num_heads = int(get("attention.head_count"))
         head_dim = int(meta.get(f"{arch}.attention.key_length", hidden // num_heads))
         vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", ()))
+        # llama.cpp's converter permutes llama Q/K rows for its interleaved-pair RoPE.
+        extra: dict[str, Any] = {"rope_style": "interleaved"}
+        if arch == "gemma3":
+            # As llama.cpp runs Gemma 3 (checked against its logits): NeoX RoPE, norm weights that
+            # already hold Gemma's (1 + w) offset, q scaled by 1/sqrt(key_length).
+            extra = {
+                "rope_style": "neox",
+                "sliding_window": int(get("attention.sliding_window")),
+                "sliding_window_pattern": GEMMA3_SWA_PATTERN,
+                "rope_theta_local": GEMMA3_LOCAL_ROPE_THETA,
+                "attention_scale": head_dim**-0.5,
+                "embedding_scale": float(hidden) ** 0.5,
+                "final_logit_softcap": float(meta.get(f"{arch}.final_logit_softcapping", 0.0)),
+            }
         return cls(
             architecture=arch,
             name=str(meta.get("general.name", arch)),
@@ -79,8 +111,7 @@ class ModelConfig:
             vocab_size=int(vocab),
             max_position=int(get("context_length")),
             rope_theta=float(get("rope.freq_base", 10000.0)),
-            # llama.cpp's converter permutes llama Q/K rows for its interleaved-pair RoPE.
-            rope_style="interleaved",
             norm_eps=float(get("attention.layer_norm_rms_epsilon")),
             tie_embeddings=not has_output,
+            **extra,
         )

@@ -27,9 +27,9 @@ from jaxserve.grammar import (
 )
 from jaxserve.grammar_slots import GrammarSlots
 from jaxserve.outputs import RequestOutput, TokenLogprob
-from jaxserve.page_allocator import PageAllocator
+from jaxserve.page_allocator import OutOfPagesError, PageAllocator
 from jaxserve.request import Request
-from jaxserve.runner import DecodeRow, ModelRunner, PrefillRow
+from jaxserve.runner import DecodeRow, EmbedRow, ModelRunner, PrefillRow
 from jaxserve.sampling.rows import NUM_STOP_IDS, SamplingRow, token_bitmask
 from jaxserve.sampling_params import MAX_BAD_WORD_TOKENS, SamplingParams
 from jaxserve.scheduler import PrefillChunk, QueueFullError, Scheduler, SchedulerConfig
@@ -266,6 +266,69 @@ class Engine:
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
+
+    def check_embed_inputs(self, inputs: Sequence[Sequence[int]]) -> list[list[int]]:
+        """The inputs as int lists; raises ValueError (empty or out-of-vocabulary input) or
+        ContextLengthError (longer than the context or the KV cache), naming the input."""
+        if not inputs:
+            raise ValueError("the input is empty")
+        vocab = self.tokenizer.vocab_size
+        out = []
+        for i, item in enumerate(inputs):
+            ids = [int(t) for t in item]
+            if not ids:
+                raise ValueError(f"input {i} is empty")
+            if any(not 0 <= t < vocab for t in ids):
+                raise ValueError(f"input {i}: token ids must be in [0, {vocab})")
+            if len(ids) > self.max_model_len:
+                raise ContextLengthError(
+                    f"input {i} has {len(ids)} tokens; the context holds {self.max_model_len}"
+                )
+            if math.ceil(len(ids) / self.config.page_size) > self.runner.num_pages - 1:
+                raise ContextLengthError(f"input {i}: {len(ids)} tokens do not fit the KV cache")
+            out.append(ids)
+        return out
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embeddings `[len(inputs), hidden]` (float32): each input's final hidden states (after
+        the final norm) averaged over its tokens, then L2-normalized.
+
+        Call it between steps (on the thread that steps). Each input's K/V is written to pages of
+        its own, taken from the pool and freed before this returns (never entered in the prefix
+        cache), so running requests are untouched. Raises `OutOfPagesError`, having computed
+        nothing, when the free pages cannot hold the longest input; the caller retries once
+        running requests have finished.
+        """
+        given = self.check_embed_inputs(inputs)
+        unique = list(dict.fromkeys(tuple(x) for x in given))  # equal inputs: one row
+        ids = [list(x) for x in unique]
+        allocator = self.scheduler.pages
+        need = [math.ceil(len(x) / self.config.page_size) for x in ids]
+        if max(need) > allocator.num_free:
+            raise OutOfPagesError(f"need {max(need)} KV pages, {allocator.num_free} free")
+        out = np.zeros((len(ids), self.runner.config.hidden_size), np.float32)
+        begin = 0
+        while begin < len(ids):  # as many inputs at once as the free pages hold
+            end, total = begin, 0
+            while end < len(ids) and total + need[end] <= allocator.num_free:
+                total += need[end]
+                end += 1
+            rows = [
+                EmbedRow(x, allocator.allocate(n))
+                for x, n in zip(ids[begin:end], need[begin:end], strict=True)
+            ]
+            try:
+                out[begin:end] = self.runner.embed(
+                    rows,
+                    max_rows=self.scheduler.config.max_prefill_rows,
+                    chunk=self.scheduler.config.prefill_chunk,
+                )
+            finally:
+                for row in rows:
+                    allocator.free(row.pages)
+            begin = end
+        where = {x: i for i, x in enumerate(unique)}
+        return out[[where[tuple(x)] for x in given]]
 
     def step(self) -> list[StepEvent]:
         """Schedule, run the device work, and turn its results into per-request events."""

@@ -6,6 +6,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from jaxserve.chat_template import ChatTemplate
 from jaxserve.config import WeightFormat
 from jaxserve.engine import Engine, EngineConfig, max_pages_per_row, num_pages_for
@@ -95,7 +97,9 @@ class LLM:
         self.model_file = GGUFModelFile.open(resolve_model(model, quiet=quiet))
         self.config = self.model_file.config
         self.tokenizer = Tokenizer.from_metadata(self.model_file.metadata)
-        self.template = ChatTemplate(self.tokenizer.chat_template)
+        self.template = ChatTemplate(
+            self.tokenizer.chat_template, architecture=self.config.architecture
+        )
         max_len = min(max_model_len or 4096, self.config.max_position)
         page_bytes = ModelRunner.bytes_per_page(self.config, config.page_size)
         runner = ModelRunner(
@@ -150,6 +154,16 @@ class LLM:
         while self.engine.has_unfinished():
             self.engine.step()
         return [seq.output for r in requests for seq in r.group]
+
+    def embed(self, texts: Prompt | Sequence[Prompt]) -> np.ndarray:
+        """Embeddings of texts (tokenized with the model's BOS) or token-id lists:
+        `[len(texts), hidden]` float32, one row per input (a lone prompt gives one row).
+
+        An embedding is the mean of the input's final hidden states (after the final norm) over
+        its tokens, L2-normalized, so a dot product of two is their cosine similarity."""
+        items = [texts] if _is_single_prompt(texts) else list(texts)  # type: ignore[list-item]
+        ids = [self.tokenizer.encode(t) if isinstance(t, str) else list(t) for t in items]
+        return self.engine.embed(ids)
 
     def chat(
         self,

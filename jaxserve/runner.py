@@ -7,6 +7,7 @@ jitted step, and returns numpy results in one host transfer. `warmup` compiles e
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -20,11 +21,19 @@ from flax import nnx
 
 from jaxserve.config import ModelConfig
 from jaxserve.kv_cache import NULL_PAGE, KVCache
+from jaxserve.models.layers import W8A8_MAX_ROWS
 from jaxserve.sampling.chain import LogitsHook, SampleOutput
 from jaxserve.sampling.grammar import GrammarTables
 from jaxserve.sampling.rows import SamplingRow, pack
 from jaxserve.sampling.tensors import SamplingTensors
-from jaxserve.step import DecodeBatch, DecodeOutput, PrefillBatch, RowInputs, make_steps
+from jaxserve.step import (
+    DecodeBatch,
+    DecodeOutput,
+    PrefillBatch,
+    RowInputs,
+    make_pool,
+    make_steps,
+)
 
 # A one-row decode would take XLA's matrix-vector path, whose numerics differ from the batched
 # one, so decode runs at least two rows (a request's tokens never depend on its batch).
@@ -52,6 +61,14 @@ class DecodeRow:
     sampling: SamplingRow  # its stop_ids also end the row
     remaining: int  # tokens this row may still generate
     grammar_state: int = -1  # global id in the loaded constraint tables (-1: none on device)
+
+
+@dataclass(frozen=True)
+class EmbedRow:
+    """A whole input to embed; its K/V go to `pages`, which the caller owns and frees after."""
+
+    token_ids: Sequence[int]
+    pages: Sequence[int]
 
 
 def bucket(n: int, sizes: Sequence[int]) -> int:
@@ -91,6 +108,7 @@ class ModelRunner:
         self.num_pages = num_pages
         self.page_buckets = page_buckets(max_pages_per_row)
         self._prefill, self._prompt_logprobs, self._decode = make_steps(graphdef, hook)
+        self._pool = make_pool()
         self.kv = KVCache.zeros(config, num_pages=num_pages, page_size=page_size)
         self.key = jax.random.key(seed)
         self._hidden: jax.Array | None = None
@@ -132,7 +150,8 @@ class ModelRunner:
 
     def num_compiled(self) -> int:
         """Programs compiled so far (a count that must stay flat after warm-up)."""
-        return sum(f._cache_size() for f in (self._prefill, self._prompt_logprobs, self._decode))
+        steps = (self._prefill, self._prompt_logprobs, self._decode, self._pool)
+        return sum(f._cache_size() for f in steps)
 
     @staticmethod
     def bytes_per_page(config: ModelConfig, page_size: int) -> int:
@@ -168,6 +187,58 @@ class ModelRunner:
             target_ids[i, : len(row)] = row
         out = self._prompt_logprobs(self.params, self._hidden, jnp.asarray(target_ids))
         return tuple(np.asarray(a)[: len(targets)] for a in jax.device_get(out))
+
+    def embed(self, rows: Sequence[EmbedRow], *, max_rows: int, chunk: int) -> np.ndarray:
+        """Each row's final hidden states (after the final norm), mean-pooled over its tokens and
+        L2-normalized: `[len(rows), hidden]` float32.
+
+        Runs the prefill step over chunks of at most `chunk` tokens and `max_rows` rows, so the
+        shapes are prefill's. A row's vector does not depend on the rows beside it: rows are
+        batched only with rows of the same chunk shapes, and only as many as keep the matmuls on
+        the path a lone row takes (int8 weights multiply up to `W8A8_MAX_ROWS` activation rows by
+        a different kernel than larger batches).
+        """
+        out = np.zeros((len(rows), self.config.hidden_size), np.float32)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(rows):
+            num_chunks = math.ceil(len(r.token_ids) / chunk)
+            last = bucket(len(r.token_ids) - (num_chunks - 1) * chunk, TOKEN_BUCKETS)
+            groups.setdefault((num_chunks, last), []).append(i)
+        for (num_chunks, last), members in groups.items():
+            shapes = (last, chunk) if num_chunks > 1 else (last,)
+            caps = [W8A8_MAX_ROWS // t for t in shapes if t <= W8A8_MAX_ROWS]
+            size = max(min(max_rows, PREFILL_ROW_BUCKETS[-1], *caps), 1)
+            for at in range(0, len(members), size):
+                batch = members[at : at + size]
+                out[batch] = self._embed_batch([rows[i] for i in batch], chunk)
+        return out
+
+    def _embed_batch(self, rows: Sequence[EmbedRow], chunk: int) -> np.ndarray:
+        num_rows = bucket(len(rows), PREFILL_ROW_BUCKETS)
+        num_pages = bucket(max(len(r.pages) for r in rows), self.page_buckets)
+        page_table = np.full((num_rows, num_pages), NULL_PAGE, np.int32)
+        for i, r in enumerate(rows):
+            page_table[i, : len(r.pages)] = r.pages
+        sampling, row_inputs = self._sampling([SamplingRow()] * len(rows), num_rows, num_pages)
+        sums = jnp.zeros((num_rows, self.config.hidden_size), jnp.float32)
+        for start in range(0, max(len(r.token_ids) for r in rows), chunk):
+            pieces = [r.token_ids[start : start + chunk] for r in rows]
+            num_tokens = bucket(max(len(p) for p in pieces), TOKEN_BUCKETS)
+            token_ids = np.zeros((num_rows, num_tokens), np.int32)
+            starts, num_new = np.zeros(num_rows, np.int32), np.zeros(num_rows, np.int32)
+            for i, piece in enumerate(pieces):
+                token_ids[i, : len(piece)] = piece
+                starts[i], num_new[i] = (start, len(piece)) if piece else (0, 0)
+            arrays = map(jnp.asarray, (token_ids, starts, num_new, page_table))
+            batch = PrefillBatch(*arrays, sampling, row_inputs)
+            self.kv, _, hidden = self._prefill(self.params, self.kv, batch, self.key)
+            sums = self._pool(sums, hidden, jnp.asarray(num_new))
+            self.num_real_tokens += int(num_new.sum())
+            self.num_padded_tokens += num_rows * num_tokens
+        lengths = np.array([len(r.token_ids) for r in rows], np.float64)
+        mean = np.asarray(jax.device_get(sums), np.float64)[: len(rows)] / lengths[:, None]
+        norms = np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+        return (mean / norms).astype(np.float32)
 
     def decode(self, rows: Sequence[DecodeRow], *, num_steps: int) -> DecodeOutput:
         """Up to `num_steps` tokens for each row in one device call (numpy results)."""
@@ -208,6 +279,14 @@ class ModelRunner:
         )
         return tensors, inputs
 
+    def _pool_args(self, rows: int, tokens: int) -> tuple[jax.Array, ...]:
+        e = self.config.hidden_size
+        return (
+            jnp.zeros((rows, e), jnp.float32),
+            jnp.zeros((rows, tokens, e), jnp.float32),
+            jnp.zeros(rows, jnp.int32),
+        )
+
     def warmup(
         self, *, max_rows: int, max_prefill_rows: int, max_chunk: int, num_steps: int
     ) -> int:
@@ -233,6 +312,7 @@ class ModelRunner:
             else:
                 self.prefill([PrefillRow([0] * tokens, 0, null)] * rows)
                 self.prompt_logprobs([[-1] * tokens] * rows)
+                self._pool(*self._pool_args(rows, tokens))
             elapsed = time.perf_counter() - started
             print(
                 f"\rwarm-up: {n}/{len(shapes)} shapes compiled ({elapsed:.0f} s)",

@@ -5,6 +5,8 @@
 - `decode`: rows of one token, run for up to `num_steps` tokens inside one `lax.while_loop`, with
   each row stopping on device at a stop id or its token limit, so the host syncs once per k tokens.
 `kv` is donated in both: the cache is updated in place.
+
+Embeddings reuse `prefill` (its hidden states) and add one small pure step, `make_pool`'s.
 """
 
 from __future__ import annotations
@@ -244,3 +246,16 @@ def make_steps(graphdef: nnx.GraphDef, hook: LogitsHook | None = None) -> Steps:
         jax.jit(prompt_logprobs),
         jax.jit(decode, static_argnames=("num_steps",), donate_argnames=("kv",)),
     )
+
+
+def make_pool() -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+    """Jitted `pool(sums [B, E], hidden [B, T, E], num_new [B]) -> sums [B, E]`: adds the sum of
+    each row's first `num_new` hidden states (a prefill chunk's valid tokens) to its running sum,
+    for mean-pooled embeddings. One per runner, so its compile count is the runner's own."""
+
+    def pool(sums: jax.Array, hidden: jax.Array, num_new: jax.Array) -> jax.Array:
+        valid = jnp.arange(hidden.shape[1], dtype=jnp.int32)[None, :] < num_new[:, None]  # [B, T]
+        # `where`, not a product: a padding row's hidden states may not be finite.
+        return sums + jnp.sum(jnp.where(valid[..., None], hidden, 0.0), axis=1)
+
+    return jax.jit(pool)

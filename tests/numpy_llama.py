@@ -39,6 +39,11 @@ class NumpyLlama:
 
     def logits(self, token_ids: list[int]) -> np.ndarray:
         """[T, V] logits for every position of `token_ids`."""
+        head = self.t.get("output.weight", self.t["token_embd.weight"])
+        return self.hidden(token_ids) @ head.T
+
+    def hidden(self, token_ids: list[int]) -> np.ndarray:
+        """[T, E] final hidden states (after the output norm) at every position."""
         t = self.t
         x = t["token_embd.weight"][token_ids]
         n = len(token_ids)
@@ -64,6 +69,4 @@ class NumpyLlama:
                 + ((g / (1 + np.exp(-g))) * (h @ t[p + "ffn_up.weight"].T))
                 @ t[p + "ffn_down.weight"].T
             )
-        x = self._norm(x, t["output_norm.weight"])
-        head = t.get("output.weight", t["token_embd.weight"])
-        return x @ head.T
+        return self._norm(x, t["output_norm.weight"])

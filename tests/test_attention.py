@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,3 +79,40 @@ def test_a_row_with_no_keys_gives_zeros_not_nan():
         kv_lens=jnp.zeros((1,), jnp.int32),
     )
     assert not np.isnan(np.asarray(out)).any()
+
+
+@pytest.mark.parametrize("window", [1, 3, 7])
+def test_sliding_window_and_scale_match_dense(window):
+    """A local layer sees keys with query - key < window; `scale` replaces 1/sqrt(D)."""
+    rng = np.random.default_rng(window)
+    k_pages = rng.standard_normal((2, KH, N, S, D)).astype(np.float32)
+    v_pages = rng.standard_normal((2, KH, N, S, D)).astype(np.float32)
+    page_table = np.stack([rng.permutation(np.arange(1, N))[:P] for _ in range(B)]).astype(np.int32)
+    q = rng.standard_normal((B, T, H, D)).astype(np.float32)
+    kv_lens = np.asarray([9, 17], np.int32)
+    q_pos = kv_lens[:, None] - T + np.arange(T, dtype=np.int32)[None, :]
+    got = paged_attention(
+        jnp.asarray(q),
+        jnp.asarray(k_pages),
+        jnp.asarray(v_pages),
+        layer=jnp.int32(1),
+        page_table=jnp.asarray(page_table),
+        q_positions=jnp.asarray(q_pos),
+        kv_lens=jnp.asarray(kv_lens),
+        scale=0.5,
+        window=jnp.int32(window),
+    )
+    rep = H // KH
+    for b in range(B):
+        keys = k_pages[1][:, page_table[b]].reshape(KH, -1, D).transpose(1, 0, 2)
+        values = v_pages[1][:, page_table[b]].reshape(KH, -1, D).transpose(1, 0, 2)
+        k, v = np.repeat(keys, rep, axis=1), np.repeat(values, rep, axis=1)
+        s = np.einsum("thd,shd->hts", q[b], k) * 0.5
+        pos = np.arange(len(keys))
+        dist = q_pos[b][:, None] - pos[None, :]
+        mask = (dist >= 0) & (dist < window) & (pos[None, :] < kv_lens[b])
+        s = np.where(mask[None], s, -np.inf)
+        w = np.exp(s - s.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        want = np.einsum("hts,shd->thd", w, v)
+        np.testing.assert_allclose(np.asarray(got[b]), want, atol=1e-5, rtol=1e-5)

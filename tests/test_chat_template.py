@@ -119,3 +119,20 @@ def test_smollm2_template() -> None:
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
         "<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+def test_gemma3_without_a_template_gets_gemma_turns():
+    template = ChatTemplate(None, architecture="gemma3")
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": " Hi "},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]},
+    ]
+    assert template.is_fallback
+    assert template.render(messages, bos_token="<bos>") == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+        "<start_of_turn>model\nHello!<end_of_turn>\n"
+        "<start_of_turn>user\nCapital of France?<end_of_turn>\n<start_of_turn>model\n"
+    )
+    assert ChatTemplate(None, architecture="llama").source == FALLBACK_TEMPLATE

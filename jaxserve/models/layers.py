@@ -116,6 +116,18 @@ def rope_interleaved(x: jax.Array, positions: jax.Array, theta: float) -> jax.Ar
     return out.reshape(x.shape)
 
 
+def rope_neox(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate pairs `(x[i], x[i + D/2])` by `pos * inv_freq[i]` (ggml's NEOX RoPE).
+
+    x: [B, T, H, D]; positions: [B, T]; inv_freq: [D/2] (an array, so a scanned layer can bring
+    its own base).
+    """
+    angles = positions.astype(jnp.float32)[..., None, None] * inv_freq[None, None, None]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+
+
 def paged_attention(
     q: jax.Array,
     k_pages: jax.Array,
@@ -125,13 +137,17 @@ def paged_attention(
     page_table: jax.Array,
     q_positions: jax.Array,
     kv_lens: jax.Array,
+    scale: float | None = None,
+    window: jax.Array | None = None,
 ) -> jax.Array:
     """Reference attention over a paged cache (pure jnp).
 
     q: [B, T, H, D] at q_positions [B, T]; k_pages, v_pages: [L, KH, N, S, D], read at `layer`
     (one gather straight from the stacked cache, never a copy of a whole layer); page_table: [B, P];
     kv_lens: [B] tokens cached per row (including this step's). Key j of a row is visible to a query
-    at position p when j <= p and j < kv_len. Returns [B, T, H, D].
+    at position p when j <= p and j < kv_len, and with `window` (an int32 scalar, traced so that
+    scanned layers can differ) also p - j < window. Scores are scaled by `scale` (default
+    1/sqrt(D)). Returns [B, T, H, D].
     """
     b, t, h, d = q.shape
     num_layers, kh, num_pages, _, _ = k_pages.shape
@@ -151,7 +167,7 @@ def paged_attention(
         scores = jnp.sum(qg[:, 0, :, :, None, None, :] * keys[:, :, None, None], axis=-1)
     else:
         scores = jnp.einsum("BTKGD,BKSD->BKGTS", qg, keys)
-    scores = scores / jnp.sqrt(jnp.float32(d))
+    scores = scores / jnp.sqrt(jnp.float32(d)) if scale is None else scores * jnp.float32(scale)
     key_pos = jnp.arange(keys.shape[2], dtype=jnp.int32)
     # Select, never multiply: stale or NaN values in unused pages must not reach the output.
     in_cache = key_pos[None, :] < kv_lens[:, None]  # [B, P*S]
@@ -159,6 +175,8 @@ def paged_attention(
     visible = (key_pos[None, None, :] <= q_positions[:, :, None]) & (
         key_pos[None, None, :] < kv_lens[:, None, None]
     )  # [B, T, S]
+    if window is not None:
+        visible &= key_pos[None, None, :] > q_positions[:, :, None] - window
     visible = visible[:, None, None]  # [B, 1, 1, T, S]
     scores = jnp.where(visible, scores, -jnp.inf)
     row_max = jnp.max(scores, axis=-1, keepdims=True)
