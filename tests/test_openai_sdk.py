@@ -7,6 +7,8 @@ cache differ by up to ~0.2 nats, enough to flip a near-tie between greedy tokens
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 
@@ -164,9 +166,20 @@ def test_errors_through_the_sdk_exception_types(client, live):
         client.chat.completions.create(
             model=MODEL,
             messages=MESSAGES,
-            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}},
+            },
         )
-    assert e.value.param == "response_format"
+    assert e.value.param == "response_format" and "uniqueItems" in e.value.message
+    schema = {"type": "object", "properties": {"ok": {"enum": [True]}}, "required": ["ok"]}
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=32,
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+    )
+    assert json.loads(reply.choices[0].message.content) == {"ok": True}
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=MODEL, prompt="word " * 600)
     assert e.value.code == "context_length_exceeded"
