@@ -172,11 +172,17 @@ def test_errors_through_the_sdk_exception_types(client, live):
             },
         )
     assert e.value.param == "response_format" and "uniqueItems" in e.value.message
-    schema = {"type": "object", "properties": {"ok": {"enum": [True]}}, "required": ["ok"]}
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"enum": [True]}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
     reply = client.chat.completions.create(
         model=MODEL,
         messages=MESSAGES,
         max_tokens=32,
+        temperature=1.0,
         response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
     )
     assert json.loads(reply.choices[0].message.content) == {"ok": True}
