@@ -188,8 +188,8 @@ def make_steps(graphdef: nnx.GraphDef, hook: LogitsHook | None = None) -> Steps:
                 out_lp,
                 top_ids,
                 top_lp,
-            ) = carry[:11]
-            g_state = carry[11]
+                g_state,
+            ) = carry
             active = (~stopped).astype(jnp.int32)
             pos = state.length - 1  # the input token's position
             layout = TokenLayout.build(
