@@ -13,7 +13,10 @@ from jaxserve.sampling_params import SamplingParams
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help=f"known name ({', '.join(KNOWN_MODELS)}) or a .gguf path")
+    p.add_argument(
+        "model",
+        help=f"known name ({', '.join(KNOWN_MODELS)}), a .gguf path or a Hugging Face folder",
+    )
     p.add_argument("--weights", choices=("int8", "f32"), default="int8")
 
 
@@ -72,17 +75,16 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from jaxserve.loader import GGUFModelFile
+    from jaxserve.loader import open_model
     from jaxserve.weights import ModelWeights
 
-    model_file = GGUFModelFile.open(resolve_model(args.model))
+    model_file = open_model(resolve_model(args.model))
     c = model_file.config
     for field, value in vars(c).items():
-        print(f"{field:>18}: {value}")
-    print(
-        f"{'tokenizer':>18}: {model_file.metadata.get('tokenizer.ggml.model')}"
-        f" / {model_file.metadata.get('tokenizer.ggml.pre', '-')}"
-    )
+        if field != "rope_freq_factors":  # summarised under features
+            print(f"{field:>18}: {value}")
+    print(f"{'features':>18}: {', '.join(c.features())}")
+    print(f"{'tokenizer':>18}: {model_file.tokenizer_kind()}")
     types = ", ".join(f"{t} x{n}" for t, n in sorted(model_file.tensor_types().items()))
     print(f"{'tensor types':>18}: {types}")
     print(f"{'parameters':>18}: {model_file.num_parameters():,}")

@@ -11,14 +11,13 @@ import numpy as np
 from jaxserve.chat_template import ChatTemplate
 from jaxserve.config import WeightFormat
 from jaxserve.engine import Engine, EngineConfig, max_pages_per_row, num_pages_for
-from jaxserve.loader import GGUFModelFile
+from jaxserve.loader import open_model
 from jaxserve.outputs import RequestOutput
 from jaxserve.pull import DEFAULT_MODEL, cache_dir, resolve_model
 from jaxserve.runner import ModelRunner, enable_compilation_cache
 from jaxserve.sampling.chain import LogitsHook
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.scheduler import SchedulerConfig
-from jaxserve.tokenizer import Tokenizer
 
 Prompt = str | Sequence[int]
 Message = dict[str, Any]
@@ -94,9 +93,9 @@ class LLM:
             decode_steps=decode_steps,
             max_waiting=max_waiting,
         )
-        self.model_file = GGUFModelFile.open(resolve_model(model, quiet=quiet))
+        self.model_file = open_model(resolve_model(model, quiet=quiet))
         self.config = self.model_file.config
-        self.tokenizer = Tokenizer.from_metadata(self.model_file.metadata)
+        self.tokenizer = self.model_file.tokenizer()
         self.template = ChatTemplate(
             self.tokenizer.chat_template, architecture=self.config.architecture
         )

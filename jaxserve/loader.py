@@ -1,4 +1,4 @@
-"""GGUF file -> (ModelConfig, Flax NNX model, tokenizer metadata)."""
+"""A model on disk (GGUF file or Hugging Face checkpoint folder) -> config, weights, tokenizer."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ from flax import nnx
 
 from jaxserve.config import ModelConfig, WeightFormat
 from jaxserve.gguf_meta import open_gguf, read_metadata
-from jaxserve.models import ARCHITECTURES
+from jaxserve.models import family
+from jaxserve.tokenizer import Tokenizer
 from jaxserve.weights import (
     ModelWeights,
+    Tensors,
     TensorSource,
+    layer_tensor_name,
     load_model_weights,
     load_saved_weights,
     save_weights,
@@ -38,8 +41,18 @@ class GGUFModelFile:
         reader = open_gguf(path)
         meta = read_metadata(reader)
         source = TensorSource(reader)
-        config = ModelConfig.from_gguf(meta, has_output="output.weight" in source)
+        rope_freqs = source.get("rope_freqs.weight") if "rope_freqs.weight" in source else None
+        config = ModelConfig.from_gguf(
+            meta, has_output="output.weight" in source, rope_freqs=rope_freqs
+        )
         return cls(path=Path(path), metadata=meta, config=config, source=source)
+
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.from_metadata(self.metadata)
+
+    def tokenizer_kind(self) -> str:
+        meta = self.metadata
+        return f"{meta.get('tokenizer.ggml.model')} / {meta.get('tokenizer.ggml.pre', '-')}"
 
     def tensor_types(self) -> Counter[str]:
         return Counter(self.source.type_of(name) for name in self.source.names())
@@ -61,14 +74,34 @@ class GGUFModelFile:
             weights = load_saved_weights(saved)
             if weights is not None:
                 return weights
-        _, layer_tensors = ARCHITECTURES[self.config.architecture]
-        weights = load_model_weights(
-            self.source, num_layers=self.config.num_layers, layer_tensors=layer_tensors, fmt=fmt
-        )
+        weights = read_weights(self.source, self.config, fmt)
         if saved is not None:
             save_weights(saved, weights)
         return weights
 
     def build_model(self, fmt: WeightFormat, *, cache: Path | None = None) -> nnx.Module:
-        model_cls, _ = ARCHITECTURES[self.config.architecture]
-        return model_cls(self.config, self.load_weights(fmt, cache=cache))
+        return build_model(self.config, self.load_weights(fmt, cache=cache))
+
+
+def read_weights(source: Tensors, config: ModelConfig, fmt: WeightFormat) -> ModelWeights:
+    """Every tensor the config's family reads, converted to `fmt`."""
+    names = (
+        family(config.architecture)
+        .module()
+        .layer_tensors(config, lambda name: layer_tensor_name(0, name) in source)
+    )
+    return load_model_weights(source, num_layers=config.num_layers, layer_tensors=names, fmt=fmt)
+
+
+def build_model(config: ModelConfig, weights: ModelWeights) -> nnx.Module:
+    """The config's family model class over `weights`."""
+    return family(config.architecture).module().MODEL(config, weights)
+
+
+def open_model(path: str | Path):
+    """A GGUF file, or a Hugging Face checkpoint folder (`config.json`, `*.safetensors`)."""
+    if Path(path).is_dir():
+        from jaxserve.hf_checkpoint import HFModelFile
+
+        return HFModelFile.open(path)
+    return GGUFModelFile.open(path)

@@ -139,15 +139,21 @@ def pull(name: str, *, quiet: bool = False) -> Path:
 
 
 def resolve_model(name_or_path: str, *, quiet: bool = False) -> Path:
-    """A known model name (pulled on first use) or a path to a `.gguf` file."""
+    """A known model name (pulled on first use), a `.gguf` file, or a Hugging Face checkpoint
+    folder (with `config.json`)."""
     if name_or_path in KNOWN_MODELS:
         return pull(name_or_path, quiet=quiet)
     path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is a folder without config.json")
+        return path
     if path.suffix == ".gguf" or path.exists():
         if not path.is_file():
             raise ModelNotFoundError(f"model file not found: {path}")
         return path
     known = ", ".join(sorted(KNOWN_MODELS))
     raise ModelNotFoundError(
-        f"unknown model {name_or_path!r}; known models: {known} (or a path to a .gguf file)"
+        f"unknown model {name_or_path!r}; known models: {known} "
+        "(or a path to a .gguf file or a Hugging Face checkpoint folder)"
     )

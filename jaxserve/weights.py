@@ -11,6 +11,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import gguf
 import numpy as np
@@ -144,14 +145,28 @@ class ModelWeights:
         return total
 
 
+class Tensors(Protocol):
+    """Tensors by GGUF name (`blk.{i}.attn_q.weight`), as float32 in `(out, in)` order."""
+
+    def __contains__(self, name: str) -> bool: ...
+    def get(self, name: str) -> np.ndarray: ...
+
+
+def layer_tensor_name(layer: int, name: str) -> str:
+    """`attn_q` -> `blk.{layer}.attn_q.weight`; a `_bias` suffix names the `.bias` tensor."""
+    if name.endswith("_bias"):
+        return f"blk.{layer}.{name.removesuffix('_bias')}.bias"
+    return f"blk.{layer}.{name}.weight"
+
+
 def load_model_weights(
-    source: TensorSource, *, num_layers: int, layer_tensors: tuple[str, ...], fmt: WeightFormat
+    source: Tensors, *, num_layers: int, layer_tensors: tuple[str, ...], fmt: WeightFormat
 ) -> ModelWeights:
-    """Read `token_embd`, `blk.{i}.{name}.weight` for each layer tensor, `output_norm`, `output`."""
+    """Read `token_embd`, each layer tensor of every layer, `output_norm`, `output`."""
 
     def layer(name: str) -> Weight:
         return stack_layers(
-            num_layers, lambda i: as_format(source.get(f"blk.{i}.{name}.weight"), fmt)
+            num_layers, lambda i: as_format(source.get(layer_tensor_name(i, name)), fmt)
         )
 
     output = "output.weight"

@@ -1,15 +1,7 @@
-"""Model families, keyed by GGUF `general.architecture`."""
+"""Model families on one decoder skeleton; `registry` maps architecture names to them lazily."""
 
 from __future__ import annotations
 
-from jaxserve.models.gemma3 import LAYER_TENSORS as GEMMA3_LAYER_TENSORS
-from jaxserve.models.gemma3 import Gemma3
-from jaxserve.models.llama import LAYER_TENSORS as LLAMA_LAYER_TENSORS
-from jaxserve.models.llama import Llama
+from jaxserve.models.registry import FAMILIES, Family, family, family_for_gguf, family_for_hf
 
-ARCHITECTURES = {
-    "llama": (Llama, LLAMA_LAYER_TENSORS),
-    "gemma3": (Gemma3, GEMMA3_LAYER_TENSORS),
-}
-
-__all__ = ["ARCHITECTURES", "Gemma3", "Llama"]
+__all__ = ["FAMILIES", "Family", "family", "family_for_gguf", "family_for_hf"]

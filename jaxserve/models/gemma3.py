@@ -13,18 +13,22 @@ local layer only masks keys outside its window.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxserve.config import ModelConfig
 from jaxserve.kv_cache import TokenLayout
-from jaxserve.models.layers import Embedding, Linear, RMSNorm, paged_attention, rope_neox
-from jaxserve.weights import LayerWeights, ModelWeights
+from jaxserve.models.decoder import Decoder
+from jaxserve.models.layers import Linear, RMSNorm, paged_attention, rope_neox
+from jaxserve.weights import LayerWeights
 
-# The window a global layer is given: larger than any position.
-NO_WINDOW = 2**30
+# llama.cpp hard-codes these for Gemma 3 (llama-model.cpp): every 6th layer is global, the
+# sliding-window layers use RoPE base 10k.
+SWA_PATTERN = 6
+LOCAL_ROPE_THETA = 10000.0
 
 
 class Gemma3Block(nnx.Module):
@@ -105,51 +109,31 @@ LAYER_TENSORS = (
 )
 
 
-def layer_schedule(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer RoPE frequencies [L, D/2] f32 and attention windows [L] int32 (host constants)."""
-    local = np.asarray([config.is_local_layer(i) for i in range(config.num_layers)])
-    local_theta = config.rope_theta_local or config.rope_theta
-    theta = np.where(local, local_theta, config.rope_theta)  # [L]
-    exponents = np.arange(0, config.head_dim, 2, dtype=np.float64) / config.head_dim  # [D/2]
-    inv_freq = (theta[:, None] ** -exponents[None, :]).astype(np.float32)
-    windows = np.where(local, config.sliding_window, NO_WINDOW).astype(np.int32)
-    return inv_freq, windows
+def layer_tensors(config: ModelConfig, present: Callable[[str], bool]) -> tuple[str, ...]:
+    return LAYER_TENSORS
 
 
-class Gemma3(nnx.Module):
+class Gemma3(Decoder):
     """Scaled embedding -> scanned `Gemma3Block`s -> final norm -> tied output head (+ softcap)."""
 
-    def __init__(self, config: ModelConfig, w: ModelWeights) -> None:
-        self.config = config
-        self.embed = Embedding(w.embedding)
-        self.layers = Gemma3Block(config, w.layers)  # every parameter has a leading layer axis
-        self.norm = RMSNorm(w.output_norm, eps=config.norm_eps)
-        self.head = None if w.output is None else Linear(w.output)
+    BLOCK = Gemma3Block
 
-    def hidden(
-        self, token_ids: jax.Array, kv: tuple[jax.Array, jax.Array], layout: TokenLayout
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """token_ids: [B, T]; kv: (K, V) [L, KH, N, S, D]. Returns final-normed hidden [B, T, E]."""
-        x = self.embed(token_ids) * jnp.float32(self.config.embedding_scale)
-        block_def, block_state = nnx.split(self.layers)
-        inv_freq, windows = layer_schedule(self.config)
 
-        def body(carry, xs):
-            x, kv = carry
-            layer_state, layer, inv_freq, window = xs
-            block = nnx.merge(block_def, layer_state)
-            x, kv = block(x, kv, layout, layer=layer, inv_freq=inv_freq, window=window)
-            return (x, kv), None
+MODEL = Gemma3
 
-        layers = jnp.arange(self.config.num_layers, dtype=jnp.int32)
-        xs = (block_state, layers, jnp.asarray(inv_freq), jnp.asarray(windows))
-        (x, kv), _ = jax.lax.scan(body, (x, kv), xs)
-        return self.norm(x), kv
 
-    def logits(self, h: jax.Array) -> jax.Array:
-        """h: [..., E] -> logits [..., V] (f32), soft-capped when the config says so."""
-        logits = self.embed.attend(h) if self.head is None else self.head(h)
-        cap = self.config.final_logit_softcap
-        if cap > 0:
-            logits = jnp.float32(cap) * jnp.tanh(logits / jnp.float32(cap))
-        return logits
+def gguf_config(
+    meta: Mapping[str, Any], get: Callable[..., Any], fields: Mapping[str, Any]
+) -> dict[str, Any]:
+    """As llama.cpp runs Gemma 3 (checked against its logits): NeoX RoPE, norm weights that
+    already hold Gemma's (1 + w) offset, q scaled by 1/sqrt(key_length)."""
+    return {
+        "rope_style": "neox",
+        "sliding_window": int(get("attention.sliding_window")),
+        "sliding_window_pattern": SWA_PATTERN,
+        "rope_theta_local": LOCAL_ROPE_THETA,
+        "attention_scale": fields["head_dim"] ** -0.5,
+        "embedding_scale": float(fields["hidden_size"]) ** 0.5,
+        "final_logit_softcap": float(meta.get("gemma3.final_logit_softcapping", 0.0)),
+        "qk_norm": True,
+    }

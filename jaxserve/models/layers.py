@@ -51,22 +51,25 @@ def matmul_w8a8(x: jax.Array, w: jax.Array, scales: jax.Array) -> jax.Array:
 
 
 class Linear(nnx.Module):
-    """`y = x @ W` with W `[in, out]` stored f32, or int8 with scales `[in // 32, out]`."""
+    """`y = x @ W (+ b)` with W `[in, out]` stored f32, or int8 with scales `[in // 32, out]`."""
 
-    def __init__(self, weight: Weight) -> None:
+    def __init__(self, weight: Weight, bias: np.ndarray | None = None) -> None:
         if isinstance(weight, QuantArray):
             self.w = nnx.Param(jnp.asarray(weight.q))
             self.scales = nnx.Param(jnp.asarray(weight.scales))
         else:
             self.w = nnx.Param(jnp.asarray(weight, dtype=jnp.float32))
             self.scales = None
+        self.bias = None if bias is None else nnx.Param(jnp.asarray(bias, dtype=jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.scales is None:
-            return jnp.einsum("...i,io->...o", x, self.w[...])
-        if math.prod(x.shape[:-1]) <= W8A8_MAX_ROWS:
-            return matmul_w8a8(x, self.w[...], self.scales[...])
-        return jnp.einsum("...i,io->...o", x, dequantize(self.w[...], self.scales[...]))
+            y = jnp.einsum("...i,io->...o", x, self.w[...])
+        elif math.prod(x.shape[:-1]) <= W8A8_MAX_ROWS:
+            y = matmul_w8a8(x, self.w[...], self.scales[...])
+        else:
+            y = jnp.einsum("...i,io->...o", x, dequantize(self.w[...], self.scales[...]))
+        return y if self.bias is None else y + self.bias[...]
 
 
 class Embedding(nnx.Module):
@@ -100,13 +103,11 @@ class RMSNorm(nnx.Module):
         )
 
 
-def rope_interleaved(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotate pairs `(x[2i], x[2i+1])` by `pos * theta**(-2i/d)` (ggml's NORM RoPE).
+def rope_interleaved(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate pairs `(x[2i], x[2i+1])` by `pos * inv_freq[i]` (ggml's NORM RoPE).
 
-    x: [B, T, H, D]; positions: [B, T].
+    x: [B, T, H, D]; positions: [B, T]; inv_freq: [D/2].
     """
-    d = x.shape[-1]
-    inv_freq = theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)  # [D/2]
     angles = (
         positions.astype(jnp.float32)[..., None, None] * inv_freq[None, None, None]
     )  # [B,T,1,D/2]

@@ -1,19 +1,28 @@
-"""Llama-family decoder (Llama 2/3, SmolLM, ...) as Flax NNX modules over a paged KV cache.
+"""Llama-family decoder (Llama 2/3, SmolLM, Mistral; Qwen 2/3 in `qwen.py`) over a paged KV cache.
 
-The layers are one `LlamaBlock` whose parameters are stacked over a leading layer axis; `Llama`
-runs them with `lax.scan`, carrying the whole KV cache so each layer updates its pages in place.
+One `LlamaBlock` covers the family's variants, each switched on by the config: biases on the
+q/k/v projections (Qwen2), RMSNorm over each q and k head (Qwen3), scaled RoPE frequencies
+(Llama 3), a sliding window on every layer (Mistral).
+
+RoPE layout: llama.cpp's converter permutes the q/k rows of `llama` GGUFs for its interleaved-pair
+RoPE, so those run `rope_interleaved`; Hugging Face checkpoints keep the natural order and rotate
+halves (`rope_neox`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxserve.config import ModelConfig
+from jaxserve.errors import GGUFError
 from jaxserve.kv_cache import TokenLayout
-from jaxserve.models.layers import Embedding, Linear, RMSNorm, paged_attention, rope_interleaved
-from jaxserve.weights import LayerWeights, ModelWeights
+from jaxserve.models.decoder import Decoder, linear
+from jaxserve.models.layers import RMSNorm, paged_attention, rope_interleaved, rope_neox
+from jaxserve.weights import LayerWeights
 
 
 class LlamaBlock(nnx.Module):
@@ -21,28 +30,40 @@ class LlamaBlock(nnx.Module):
 
     def __init__(self, config: ModelConfig, w: LayerWeights) -> None:
         self.config = config
-        self.attn_norm = RMSNorm(w["attn_norm"], eps=config.norm_eps)
-        self.q = Linear(w["attn_q"])
-        self.k = Linear(w["attn_k"])
-        self.v = Linear(w["attn_v"])
-        self.o = Linear(w["attn_output"])
-        self.mlp_norm = RMSNorm(w["ffn_norm"], eps=config.norm_eps)
-        self.gate = Linear(w["ffn_gate"])
-        self.up = Linear(w["ffn_up"])
-        self.down = Linear(w["ffn_down"])
+        eps = config.norm_eps
+        self.attn_norm = RMSNorm(w["attn_norm"], eps=eps)
+        self.q, self.k, self.v = linear(w, "attn_q"), linear(w, "attn_k"), linear(w, "attn_v")
+        self.q_norm = RMSNorm(w["attn_q_norm"], eps=eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(w["attn_k_norm"], eps=eps) if config.qk_norm else None
+        self.o = linear(w, "attn_output")
+        self.mlp_norm = RMSNorm(w["ffn_norm"], eps=eps)
+        self.gate, self.up = linear(w, "ffn_gate"), linear(w, "ffn_up")
+        self.down = linear(w, "ffn_down")
 
     def __call__(
-        self, x: jax.Array, kv: tuple[jax.Array, jax.Array], layer: jax.Array, layout: TokenLayout
+        self,
+        x: jax.Array,
+        kv: tuple[jax.Array, jax.Array],
+        layout: TokenLayout,
+        *,
+        layer: jax.Array,
+        inv_freq: jax.Array,
+        window: jax.Array,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """x: [B, T, E]; kv: all (K, V) pages [L, KH, N, S, D], updated in place at `layer`."""
+        """x: [B, T, E]; kv: all (K, V) pages [L, KH, N, S, D], updated in place at `layer`;
+        inv_freq: [D/2] this layer's RoPE frequencies; window: [] int32 keys visible behind a query.
+        """
         c = self.config
         b, t, _ = x.shape
         h = self.attn_norm(x)
         q = self.q(h).reshape(b, t, c.num_heads, c.head_dim)
         k = self.k(h).reshape(b, t, c.num_kv_heads, c.head_dim)
         v = self.v(h).reshape(b, t, c.num_kv_heads, c.head_dim)
-        q = rope_interleaved(q, layout.positions, c.rope_theta)
-        k = rope_interleaved(k, layout.positions, c.rope_theta)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        rope = rope_neox if c.rope_style == "neox" else rope_interleaved
+        q = rope(q, layout.positions, inv_freq)
+        k = rope(k, layout.positions, inv_freq)
         # Cache layout [L, KH, N, S, D]: the (page, slot) index pair spans [B, T], heads follow.
         k_all = kv[0].at[layer, :, layout.write_page, layout.write_slot].set(k)
         v_all = kv[1].at[layer, :, layout.write_page, layout.write_slot].set(v)
@@ -54,6 +75,8 @@ class LlamaBlock(nnx.Module):
             page_table=layout.page_table,
             q_positions=layout.positions,
             kv_lens=layout.kv_lens,
+            scale=c.attention_scale,
+            window=window,
         )
         x = x + self.o(attn.reshape(b, t, -1))
         h = self.mlp_norm(x)
@@ -61,46 +84,41 @@ class LlamaBlock(nnx.Module):
         return x, (k_all, v_all)
 
 
-LAYER_TENSORS = (
-    "attn_norm",
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_norm",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-)
+LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
-class Llama(nnx.Module):
+def layer_tensors(config: ModelConfig, present: Callable[[str], bool]) -> tuple[str, ...]:
+    """The per-layer tensors to read: norms, projections, and whichever biases the file has."""
+    names = ["attn_norm", "ffn_norm", *LINEARS]
+    if config.qk_norm:
+        names += ["attn_q_norm", "attn_k_norm"]
+    return (*names, *(f"{n}_bias" for n in LINEARS if present(f"{n}_bias")))
+
+
+class Llama(Decoder):
     """Embedding -> scanned `LlamaBlock`s -> final norm -> (tied) output head."""
 
-    def __init__(self, config: ModelConfig, w: ModelWeights) -> None:
-        self.config = config
-        self.embed = Embedding(w.embedding)
-        self.layers = LlamaBlock(config, w.layers)  # every parameter has a leading layer axis
-        self.norm = RMSNorm(w.output_norm, eps=config.norm_eps)
-        self.head = None if w.output is None else Linear(w.output)
+    BLOCK = LlamaBlock
 
-    def hidden(
-        self, token_ids: jax.Array, kv: tuple[jax.Array, jax.Array], layout: TokenLayout
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """token_ids: [B, T]; kv: (K, V) [L, KH, N, S, D]. Returns final-normed hidden [B, T, E]."""
-        x = self.embed(token_ids)
-        block_def, block_state = nnx.split(self.layers)
 
-        def body(carry, xs):
-            x, kv = carry
-            layer_state, layer = xs
-            x, kv = nnx.merge(block_def, layer_state)(x, kv, layer, layout)
-            return (x, kv), None
+MODEL = Llama
 
-        layers = jnp.arange(self.config.num_layers, dtype=jnp.int32)
-        (x, kv), _ = jax.lax.scan(body, (x, kv), (block_state, layers))
-        return self.norm(x), kv
 
-    def logits(self, h: jax.Array) -> jax.Array:
-        """h: [..., E] -> logits [..., V] (f32)."""
-        return self.embed.attend(h) if self.head is None else self.head(h)
+def gguf_config(
+    meta: Mapping[str, Any], get: Callable[..., Any], fields: Mapping[str, Any]
+) -> dict[str, Any]:
+    """`llama` GGUFs: interleaved RoPE (permuted q/k rows); a sliding window if one is stated."""
+    window = int(get("attention.sliding_window", 0))
+    return {"rope_style": "interleaved", "sliding_window": window}
+
+
+def hf_config(hf: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Llama / Mistral `config.json`: Mistral's `sliding_window` applies to every layer."""
+    if hf.get("hidden_act", "silu") != "silu":
+        raise GGUFError(f"unsupported hidden_act {hf['hidden_act']!r} (only silu)")
+    if hf.get("mlp_bias"):
+        raise GGUFError("unsupported mlp_bias=true")
+    return {
+        "sliding_window": int(hf.get("sliding_window") or 0),
+        "qkv_bias": bool(hf.get("attention_bias")),
+    }
