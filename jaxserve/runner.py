@@ -107,7 +107,9 @@ class ModelRunner:
         self.page_size = page_size
         self.num_pages = num_pages
         self.page_buckets = page_buckets(max_pages_per_row)
-        self._prefill, self._prompt_logprobs, self._decode = make_steps(graphdef, hook)
+        self._prefill, self._prompt_logprobs, self._decode = make_steps(
+            graphdef, hook, num_tokens=len(token_bytes) or None
+        )
         self._pool = make_pool()
         self.kv = KVCache.zeros(config, num_pages=num_pages, page_size=page_size)
         self.key = jax.random.key(seed)

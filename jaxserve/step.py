@@ -89,9 +89,19 @@ def _row_state(rows: RowInputs, length: jax.Array, t: SamplingTensors, vocab: in
     )
 
 
-def make_steps(graphdef: nnx.GraphDef, hook: LogitsHook | None = None) -> Steps:
+def make_steps(
+    graphdef: nnx.GraphDef, hook: LogitsHook | None = None, num_tokens: int | None = None
+) -> Steps:
     """Jitted (prefill, prompt_logprobs, decode) for one model structure; `hook` is compiled
-    into the sampler chain of both sampling steps."""
+    into the sampler chain of both sampling steps. With `num_tokens` (the tokenizer's size),
+    logits of the ids past it (a padded embedding) are -inf, so they are never sampled."""
+
+    def head(model: nnx.Module, h: jax.Array) -> jax.Array:
+        logits = model.logits(h)
+        if num_tokens is None or num_tokens >= logits.shape[-1]:
+            return logits
+        ids = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+        return jnp.where(ids < num_tokens, logits, -jnp.inf)
 
     def prefill(
         params: nnx.State, kv: KVCache, batch: PrefillBatch, key: jax.Array
@@ -113,7 +123,7 @@ def make_steps(graphdef: nnx.GraphDef, hook: LogitsHook | None = None) -> Steps:
         )
         h, (k, v) = model.hidden(batch.token_ids, (kv.k, kv.v), layout)
         last = jnp.clip(batch.num_new - 1, 0, t - 1)
-        logits = model.logits(h[jnp.arange(b), last])
+        logits = head(model, h[jnp.arange(b), last])
         state = _row_state(batch.rows, layout.kv_lens, batch.sampling, model.config.vocab_size)
         out = sample(
             logits,
@@ -202,7 +212,7 @@ def make_steps(graphdef: nnx.GraphDef, hook: LogitsHook | None = None) -> Steps:
             h, (k_cache, v_cache) = model.hidden(tokens[:, None], (k_cache, v_cache), layout)
             bitmask, use_bitmask = mask_rows(grammar, g_state, t.bitmask, t.use_bitmask)
             s = sample(
-                model.logits(h[:, 0]),
+                head(model, h[:, 0]),
                 dataclasses.replace(t, bitmask=bitmask, use_bitmask=use_bitmask),
                 state,
                 key,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxserve.kv_cache import KVCache, TokenLayout
 from jaxserve.loader import GGUFModelFile
 from jaxserve.runner import DecodeRow, ModelRunner, PrefillRow
 from jaxserve.sampling.rows import SamplingRow
+from tests.forward import full_logits as _full_logits
 from tests.numpy_gemma3 import NumpyGemma3
 from tests.tiny_gemma3 import TINY_GEMMA3, write_tiny_gemma3
 from tests.tiny_vocab import spm_tokenizer_metadata
@@ -23,29 +21,6 @@ PROMPT = [2, 77, 120, 3, 250, 18, 42, 42, 9, 101, 64, 200, 7, 33, 150, 11, 90, 2
 def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory):
     path = tmp_path_factory.mktemp("tiny") / "tiny-gemma3.gguf"
     return write_tiny_gemma3(path, spm_tokenizer_metadata())
-
-
-def _full_logits(model, config, token_ids: list[int], page_size: int = 4) -> np.ndarray:
-    """One prefill of `token_ids` over scattered pages; logits [T, V]."""
-    n = len(token_ids)
-    num_pages = -(-n // page_size)
-    pages = np.random.default_rng(0).permutation(np.arange(1, 2 * num_pages + 1))[:num_pages]
-    kv = KVCache.zeros(config, num_pages=2 * num_pages + 1, page_size=page_size)
-
-    @jax.jit
-    def run(model, kv, token_ids, page_table):
-        layout = TokenLayout.build(
-            start=jnp.zeros((1,), jnp.int32),
-            num_new=jnp.full((1,), n, jnp.int32),
-            num_tokens=n,
-            page_table=page_table,
-            page_size=page_size,
-        )
-        h, _ = model.hidden(token_ids, (kv.k, kv.v), layout)
-        return model.logits(h[0])
-
-    ids = jnp.asarray([token_ids], jnp.int32)
-    return np.asarray(run(model, kv, ids, jnp.asarray(pages[None], jnp.int32)))
 
 
 def test_config_reads_gemma3_metadata(tiny_gemma3):

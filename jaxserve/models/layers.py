@@ -69,7 +69,9 @@ class Linear(nnx.Module):
             y = matmul_w8a8(x, self.w[...], self.scales[...])
         else:
             y = jnp.einsum("...i,io->...o", x, dequantize(self.w[...], self.scales[...]))
-        return y if self.bias is None else y + self.bias[...]
+        if self.bias is None:
+            return y
+        return y + self.bias[...].reshape((1,) * (y.ndim - 1) + self.bias.shape)
 
 
 class Embedding(nnx.Module):
