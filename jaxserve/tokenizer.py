@@ -152,6 +152,16 @@ def _token_bytes(text: str, kind: int, is_bpe: bool, byte_decoder: Mapping[str, 
     return b"".join(bytes([byte_decoder[c]]) if c in byte_decoder else c.encode() for c in text)
 
 
+def decode_ids(tokenizer: Any, ids: Sequence[int], *, skip_special: bool) -> str:
+    """Join the tokens' bytes; with a space prefix, the first token after an optional leading
+    BOS loses one leading space (the one `encode` added)."""
+    pieces = [tokenizer.token_bytes(i, special=not skip_special) for i in ids]
+    first = 1 if ids and ids[0] == tokenizer.bos_id else 0
+    if tokenizer.add_space_prefix and len(pieces) > first and pieces[first][:1] == b" ":
+        pieces[first] = pieces[first][1:]
+    return b"".join(pieces).decode("utf-8", errors="replace")
+
+
 class Tokenizer:
     """Text <-> token ids for one GGUF vocabulary, matching llama.cpp; see `from_metadata`.
 
@@ -267,11 +277,7 @@ class Tokenizer:
         For SentencePiece vocabularies with a space prefix, the first token after an optional
         leading BOS loses one leading space (the one `encode` added).
         """
-        pieces = [self.token_bytes(i, special=not skip_special) for i in ids]
-        first = 1 if ids and ids[0] == self.bos_id else 0
-        if self.add_space_prefix and len(pieces) > first and pieces[first][:1] == b" ":
-            pieces[first] = pieces[first][1:]
-        return b"".join(pieces).decode("utf-8", errors="replace")
+        return decode_ids(self, ids, skip_special=skip_special)
 
     def _partition(self, text: str, parse_special: bool) -> list[str | int]:
         """Cut special-token texts out of `text`, longest token first (llama.cpp's algorithm)."""

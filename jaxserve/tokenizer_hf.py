@@ -16,7 +16,7 @@ from typing import Any
 import tokenizers
 
 from jaxserve.errors import GGUFError
-from jaxserve.tokenizer import _EOG_TEXTS, TokenType, gpt2_byte_decoder
+from jaxserve.tokenizer import _EOG_TEXTS, TokenType, decode_ids, gpt2_byte_decoder
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -150,11 +150,7 @@ class HFTokenizer:
         return hf.encode(text, add_special_tokens=add_special).ids
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
-        pieces = [self.token_bytes(i, special=not skip_special) for i in ids]
-        first = 1 if ids and ids[0] == self.bos_id else 0
-        if self.add_space_prefix and len(pieces) > first and pieces[first][:1] == b" ":
-            pieces[first] = pieces[first][1:]
-        return b"".join(pieces).decode("utf-8", errors="replace")
+        return decode_ids(self, ids, skip_special=skip_special)
 
     def _check(self, token_id: int) -> int:
         if not 0 <= token_id < self.vocab_size:

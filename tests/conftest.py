@@ -34,3 +34,18 @@ def smollm2_path():
     from jaxserve.pull import pull
 
     return pull("smollm2-135m", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def gemma3_path():
+    from jaxserve.pull import pull
+
+    return pull("gemma3-270m", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def gemma3_int8(gemma3_path):
+    """Gemma 3 270M with int8 weights, shared by the fidelity and engine tests."""
+    from jaxserve import LLM
+
+    return LLM(str(gemma3_path), weights="int8")

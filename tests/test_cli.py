@@ -9,6 +9,18 @@ def test_info_prints_config_types_and_parameters(tiny_gguf, capsys):
     assert main(["info", str(tiny_gguf)]) == 0
     out = capsys.readouterr().out
     assert "num_layers: 2" in out and "Q4_K" in out and "parameters" in out and "MiB" in out
+    assert "architecture: llama" in out
+    assert "features: rope interleaved, GQA (2 q heads per kv head)" in out
+
+
+def test_info_reads_a_hugging_face_folder(tmp_path, capsys):
+    from tests.tiny_hf import write_tiny_hf
+
+    folder = write_tiny_hf(tmp_path / "qwen3", "qwen3-mqa")
+    assert main(["info", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "architecture: qwen3" in out and "F32" in out and "tokenizer.json" in out
+    assert "rope neox" in out and "MQA" in out and "qk norm" in out
 
 
 def test_generate_streams_the_continuation(tiny_gguf, capsys):

@@ -29,13 +29,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
-def gemma3_path():
-    from jaxserve.pull import pull
-
-    return pull("gemma3-270m", quiet=True)
-
-
-@pytest.fixture(scope="module")
 def ref() -> dict[str, np.ndarray]:
     with np.load(FIXTURES / "gemma3_llamacpp.npz") as data:
         return dict(data)
@@ -52,8 +45,8 @@ def llm_f32(gemma3_path) -> LLM:
 
 
 @pytest.fixture(scope="module")
-def llm_int8(gemma3_path) -> LLM:
-    return LLM(str(gemma3_path), weights="int8")
+def llm_int8(gemma3_int8) -> LLM:
+    return gemma3_int8
 
 
 @pytest.mark.parametrize(
