@@ -44,6 +44,9 @@ class ModelConfig:
     attention_scale: float | None = None  # query scale (None: 1 / sqrt(head_dim))
     embedding_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(hidden))
     final_logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap) when > 0
+    # Attention and int8 matmuls: pure-jnp references ("reference", XLA; the CPU default),
+    # Pallas kernels ("pallas", TPU/GPU) or Pallas in interpret mode ("interpret", CPU tests).
+    kernels: str = "reference"
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -86,6 +89,8 @@ class ModelConfig:
         if self.final_logit_softcap:
             out.append(f"logit softcap {self.final_logit_softcap:g}")
         out.append("tied embeddings" if self.tie_embeddings else "separate output head")
+        if self.kernels != "reference":
+            out.append(f"{self.kernels} kernels")
         return out
 
     @classmethod

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxserve.models.layers import paged_attention
+from jaxserve.kernels.paged_attention import ref_attention as paged_attention
 
 B, T, H, KH, D, S, P, N = (
     2,

@@ -38,9 +38,9 @@ def layer_schedule(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(rows, np.float32), np.asarray(windows, np.int32)
 
 
-def linear(w: dict, name: str) -> Linear:
+def linear(w: dict, name: str, config: ModelConfig) -> Linear:
     """The `name` projection of a layer, with its bias when the weights have one."""
-    return Linear(w[name], w.get(f"{name}_bias"))
+    return Linear(w[name], w.get(f"{name}_bias"), kernels=config.kernels)
 
 
 class Decoder(nnx.Module):
@@ -50,10 +50,10 @@ class Decoder(nnx.Module):
 
     def __init__(self, config: ModelConfig, w: ModelWeights) -> None:
         self.config = config
-        self.embed = Embedding(w.embedding)
+        self.embed = Embedding(w.embedding, kernels=config.kernels)
         self.layers = self.BLOCK(config, w.layers)  # every parameter has a leading layer axis
         self.norm = RMSNorm(w.output_norm, eps=config.norm_eps)
-        self.head = None if w.output is None else Linear(w.output)
+        self.head = None if w.output is None else Linear(w.output, kernels=config.kernels)
 
     def hidden(
         self, token_ids: jax.Array, kv: tuple[jax.Array, jax.Array], layout: TokenLayout

@@ -21,8 +21,8 @@ from flax import nnx
 
 from jaxserve.config import ModelConfig
 from jaxserve.kv_cache import TokenLayout
-from jaxserve.models.decoder import Decoder
-from jaxserve.models.layers import Linear, RMSNorm, paged_attention, rope_neox
+from jaxserve.models.decoder import Decoder, linear
+from jaxserve.models.layers import RMSNorm, attention, rope_neox
 from jaxserve.weights import LayerWeights
 
 # llama.cpp hard-codes these for Gemma 3 (llama-model.cpp): every 6th layer is global, the
@@ -38,17 +38,17 @@ class Gemma3Block(nnx.Module):
         self.config = config
         eps = config.norm_eps
         self.attn_norm = RMSNorm(w["attn_norm"], eps=eps)
-        self.q = Linear(w["attn_q"])
-        self.k = Linear(w["attn_k"])
-        self.v = Linear(w["attn_v"])
+        self.q = linear(w, "attn_q", config)
+        self.k = linear(w, "attn_k", config)
+        self.v = linear(w, "attn_v", config)
         self.q_norm = RMSNorm(w["attn_q_norm"], eps=eps)
         self.k_norm = RMSNorm(w["attn_k_norm"], eps=eps)
-        self.o = Linear(w["attn_output"])
+        self.o = linear(w, "attn_output", config)
         self.post_attn_norm = RMSNorm(w["post_attention_norm"], eps=eps)
         self.mlp_norm = RMSNorm(w["ffn_norm"], eps=eps)
-        self.gate = Linear(w["ffn_gate"])
-        self.up = Linear(w["ffn_up"])
-        self.down = Linear(w["ffn_down"])
+        self.gate = linear(w, "ffn_gate", config)
+        self.up = linear(w, "ffn_up", config)
+        self.down = linear(w, "ffn_down", config)
         self.post_mlp_norm = RMSNorm(w["post_ffw_norm"], eps=eps)
 
     def __call__(
@@ -74,7 +74,7 @@ class Gemma3Block(nnx.Module):
         k = rope_neox(k, layout.positions, inv_freq)
         k_all = kv[0].at[layer, :, layout.write_page, layout.write_slot].set(k)
         v_all = kv[1].at[layer, :, layout.write_page, layout.write_slot].set(v)
-        attn = paged_attention(
+        attn = attention(
             q,
             k_all,
             v_all,
@@ -84,6 +84,7 @@ class Gemma3Block(nnx.Module):
             kv_lens=layout.kv_lens,
             scale=c.attention_scale,
             window=window,
+            kernels=c.kernels,
         )
         x = x + self.post_attn_norm(self.o(attn.reshape(b, t, -1)))
         h = self.mlp_norm(x)

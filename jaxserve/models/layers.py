@@ -1,5 +1,6 @@
 """Shared Flax NNX layers: linear (f32, or int8 with per-32 scales), RMSNorm, embedding, RoPE,
-paged attention.
+and `attention`, the one switch between the pure-jnp references and the Pallas kernels
+(`config.kernels`: "reference", "pallas" or "interpret").
 
 Weights keep GGUF's `(out, in)` order; int8 weights carry one scale per 32 input values and are
 dequantized inside the jitted step, right before their matmul.
@@ -14,46 +15,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxserve.kernels import paged_attention, prefill_attention, quant_matmul
+from jaxserve.kernels.paged_attention import ref_attention
+from jaxserve.kernels.quant_matmul import W8A8_MAX_ROWS, dequantize, matmul_w8a8
 from jaxserve.weights import BLOCK, QuantArray, Weight
-
-
-def dequantize(w: jax.Array, scales: jax.Array | None) -> jax.Array:
-    """`w[..., n, out]` (f32, or int8 with `scales[..., n // 32, out]`) -> f32."""
-    if scales is None:
-        return w
-    *lead, n, out = w.shape
-    blocks = w.reshape(*lead, n // BLOCK, BLOCK, out).astype(jnp.float32)
-    return (blocks * scales[..., None, :]).reshape(w.shape)
-
-
-# Up to this many activation rows (decode), int8 weights are multiplied by int8-quantized
-# activations with int32 accumulation per 32-block; above it, dequantizing once is cheaper.
-W8A8_MAX_ROWS = 64
-
-
-def matmul_w8a8(x: jax.Array, w: jax.Array, scales: jax.Array) -> jax.Array:
-    """`x @ W` for int8 W `[in, out]` with per-32 scales `[in // 32, out]`, quantizing `x` per
-    32-block too.
-
-    Each 32-block product accumulates exactly in int32 and is scaled by (weight scale x
-    activation scale), the way llama.cpp's Q8_0 dot products work. Blocks lead the weight
-    layout (`[K, 32, out]`), which is what makes XLA CPU's int8 dot fast here.
-    """
-    lead, (n, out) = x.shape[:-1], w.shape
-    k = n // BLOCK
-    xb = x.reshape(-1, k, BLOCK)
-    x_scale = jnp.max(jnp.abs(xb), axis=-1) / 127.0  # [R, K]
-    safe = jnp.where(x_scale == 0.0, 1.0, x_scale)
-    xq = jnp.round(xb / safe[..., None]).astype(jnp.int8)
-    acc = jnp.einsum("rkc,kco->kro", xq, w.reshape(k, BLOCK, out), preferred_element_type=jnp.int32)
-    y = jnp.einsum("kro,ko,rk->ro", acc.astype(jnp.float32), scales, x_scale)
-    return y.reshape(*lead, out)
 
 
 class Linear(nnx.Module):
     """`y = x @ W (+ b)` with W `[in, out]` stored f32, or int8 with scales `[in // 32, out]`."""
 
-    def __init__(self, weight: Weight, bias: np.ndarray | None = None) -> None:
+    def __init__(
+        self, weight: Weight, bias: np.ndarray | None = None, *, kernels: str = "reference"
+    ) -> None:
+        self.kernels = kernels
         if isinstance(weight, QuantArray):
             self.w = nnx.Param(jnp.asarray(weight.q))
             self.scales = nnx.Param(jnp.asarray(weight.scales))
@@ -65,6 +39,10 @@ class Linear(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.scales is None:
             y = jnp.einsum("...i,io->...o", x, self.w[...])
+        elif self.kernels != "reference":
+            y = quant_matmul(
+                x, self.w[...], self.scales[...], interpret=self.kernels == "interpret"
+            )
         elif math.prod(x.shape[:-1]) <= W8A8_MAX_ROWS:
             y = matmul_w8a8(x, self.w[...], self.scales[...])
         else:
@@ -77,8 +55,8 @@ class Linear(nnx.Module):
 class Embedding(nnx.Module):
     """Token embedding stored `[hidden, vocab]`; `attend` reuses it as a tied output head."""
 
-    def __init__(self, weight: Weight) -> None:
-        self.table = Linear(weight)
+    def __init__(self, weight: Weight, *, kernels: str = "reference") -> None:
+        self.table = Linear(weight, kernels=kernels)
 
     def __call__(self, token_ids: jax.Array) -> jax.Array:
         rows = jnp.moveaxis(jnp.take(self.table.w[...], token_ids, axis=1), 0, -1)  # [*ids, E]
@@ -131,7 +109,7 @@ def rope_neox(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Ar
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
-def paged_attention(
+def attention(
     q: jax.Array,
     k_pages: jax.Array,
     v_pages: jax.Array,
@@ -142,53 +120,28 @@ def paged_attention(
     kv_lens: jax.Array,
     scale: float | None = None,
     window: jax.Array | None = None,
+    kernels: str = "reference",
 ) -> jax.Array:
-    """Reference attention over a paged cache (pure jnp).
+    """Attention of q [B, T, H, D] over the paged cache [L, KH, N, S, D] (see `ref_attention`).
 
-    q: [B, T, H, D] at q_positions [B, T]; k_pages, v_pages: [L, KH, N, S, D], read at `layer`
-    (one gather straight from the stacked cache, never a copy of a whole layer); page_table: [B, P];
-    kv_lens: [B] tokens cached per row (including this step's). Key j of a row is visible to a query
-    at position p when j <= p and j < kv_len, and with `window` (an int32 scalar, traced so that
-    scanned layers can differ) also p - j < window. Scores are scaled by `scale` (default
-    1/sqrt(D)). Returns [B, T, H, D].
+    "reference" runs the pure-jnp path; "pallas"/"interpret" run the decode kernel for one query
+    per row (at position kv_lens - 1) and the chunked-prefill kernel otherwise.
     """
-    b, t, h, d = q.shape
-    num_layers, kh, num_pages, _, _ = k_pages.shape
-    # Each (layer, kv head, page) is one contiguous [S, D] row of the flattened cache: the gather
-    # copies whole rows and lands keys as [B, KH, P*S, D], the layout the dots want (no transpose).
-    heads = jnp.arange(kh, dtype=jnp.int32)[None, :, None]
-    rows = ((layer * kh + heads) * num_pages + page_table[:, None, :]).reshape(-1)  # [B*KH*P]
-    keys = jnp.take(k_pages.reshape(num_layers * kh * num_pages, -1), rows, axis=0)
-    values = jnp.take(v_pages.reshape(num_layers * kh * num_pages, -1), rows, axis=0)
-    keys = keys.reshape(b, kh, -1, d)  # [B, KH, P*S, D]
-    values = values.reshape(b, kh, -1, d)
-    qg = q.reshape(b, t, kh, h // kh, d)
-    # One query per row (decode): the products are tiny matrices, which XLA CPU runs faster as a
-    # fused multiply-and-reduce than as batched dots.
-    decode = t == 1
-    if decode:
-        scores = jnp.sum(qg[:, 0, :, :, None, None, :] * keys[:, :, None, None], axis=-1)
-    else:
-        scores = jnp.einsum("BTKGD,BKSD->BKGTS", qg, keys)
-    scores = scores / jnp.sqrt(jnp.float32(d)) if scale is None else scores * jnp.float32(scale)
-    key_pos = jnp.arange(keys.shape[2], dtype=jnp.int32)
-    # Select, never multiply: stale or NaN values in unused pages must not reach the output.
-    in_cache = key_pos[None, :] < kv_lens[:, None]  # [B, P*S]
-    values = jnp.where(in_cache[:, None, :, None], values, 0.0)
-    visible = (key_pos[None, None, :] <= q_positions[:, :, None]) & (
-        key_pos[None, None, :] < kv_lens[:, None, None]
-    )  # [B, T, S]
-    if window is not None:
-        visible &= key_pos[None, None, :] > q_positions[:, :, None] - window
-    visible = visible[:, None, None]  # [B, 1, 1, T, S]
-    scores = jnp.where(visible, scores, -jnp.inf)
-    row_max = jnp.max(scores, axis=-1, keepdims=True)
-    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-    weights = jnp.where(visible, jnp.exp(scores - row_max), 0.0)
-    denom = jnp.sum(weights, axis=-1, keepdims=True)
-    weights = weights / jnp.where(denom == 0.0, 1.0, denom)
-    if decode:
-        out = jnp.sum(weights[:, :, :, 0, :, None] * values[:, :, None], axis=-2)[:, None]
-    else:
-        out = jnp.einsum("BKGTS,BKSD->BTKGD", weights, values)
-    return out.reshape(b, t, h, d)
+    args = dict(layer=layer, page_table=page_table, scale=scale, window=window)
+    if kernels == "reference":
+        return ref_attention(q, k_pages, v_pages, q_positions=q_positions, kv_lens=kv_lens, **args)
+    interpret = kernels == "interpret"
+    if q.shape[1] == 1:
+        out = paged_attention(
+            q[:, 0], k_pages, v_pages, lengths=kv_lens, interpret=interpret, **args
+        )
+        return out[:, None]
+    return prefill_attention(
+        q,
+        k_pages,
+        v_pages,
+        q_positions=q_positions,
+        kv_lens=kv_lens,
+        interpret=interpret,
+        **args,
+    )

@@ -21,7 +21,7 @@ from jaxserve.config import ModelConfig
 from jaxserve.errors import GGUFError
 from jaxserve.kv_cache import TokenLayout
 from jaxserve.models.decoder import Decoder, linear
-from jaxserve.models.layers import RMSNorm, paged_attention, rope_interleaved, rope_neox
+from jaxserve.models.layers import RMSNorm, attention, rope_interleaved, rope_neox
 from jaxserve.weights import LayerWeights
 
 
@@ -32,13 +32,18 @@ class LlamaBlock(nnx.Module):
         self.config = config
         eps = config.norm_eps
         self.attn_norm = RMSNorm(w["attn_norm"], eps=eps)
-        self.q, self.k, self.v = linear(w, "attn_q"), linear(w, "attn_k"), linear(w, "attn_v")
+        self.q, self.k, self.v = (
+            linear(w, "attn_q", config),
+            linear(w, "attn_k", config),
+            linear(w, "attn_v", config),
+        )
         self.q_norm = RMSNorm(w["attn_q_norm"], eps=eps) if config.qk_norm else None
         self.k_norm = RMSNorm(w["attn_k_norm"], eps=eps) if config.qk_norm else None
-        self.o = linear(w, "attn_output")
+        self.o = linear(w, "attn_output", config)
         self.mlp_norm = RMSNorm(w["ffn_norm"], eps=eps)
-        self.gate, self.up = linear(w, "ffn_gate"), linear(w, "ffn_up")
-        self.down = linear(w, "ffn_down")
+        self.gate = linear(w, "ffn_gate", config)
+        self.up = linear(w, "ffn_up", config)
+        self.down = linear(w, "ffn_down", config)
 
     def __call__(
         self,
@@ -67,7 +72,7 @@ class LlamaBlock(nnx.Module):
         # Cache layout [L, KH, N, S, D]: the (page, slot) index pair spans [B, T], heads follow.
         k_all = kv[0].at[layer, :, layout.write_page, layout.write_slot].set(k)
         v_all = kv[1].at[layer, :, layout.write_page, layout.write_slot].set(v)
-        attn = paged_attention(
+        attn = attention(
             q,
             k_all,
             v_all,
@@ -77,6 +82,7 @@ class LlamaBlock(nnx.Module):
             kv_lens=layout.kv_lens,
             scale=c.attention_scale,
             window=window,
+            kernels=c.kernels,
         )
         x = x + self.o(attn.reshape(b, t, -1))
         h = self.mlp_norm(x)
