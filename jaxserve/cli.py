@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help=f"known name ({', '.join(KNOWN_MODELS)}), a .gguf path or a Hugging Face folder",
     )
     p.add_argument("--weights", choices=("int8", "f32"), default="int8")
+    _add_kernels_arg(p)
+
+
+def _add_kernels_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kernels",
+        choices=("auto", "reference", "pallas", "interpret"),
+        default="auto",
+        help="Pallas kernels (auto: on TPU/GPU) or the pure-jnp references (CPU)",
+    )
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -33,7 +44,7 @@ def _sampling(args: argparse.Namespace) -> SamplingParams:
 def _load(args: argparse.Namespace):
     from jaxserve.llm import LLM
 
-    return LLM(args.model, weights=args.weights, quiet=False)
+    return LLM(args.model, weights=args.weights, kernels=args.kernels, quiet=False)
 
 
 def cmd_pull(args: argparse.Namespace) -> None:
@@ -75,11 +86,12 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
+    from jaxserve.kernels import resolve_mode
     from jaxserve.loader import open_model
     from jaxserve.weights import ModelWeights
 
     model_file = open_model(resolve_model(args.model))
-    c = model_file.config
+    c = dataclasses.replace(model_file.config, kernels=resolve_mode(args.kernels))
     for field, value in vars(c).items():
         if field != "rope_freq_factors":  # summarised under features
             print(f"{field:>18}: {value}")
@@ -108,6 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.model,
         max_queue=args.max_queue,
         weights=args.weights,
+        kernels=args.kernels,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         kv_cache_bytes=args.kv_cache_mb * 2**20,
@@ -130,6 +143,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         help=f"known name ({', '.join(KNOWN_MODELS)}) or a .gguf path (default {DEFAULT_MODEL})",
     )
     p.add_argument("--weights", choices=("int8", "f32"), default="int8")
+    _add_kernels_arg(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=None, help="also serve gRPC (e.g. 50051)")

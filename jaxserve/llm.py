@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ import numpy as np
 from jaxserve.chat_template import ChatTemplate
 from jaxserve.config import WeightFormat
 from jaxserve.engine import Engine, EngineConfig, max_pages_per_row, num_pages_for
-from jaxserve.loader import open_model
+from jaxserve.kernels import resolve_mode
+from jaxserve.loader import build_model, open_model
 from jaxserve.outputs import RequestOutput
 from jaxserve.pull import DEFAULT_MODEL, cache_dir, resolve_model
 from jaxserve.runner import ModelRunner, enable_compilation_cache
@@ -32,7 +34,8 @@ def _is_single_prompt(prompts: Prompt | Sequence[Prompt]) -> bool:
 class LLM:
     """A model loaded for offline generation.
 
-    model: a known model name (pulled on first use, e.g. "smollm2-135m") or a path to a `.gguf`.
+    model: a known model name (pulled on first use, e.g. "smollm2-135m"), a path to a `.gguf`, or
+        a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json).
     weights: "int8" (per-32-block scales; the CPU default) or "f32" (exact dequantized weights).
     max_model_len: context per request (default: the model's, capped at 4096).
     kv_cache_bytes: memory for the paged KV cache; the page pool is sized from it.
@@ -50,6 +53,9 @@ class LLM:
     grammar_states: capacity of the on-device tables of regular constraints (regex, choice,
         bounded JSON schemas), which then run k tokens per step with no host round trip; other
         constraints, and any beyond the capacity, are masked from the host one token per step.
+    kernels: attention, int8 matmuls and the grammar bitmask as Pallas kernels ("pallas"), their
+        pure-jnp references ("reference") or the kernels in interpret mode ("interpret", slow;
+        for checking them on CPU); "auto" takes Pallas on TPU/GPU and the references on CPU.
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class LLM:
         quiet: bool = True,
         logits_hook: LogitsHook | None = None,
         grammar_states: int = 1024,
+        kernels: str = "auto",
     ) -> None:
         config = EngineConfig(
             weights=weights,
@@ -94,7 +101,7 @@ class LLM:
             max_waiting=max_waiting,
         )
         self.model_file = open_model(resolve_model(model, quiet=quiet))
-        self.config = self.model_file.config
+        self.config = dataclasses.replace(self.model_file.config, kernels=resolve_mode(kernels))
         self.tokenizer = self.model_file.tokenizer()
         self.template = ChatTemplate(
             self.tokenizer.chat_template, architecture=self.config.architecture
@@ -102,7 +109,9 @@ class LLM:
         max_len = min(max_model_len or 4096, self.config.max_position)
         page_bytes = ModelRunner.bytes_per_page(self.config, config.page_size)
         runner = ModelRunner(
-            self.model_file.build_model(weights, cache=self._converted_cache()),
+            build_model(
+                self.config, self.model_file.load_weights(weights, cache=self._converted_cache())
+            ),
             self.config,
             num_pages=num_pages_for(config, page_bytes),
             page_size=config.page_size,

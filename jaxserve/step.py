@@ -132,6 +132,7 @@ def make_steps(
             key,
             want_logprobs=batch.rows.want_logprobs,
             hook=hook,
+            kernels=model.config.kernels,
         )
         return KVCache(k=k, v=v), out, h
 
@@ -218,6 +219,7 @@ def make_steps(
                 key,
                 want_logprobs=batch.rows.want_logprobs,
                 hook=hook,
+                kernels=model.config.kernels,
             )
             write = ~stopped
             state = advance(t, state, s, write)

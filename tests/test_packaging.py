@@ -27,6 +27,7 @@ def test_host_modules_do_not_import_jax():
         "jaxserve",
         "jaxserve.pull",
         "jaxserve.tokenizer",
+        "jaxserve.tokenizer_hf",
         "jaxserve.detokenizer",
         "jaxserve.chat_template",
         "jaxserve.request",
@@ -41,3 +42,17 @@ def test_host_modules_do_not_import_jax():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_every_package_folder_is_declared():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(project["packages"])
+    roots = {name: ROOT / folder for name, folder in project["package-dir"].items()}
+    found = set()
+    for name, folder in roots.items():
+        for init in folder.rglob("__init__.py"):
+            parts = init.parent.relative_to(folder).parts
+            found.add(".".join((name, *parts)))
+    assert found <= declared, sorted(found - declared)

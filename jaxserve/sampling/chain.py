@@ -68,15 +68,17 @@ def process(
     state: RowState,
     keys: jax.Array,
     hook: LogitsHook | None = None,
+    kernels: str = "reference",
 ) -> jax.Array:
-    """Raw logits [B, V] -> the distribution each row draws from (as logits)."""
+    """Raw logits [B, V] -> the distribution each row draws from (as logits). `kernels` picks
+    the bitmask's implementation (see `jaxserve.kernels`)."""
     logits = _when(t.bias_ids >= 0, lambda x: restrict.apply_logit_bias(x, t), logits)
     masking = (
         t.use_bitmask[:, None]
         | (t.bad_word_lens > 0)
         | (state.num_generated < t.min_tokens)[:, None]
     )
-    logits = _when(masking, lambda x: _restrict(x, t, state), logits)
+    logits = _when(masking, lambda x: _restrict(x, t, state, kernels), logits)
     if hook is not None:
         logits = hook(logits, state)
     stage_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
@@ -98,11 +100,13 @@ def process(
     return _when(t.mirostat > 0, lambda x: mirostat.truncate(x, t, state.mirostat_mu), logits)
 
 
-def _restrict(logits: jax.Array, t: SamplingTensors, state: RowState) -> jax.Array:
+def _restrict(
+    logits: jax.Array, t: SamplingTensors, state: RowState, kernels: str = "reference"
+) -> jax.Array:
     """Allowed ids, bad words and min_tokens. Restrictions that leave a row nothing (say
     allowed ids that are all stop ids under min_tokens) give way: the row keeps its logits
     rather than drawing from nothing. Every later stage keeps at least one token."""
-    masked = restrict.apply_bitmask(logits, t)
+    masked = restrict.apply_bitmask(logits, t, kernels)
     masked = restrict.apply_bad_words(masked, t, state)
     masked = restrict.apply_min_tokens(masked, t, state)
     alive = jnp.any(jnp.isfinite(masked), axis=-1, keepdims=True)
@@ -117,6 +121,7 @@ def sample(
     *,
     want_logprobs: jax.Array,
     hook: LogitsHook | None = None,
+    kernels: str = "reference",
 ) -> SampleOutput:
     """Draw one token per row from raw `logits` [B, V] through the chain.
 
@@ -126,7 +131,7 @@ def sample(
     only when some row wants them (`want_logprobs` [B] bool).
     """
     keys = row_keys(key, t.seeds, state.length)
-    processed = process(logits, t, state, keys, hook)
+    processed = process(logits, t, state, keys, hook, kernels)
     greedy = (t.temperature == 0.0) & (t.mirostat == 0)
     ids = draw(processed, greedy, keys)
     mu = jax.lax.cond(

@@ -7,16 +7,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxserve.kernels.bitmask import apply_bitmask as kernel_apply_bitmask
+from jaxserve.kernels.bitmask import ref_apply_bitmask
 from jaxserve.sampling.tensors import RowState, SamplingTensors
 
 NEG_INF = float("-inf")
-
-
-def bitmask_bits(words: jax.Array, vocab: int) -> jax.Array:
-    """[B, ceil(V/32)] int32 -> [B, V] bool (bit j of word i is token 32 * i + j)."""
-    shifts = jnp.arange(32, dtype=jnp.int32)[None, None, :]
-    bits = (words[:, :, None] >> shifts) & 1
-    return bits.reshape(words.shape[0], -1)[:, :vocab].astype(bool)
 
 
 def token_bits(words: jax.Array, token_ids: jax.Array) -> jax.Array:
@@ -38,9 +33,13 @@ def apply_logit_bias(logits: jax.Array, t: SamplingTensors) -> jax.Array:
     return _scatter(logits, t.bias_ids, t.bias_values, mode="add")
 
 
-def apply_bitmask(logits: jax.Array, t: SamplingTensors) -> jax.Array:
-    allowed = bitmask_bits(t.bitmask, logits.shape[-1]) | ~t.use_bitmask[:, None]
-    return jnp.where(allowed, logits, NEG_INF)
+def apply_bitmask(logits: jax.Array, t: SamplingTensors, kernels: str = "reference") -> jax.Array:
+    """Rows with a bitmask keep only its tokens (the Pallas kernel unless `kernels` is
+    "reference"); the others pass through."""
+    words = jnp.where(t.use_bitmask[:, None], t.bitmask, jnp.int32(-1))
+    if kernels == "reference":
+        return ref_apply_bitmask(logits, words)
+    return kernel_apply_bitmask(logits, words, interpret=kernels == "interpret")
 
 
 def apply_bad_words(logits: jax.Array, t: SamplingTensors, state: RowState) -> jax.Array:

@@ -15,7 +15,8 @@ from jaxserve.kernels.tuning import bitmask_block_v
 from jaxserve.kernels.validation import check
 
 
-def _bitmask_kernel(logits_ref, words_ref, inv_t_ref, o_ref):
+def _bitmask_kernel(logits_ref, words_ref, inv_t_ref, *refs):
+    o_ref = refs[-1]  # refs = (o_ref,) or (aliased out buffer, o_ref)
     words = words_ref[...]  # [1, block_v / 32]
     shifts = jax.lax.broadcasted_iota(jnp.int32, (1, words.shape[1], 32), 2)
     bits = ((words[:, :, None] >> shifts) & 1).reshape(o_ref.shape)
@@ -30,8 +31,10 @@ def apply_bitmask(
     *,
     block_v: int | None = None,
     interpret: bool = False,
+    out: jax.Array | None = None,
 ) -> jax.Array:
-    """Same contract as `ref_apply_bitmask`: logits [B, V], bitmask [B, ceil(V / 32)] int32."""
+    """Same contract as `ref_apply_bitmask`: logits [B, V], bitmask [B, ceil(V / 32)] int32;
+    `out`: an optional [B, V] buffer written in place (aliased; tests poison it with NaN)."""
     b, v = logits.shape
     words = -(-v // 32)
     check(bitmask.shape == (b, words), f"bitmask must be {(b, words)}, got {bitmask.shape}")
@@ -41,20 +44,27 @@ def apply_bitmask(
     check(block_v % 32 == 0 and padded % block_v == 0, f"block_v {block_v} vs vocab {padded}")
     inv_t = jnp.ones((b,), logits.dtype) if inv_temperature is None else inv_temperature
     x = jnp.pad(logits, ((0, 0), (0, padded - v)))
-    out = pl.pallas_call(
+    column = pl.BlockSpec((1, block_v), lambda r, j: (r, j))
+    args = [x, bitmask, inv_t.reshape(b, 1).astype(logits.dtype)]
+    in_specs = [
+        column,
+        pl.BlockSpec((1, block_v // 32), lambda r, j: (r, j)),
+        pl.BlockSpec((1, 1), lambda r, j: (r, 0)),
+    ]
+    if out is not None:
+        args.append(jnp.pad(out.astype(logits.dtype), ((0, 0), (0, padded - v))))
+        in_specs.append(column)
+    result = pl.pallas_call(
         _bitmask_kernel,
         out_shape=jax.ShapeDtypeStruct((b, padded), logits.dtype),
         grid=(b, padded // block_v),
-        in_specs=[
-            pl.BlockSpec((1, block_v), lambda r, j: (r, j)),
-            pl.BlockSpec((1, block_v // 32), lambda r, j: (r, j)),
-            pl.BlockSpec((1, 1), lambda r, j: (r, 0)),
-        ],
-        out_specs=pl.BlockSpec((1, block_v), lambda r, j: (r, j)),
+        in_specs=in_specs,
+        out_specs=column,
+        input_output_aliases={3: 0} if out is not None else {},
         interpret=interpret,
         cost_estimate=pl.CostEstimate(
             flops=3 * b * padded, transcendentals=0, bytes_accessed=b * padded * 8 + b * words * 4
         ),
         name="apply_bitmask",
-    )(x, bitmask, inv_t.reshape(b, 1).astype(logits.dtype))
-    return out[:, :v]
+    )(*args)
+    return result[:, :v]

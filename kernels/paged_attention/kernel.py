@@ -23,8 +23,9 @@ NO_WINDOW = 2**30
 
 
 def _decode_kernel(
-    layer_ref, window_ref, lengths_ref, table_ref, q_ref, k_ref, v_ref, o_ref, *, scale, softcap
+    layer_ref, window_ref, lengths_ref, table_ref, q_ref, k_ref, v_ref, *refs, scale, softcap
 ):
+    o_ref = refs[-1]  # refs = (o_ref,) or (aliased out buffer, o_ref)
     row, kv_head = pl.program_id(0), pl.program_id(1)
     page_size = k_ref.shape[3]
     length = lengths_ref[row]
@@ -62,8 +63,12 @@ def paged_attention(
     window: jax.Array | None = None,
     softcap: float = 0.0,
     interpret: bool = False,
+    out: jax.Array | None = None,
 ) -> jax.Array:
     """Decode attention; same contract as `ref_paged_attention`.
+
+    `out`: an optional [B, H, D] buffer the result is written into (aliased): tests pass one
+    filled with NaN, so any element the kernel fails to write shows.
 
     q: [B, H, D]; k_pages, v_pages: [L, KH, N, S, D]; layer: [] int32; page_table: [B, P] int32;
     lengths: [B] int32 keys per row (the query's own included; a row of length 0 gives zeros);
@@ -84,16 +89,7 @@ def paged_attention(
     )
     whole = pl.no_block_spec
     heads = pl.BlockSpec((1, 1, g, d), lambda r, k: (r, k, 0, 0))
-    out = pl.pallas_call(
-        functools.partial(_decode_kernel, scale=float(scale), softcap=float(softcap)),
-        out_shape=jax.ShapeDtypeStruct((b, kv_heads, g, d), q.dtype),
-        grid=(b, kv_heads),
-        in_specs=[whole, whole, whole, whole, heads, whole, whole],
-        out_specs=heads,
-        interpret=interpret,
-        cost_estimate=cost,
-        name="paged_decode_attention",
-    )(
+    args = [
         jnp.reshape(layer, (1,)).astype(jnp.int32),
         jnp.reshape(window, (1,)).astype(jnp.int32),
         lengths.astype(jnp.int32),
@@ -101,5 +97,20 @@ def paged_attention(
         q.reshape(b, kv_heads, g, d),
         k_pages,
         v_pages,
-    )
-    return out.reshape(b, h, d)
+    ]
+    in_specs = [whole, whole, whole, whole, heads, whole, whole]
+    if out is not None:
+        args.append(out.reshape(b, kv_heads, g, d).astype(q.dtype))
+        in_specs.append(heads)
+    result = pl.pallas_call(
+        functools.partial(_decode_kernel, scale=float(scale), softcap=float(softcap)),
+        out_shape=jax.ShapeDtypeStruct((b, kv_heads, g, d), q.dtype),
+        grid=(b, kv_heads),
+        in_specs=in_specs,
+        out_specs=heads,
+        input_output_aliases={len(args) - 1: 0} if out is not None else {},
+        interpret=interpret,
+        cost_estimate=cost,
+        name="paged_decode_attention",
+    )(*args)
+    return result.reshape(b, h, d)

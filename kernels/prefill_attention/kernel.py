@@ -32,11 +32,11 @@ def _prefill_kernel(
     q_ref,
     k_ref,
     v_ref,
-    o_ref,
-    *,
+    *refs,
     scale,
     softcap,
 ):
+    o_ref = refs[-1]  # refs = (o_ref,) or (aliased out buffer, o_ref)
     row, kv_head = pl.program_id(0), pl.program_id(1)
     page_size = k_ref.shape[3]
     _, _, block_q, g, d = q_ref.shape
@@ -79,12 +79,14 @@ def prefill_attention(
     softcap: float = 0.0,
     block_q: int | None = None,
     interpret: bool = False,
+    out: jax.Array | None = None,
 ) -> jax.Array:
     """Chunked-prefill attention; same contract as `ref_prefill_attention`.
 
     q: [B, T, H, D] at q_positions [B, T] (int32); k_pages, v_pages: [L, KH, N, S, D];
     page_table: [B, P] int32; kv_lens: [B] keys cached per row including this chunk; window: []
     int32 or None. Queries past a row's length (padding) see keys up to `kv_lens` only.
+    `out`: an optional [B, T, H, D] buffer written in place (aliased; tests poison it with NaN).
     Returns [B, T, H, D].
     """
     b, t, h, d = q.shape
@@ -107,16 +109,7 @@ def prefill_attention(
     q_spec = pl.BlockSpec((1, 1, block_q, g, d), lambda r, k, i: (r, k, i, 0, 0))
     pos_spec = pl.BlockSpec((1, block_q), lambda r, k, i: (r, i))
     q5 = q.reshape(b, t, kv_heads, g, d).transpose(0, 2, 1, 3, 4)  # [B, KH, T, G, D]
-    out = pl.pallas_call(
-        functools.partial(_prefill_kernel, scale=float(scale), softcap=float(softcap)),
-        out_shape=jax.ShapeDtypeStruct(q5.shape, q.dtype),
-        grid=(b, kv_heads, t // block_q),
-        in_specs=[whole, whole, whole, whole, pos_spec, q_spec, whole, whole],
-        out_specs=q_spec,
-        interpret=interpret,
-        cost_estimate=cost,
-        name="paged_prefill_attention",
-    )(
+    args = [
         jnp.reshape(layer, (1,)).astype(jnp.int32),
         jnp.reshape(window, (1,)).astype(jnp.int32),
         kv_lens.astype(jnp.int32),
@@ -125,5 +118,20 @@ def prefill_attention(
         q5,
         k_pages,
         v_pages,
-    )
-    return out.transpose(0, 2, 1, 3, 4).reshape(b, t, h, d)
+    ]
+    in_specs = [whole, whole, whole, whole, pos_spec, q_spec, whole, whole]
+    if out is not None:
+        args.append(out.reshape(b, t, kv_heads, g, d).transpose(0, 2, 1, 3, 4).astype(q.dtype))
+        in_specs.append(q_spec)
+    result = pl.pallas_call(
+        functools.partial(_prefill_kernel, scale=float(scale), softcap=float(softcap)),
+        out_shape=jax.ShapeDtypeStruct(q5.shape, q.dtype),
+        grid=(b, kv_heads, t // block_q),
+        in_specs=in_specs,
+        out_specs=q_spec,
+        input_output_aliases={len(args) - 1: 0} if out is not None else {},
+        interpret=interpret,
+        cost_estimate=cost,
+        name="paged_prefill_attention",
+    )(*args)
+    return result.transpose(0, 2, 1, 3, 4).reshape(b, t, h, d)

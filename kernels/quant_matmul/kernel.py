@@ -26,7 +26,9 @@ def _tile(w: jax.Array, scales: jax.Array) -> jax.Array:
     return (blocks * scales[:, None, :]).reshape(bk, bn)
 
 
-def _int8_kernel(x_ref, w_ref, s_ref, o_ref, *, block_k):
+def _int8_kernel(x_ref, w_ref, s_ref, *refs, block_k):
+    o_ref = refs[-1]  # refs = (o_ref,) or (aliased out buffer, o_ref)
+
     def body(i, acc):
         x = x_ref[:, pl.ds(i * block_k, block_k)]
         w = w_ref[pl.ds(i * block_k, block_k), :]
@@ -38,7 +40,9 @@ def _int8_kernel(x_ref, w_ref, s_ref, o_ref, *, block_k):
     o_ref[...] = jax.lax.fori_loop(0, k // block_k, body, acc).astype(o_ref.dtype)
 
 
-def _int4_kernel(x_ref, w_ref, s_ref, o_ref, *, block_k):
+def _int4_kernel(x_ref, w_ref, s_ref, *refs, block_k):
+    o_ref = refs[-1]
+
     def body(i, acc):
         x = x_ref[:, pl.ds(i * block_k, block_k)]
         packed = w_ref[pl.ds(i * (block_k // 2), block_k // 2), :]  # [bk / 2, bn] uint8
@@ -53,7 +57,7 @@ def _int4_kernel(x_ref, w_ref, s_ref, o_ref, *, block_k):
     o_ref[...] = jax.lax.fori_loop(0, k // block_k, body, acc).astype(o_ref.dtype)
 
 
-def _call(kernel, x, w, scales, k, n, bytes_w, interpret, blocks):
+def _call(kernel, x, w, scales, k, n, bytes_w, interpret, blocks, out):
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
@@ -61,16 +65,23 @@ def _call(kernel, x, w, scales, k, n, bytes_w, interpret, blocks):
     check(m % bm == 0 and n % bn == 0 and k % bk == 0, f"blocks {bm, bn, bk} vs {m, n, k}")
     check(bk % BLOCK == 0, f"block_k {bk} is not a multiple of {BLOCK}")
     rows_w = w.shape[0]
-    out = pl.pallas_call(
+    out_spec = pl.BlockSpec((bm, bn), lambda i, j: (i, j))
+    args = [x2, w, scales]
+    in_specs = [
+        pl.BlockSpec((bm, k), lambda i, j: (i, 0)),
+        pl.BlockSpec((rows_w, bn), lambda i, j: (0, j)),
+        pl.BlockSpec((k // BLOCK, bn), lambda i, j: (0, j)),
+    ]
+    if out is not None:
+        args.append(out.reshape(m, n).astype(x.dtype))
+        in_specs.append(out_spec)
+    result = pl.pallas_call(
         functools.partial(kernel, block_k=bk),
         out_shape=jax.ShapeDtypeStruct((m, n), x.dtype),
         grid=(m // bm, n // bn),
-        in_specs=[
-            pl.BlockSpec((bm, k), lambda i, j: (i, 0)),
-            pl.BlockSpec((rows_w, bn), lambda i, j: (0, j)),
-            pl.BlockSpec((k // BLOCK, bn), lambda i, j: (0, j)),
-        ],
-        out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
+        in_specs=in_specs,
+        out_specs=out_spec,
+        input_output_aliases={3: 0} if out is not None else {},
         interpret=interpret,
         cost_estimate=pl.CostEstimate(
             flops=2 * m * n * k + 2 * k * n * (m // bm),
@@ -78,8 +89,8 @@ def _call(kernel, x, w, scales, k, n, bytes_w, interpret, blocks):
             bytes_accessed=x2.size * 4 + bytes_w + scales.size * 4 + m * n * 4,
         ),
         name=kernel.__name__.strip("_"),
-    )(x2, w, scales)
-    return out.reshape(*lead, n)
+    )(*args)
+    return result.reshape(*lead, n)
 
 
 def quant_matmul(
@@ -89,16 +100,18 @@ def quant_matmul(
     *,
     blocks: tuple[int, int, int] | None = None,
     interpret: bool = False,
+    out: jax.Array | None = None,
 ) -> jax.Array:
     """`x [..., in] @ W` for int8 W `[in, out]` with scales `[in // 32, out]` (f32 result).
 
-    `blocks`: (block_m, block_n, block_k) tiles, default from `tuning.quant_blocks`.
+    `blocks`: (block_m, block_n, block_k) tiles, default from `tuning.quant_blocks`; `out`: an
+    optional `[..., out]` buffer written in place (aliased; tests poison it with NaN).
     """
     k, n = w.shape
     check(w.dtype == jnp.int8, f"w must be int8, got {w.dtype}")
     check(x.shape[-1] == k, f"x has {x.shape[-1]} inputs, w has {k}")
     check(scales.shape == (k // BLOCK, n), f"scales must be {(k // BLOCK, n)}, got {scales.shape}")
-    return _call(_int8_kernel, x, w, scales, k, n, w.size, interpret, blocks)
+    return _call(_int8_kernel, x, w, scales, k, n, w.size, interpret, blocks, out)
 
 
 def quant_matmul_int4(
@@ -108,11 +121,13 @@ def quant_matmul_int4(
     *,
     blocks: tuple[int, int, int] | None = None,
     interpret: bool = False,
+    out: jax.Array | None = None,
 ) -> jax.Array:
-    """`x [..., in] @ W` for int4 W packed two per byte `[in // 2, out]` (see `pack_int4`)."""
+    """`x [..., in] @ W` for int4 W packed two per byte `[in // 2, out]` (see `pack_int4`);
+    `blocks` and `out` as in `quant_matmul`."""
     half, n = packed.shape
     k = 2 * half
     check(packed.dtype == jnp.uint8, f"packed weights must be uint8, got {packed.dtype}")
     check(x.shape[-1] == k, f"x has {x.shape[-1]} inputs, packed w has {k}")
     check(scales.shape == (k // BLOCK, n), f"scales must be {(k // BLOCK, n)}, got {scales.shape}")
-    return _call(_int4_kernel, x, packed, scales, k, n, packed.size, interpret, blocks)
+    return _call(_int4_kernel, x, packed, scales, k, n, packed.size, interpret, blocks, out)
