@@ -24,7 +24,8 @@ CORPUS = Path(__file__).parent.parent / "tests" / "fixtures" / "corpus.txt"
 
 
 def bench_jaxserve(model: str, weights: str, prompt: list[int], short: list[int], n: int) -> dict:
-    llm = LLM(model, weights=weights)
+    # No prefix caching: each repeat of the prompt must be computed, not found in the cache.
+    llm = LLM(model, weights=weights, enable_prefix_caching=False)
     greedy = dict(temperature=0.0, ignore_eos=True)
 
     def timed(ids: list[int], max_tokens: int) -> float:
