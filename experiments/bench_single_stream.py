@@ -70,7 +70,16 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--write", type=Path, default=None, help="append the table to this file")
+    parser.add_argument(
+        "--dequantize-decode",
+        action="store_true",
+        help="int8 decode dequantizes weights to f32 instead of the W8A8 int32 dots",
+    )
     args = parser.parse_args()
+    if args.dequantize_decode:
+        import jaxserve.models.layers
+
+        jaxserve.models.layers.W8A8_MAX_ROWS = 0
 
     path = resolve_model(args.model)
     probe = LLM(args.model, weights="int8")
