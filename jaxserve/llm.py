@@ -15,6 +15,7 @@ from jaxserve.engine import Engine, EngineConfig, max_pages_per_row, num_pages_f
 from jaxserve.kernels import resolve_mode
 from jaxserve.loader import build_model, open_model
 from jaxserve.outputs import RequestOutput
+from jaxserve.parallel import ParallelConfig, check_heads, make_mesh, prepare
 from jaxserve.pull import DEFAULT_MODEL, cache_dir, resolve_model
 from jaxserve.runner import ModelRunner, enable_compilation_cache
 from jaxserve.sampling.chain import LogitsHook
@@ -56,6 +57,9 @@ class LLM:
     kernels: attention, int8 matmuls and the grammar bitmask as Pallas kernels ("pallas"), their
         pure-jnp references ("reference") or the kernels in interpret mode ("interpret", slow;
         for checking them on CPU); "auto" takes Pallas on TPU/GPU and the references on CPU.
+    tensor_parallel / data_parallel: shard the model over a (data, model) mesh of that many
+        devices (`jaxserve.parallel`): heads and MLP columns split over `model`, each step's
+        rows over `data`.
     """
 
     def __init__(
@@ -79,6 +83,8 @@ class LLM:
         logits_hook: LogitsHook | None = None,
         grammar_states: int = 1024,
         kernels: str = "auto",
+        tensor_parallel: int = 1,
+        data_parallel: int = 1,
     ) -> None:
         config = EngineConfig(
             weights=weights,
@@ -101,17 +107,20 @@ class LLM:
             max_waiting=max_waiting,
         )
         self.model_file = open_model(resolve_model(model, quiet=quiet))
-        self.config = dataclasses.replace(self.model_file.config, kernels=resolve_mode(kernels))
+        self.parallel = ParallelConfig(tensor_parallel, data_parallel)
+        file_config = dataclasses.replace(self.model_file.config, kernels=resolve_mode(kernels))
+        check_heads(file_config, tensor_parallel)
+        mesh = None if self.parallel.is_single else make_mesh(self.parallel)
         self.tokenizer = self.model_file.tokenizer()
         self.template = ChatTemplate(
-            self.tokenizer.chat_template, architecture=self.config.architecture
+            self.tokenizer.chat_template, architecture=file_config.architecture
         )
+        loaded = self.model_file.load_weights(weights, cache=self._converted_cache())
+        self.config, loaded = prepare(file_config, loaded, tensor_parallel)
         max_len = min(max_model_len or 4096, self.config.max_position)
         page_bytes = ModelRunner.bytes_per_page(self.config, config.page_size)
         runner = ModelRunner(
-            build_model(
-                self.config, self.model_file.load_weights(weights, cache=self._converted_cache())
-            ),
+            build_model(self.config, loaded),
             self.config,
             num_pages=num_pages_for(config, page_bytes),
             page_size=config.page_size,
@@ -120,6 +129,7 @@ class LLM:
             hook=logits_hook,
             grammar_states=config.grammar_states,
             token_bytes=[self.tokenizer.token_bytes(i) for i in range(self.tokenizer.vocab_size)],
+            mesh=mesh,
         )
         if warmup:
             runner.warmup(

@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
+from jaxserve import parallel
 from jaxserve.config import ModelConfig
 from jaxserve.kv_cache import NULL_PAGE, KVCache
 from jaxserve.models.layers import W8A8_MAX_ROWS
@@ -99,26 +101,48 @@ class ModelRunner:
         hook: LogitsHook | None = None,
         grammar_states: int = 0,
         token_bytes: Sequence[bytes] = (),
+        mesh: Mesh | None = None,
     ) -> None:
         """`grammar_states`: capacity of the on-device constraint tables (0: constraints are
-        masked from the host only); `token_bytes`: each token's bytes, for walking them."""
+        masked from the host only); `token_bytes`: each token's bytes, for walking them;
+        `mesh`: a (data, model) mesh to shard parameters, the KV cache and batches over
+        (`jaxserve.parallel`), None for one device."""
         graphdef, self.params = nnx.split(model)
+        self.mesh = mesh
+        if mesh is not None:
+            self.params = jax.device_put(self.params, parallel.param_shardings(self.params, mesh))
         self.config = config
         self.page_size = page_size
         self.num_pages = num_pages
         self.page_buckets = page_buckets(max_pages_per_row)
+        kv_sharding = None if mesh is None else parallel.kv_sharding(mesh)
         self._prefill, self._prompt_logprobs, self._decode = make_steps(
-            graphdef, hook, num_tokens=len(token_bytes) or None
+            graphdef, hook, num_tokens=len(token_bytes) or None, kv_sharding=kv_sharding
         )
         self._pool = make_pool()
         self.kv = KVCache.zeros(config, num_pages=num_pages, page_size=page_size)
         self.key = jax.random.key(seed)
+        if mesh is not None:
+            self.kv = jax.device_put(self.kv, kv_sharding)
+            self.key = jax.device_put(self.key, parallel.replicated(mesh))
         self._hidden: jax.Array | None = None
         self.num_real_tokens = 0  # tokens computed for requests
         self.num_padded_tokens = 0  # token slots computed, padding included
         self.compiled_at_warmup: int | None = None
         self.grammar_states = grammar_states
         self.grammar = self._grammar_tables(token_bytes)
+
+    def _rows(self, x: np.ndarray) -> jax.Array:
+        """A per-row host array on device: rows split over the mesh's `data` axis if any."""
+        if self.mesh is None:
+            return jnp.asarray(x)
+        return jax.device_put(x, parallel.row_sharding(self.mesh, x.shape[0]))
+
+    def _shared(self, x: np.ndarray) -> jax.Array:
+        """A host array every device reads whole (replicated on a mesh)."""
+        if self.mesh is None:
+            return jnp.asarray(x)
+        return jax.device_put(x, parallel.replicated(self.mesh))
 
     def _grammar_tables(self, token_bytes: Sequence[bytes]) -> GrammarTables:
         capacity = max(self.grammar_states, 1)
@@ -130,11 +154,11 @@ class ModelRunner:
             data[i, : len(b)] = np.frombuffer(b, np.uint8)
             lens[i] = len(b)
         return GrammarTables(
-            byte_next=jnp.zeros((capacity, 256), jnp.int32),
-            masks=jnp.zeros((capacity, words), jnp.int32),
-            complete=jnp.zeros(capacity, bool),
-            token_bytes=jnp.asarray(data),
-            token_lens=jnp.asarray(lens),
+            byte_next=self._shared(np.zeros((capacity, 256), np.int32)),
+            masks=self._shared(np.zeros((capacity, words), np.int32)),
+            complete=self._shared(np.zeros(capacity, bool)),
+            token_bytes=self._shared(data),
+            token_lens=self._shared(lens),
         )
 
     def load_grammar_tables(
@@ -145,9 +169,9 @@ class ModelRunner:
             raise ValueError(f"tables must have {self.grammar_states} states")
         self.grammar = dataclasses.replace(
             self.grammar,
-            byte_next=jnp.asarray(byte_next),
-            masks=jnp.asarray(masks),
-            complete=jnp.asarray(complete),
+            byte_next=self._shared(byte_next),
+            masks=self._shared(masks),
+            complete=self._shared(complete),
         )
 
     def num_compiled(self) -> int:
@@ -159,8 +183,8 @@ class ModelRunner:
     def bytes_per_page(config: ModelConfig, page_size: int) -> int:
         return KVCache.bytes_per_page(config, page_size)
 
-    def prefill(self, rows: Sequence[PrefillRow]) -> SampleOutput:
-        """Prefill chunks, one per row; returns each row's sampled token (numpy)."""
+    def prefill_batch(self, rows: Sequence[PrefillRow]) -> PrefillBatch:
+        """The padded device batch of prefill chunks, one per row."""
         num_tokens = bucket(max(len(r.token_ids) for r in rows), TOKEN_BUCKETS)
         num_rows = bucket(len(rows), PREFILL_ROW_BUCKETS)
         num_pages = bucket(max(len(r.pages) for r in rows), self.page_buckets)
@@ -172,12 +196,16 @@ class ModelRunner:
             start[i], num_new[i] = r.start, len(r.token_ids)
             page_table[i, : len(r.pages)] = r.pages
         sampling, row_inputs = self._sampling([r.sampling for r in rows], num_rows, num_pages)
-        batch = PrefillBatch(
-            *map(jnp.asarray, (token_ids, start, num_new, page_table)), sampling, row_inputs
+        return PrefillBatch(
+            *map(self._rows, (token_ids, start, num_new, page_table)), sampling, row_inputs
         )
+
+    def prefill(self, rows: Sequence[PrefillRow]) -> SampleOutput:
+        """Prefill chunks, one per row; returns each row's sampled token (numpy)."""
+        batch = self.prefill_batch(rows)
         self.kv, out, self._hidden = self._prefill(self.params, self.kv, batch, self.key)
-        self.num_real_tokens += int(num_new.sum())
-        self.num_padded_tokens += num_rows * num_tokens
+        self.num_real_tokens += sum(len(r.token_ids) for r in rows)
+        self.num_padded_tokens += batch.token_ids.size
         return _host(out, len(rows))
 
     def prompt_logprobs(self, targets: Sequence[Sequence[int]]) -> tuple[np.ndarray, ...]:
@@ -187,7 +215,7 @@ class ModelRunner:
         target_ids = np.full(self._hidden.shape[:2], -1, np.int32)
         for i, row in enumerate(targets):
             target_ids[i, : len(row)] = row
-        out = self._prompt_logprobs(self.params, self._hidden, jnp.asarray(target_ids))
+        out = self._prompt_logprobs(self.params, self._hidden, self._rows(target_ids))
         return tuple(np.asarray(a)[: len(targets)] for a in jax.device_get(out))
 
     def embed(self, rows: Sequence[EmbedRow], *, max_rows: int, chunk: int) -> np.ndarray:
@@ -222,7 +250,7 @@ class ModelRunner:
         for i, r in enumerate(rows):
             page_table[i, : len(r.pages)] = r.pages
         sampling, row_inputs = self._sampling([SamplingRow()] * len(rows), num_rows, num_pages)
-        sums = jnp.zeros((num_rows, self.config.hidden_size), jnp.float32)
+        sums = self._rows(np.zeros((num_rows, self.config.hidden_size), np.float32))
         for start in range(0, max(len(r.token_ids) for r in rows), chunk):
             pieces = [r.token_ids[start : start + chunk] for r in rows]
             num_tokens = bucket(max(len(p) for p in pieces), TOKEN_BUCKETS)
@@ -231,10 +259,10 @@ class ModelRunner:
             for i, piece in enumerate(pieces):
                 token_ids[i, : len(piece)] = piece
                 starts[i], num_new[i] = (start, len(piece)) if piece else (0, 0)
-            arrays = map(jnp.asarray, (token_ids, starts, num_new, page_table))
+            arrays = map(self._rows, (token_ids, starts, num_new, page_table))
             batch = PrefillBatch(*arrays, sampling, row_inputs)
             self.kv, _, hidden = self._prefill(self.params, self.kv, batch, self.key)
-            sums = self._pool(sums, hidden, jnp.asarray(num_new))
+            sums = self._pool(sums, hidden, self._rows(num_new))
             self.num_real_tokens += int(num_new.sum())
             self.num_padded_tokens += num_rows * num_tokens
         lengths = np.array([len(r.token_ids) for r in rows], np.float64)
@@ -255,7 +283,7 @@ class ModelRunner:
             grammar_state[i] = r.grammar_state
             page_table[i, : len(r.pages)] = r.pages
         sampling, row_inputs = self._sampling([r.sampling for r in rows], num_rows, num_pages)
-        arrays = map(jnp.asarray, (token_ids, start, page_table, remaining, grammar_state))
+        arrays = map(self._rows, (token_ids, start, page_table, remaining, grammar_state))
         batch = DecodeBatch(*arrays, sampling, row_inputs)
         self.kv, out = self._decode(
             self.params, self.kv, batch, self.key, self.grammar, num_steps=num_steps
@@ -274,19 +302,19 @@ class ModelRunner:
             history_width=num_pages * self.page_size,
             vocab=self.config.vocab_size,
         )
-        tensors = SamplingTensors(**{k: jnp.asarray(v) for k, v in t.items()})
+        tensors = SamplingTensors(**{k: self._rows(v) for k, v in t.items()})
         inputs = RowInputs(
-            **{k: jnp.asarray(v) for k, v in state.items()},
-            want_logprobs=jnp.asarray(want_logprobs),
+            **{k: self._rows(v) for k, v in state.items()},
+            want_logprobs=self._rows(want_logprobs),
         )
         return tensors, inputs
 
     def _pool_args(self, rows: int, tokens: int) -> tuple[jax.Array, ...]:
         e = self.config.hidden_size
         return (
-            jnp.zeros((rows, e), jnp.float32),
-            jnp.zeros((rows, tokens, e), jnp.float32),
-            jnp.zeros(rows, jnp.int32),
+            self._rows(np.zeros((rows, e), np.float32)),
+            self._rows(np.zeros((rows, tokens, e), np.float32)),
+            self._rows(np.zeros(rows, np.int32)),
         )
 
     def warmup(

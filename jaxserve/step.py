@@ -90,11 +90,22 @@ def _row_state(rows: RowInputs, length: jax.Array, t: SamplingTensors, vocab: in
 
 
 def make_steps(
-    graphdef: nnx.GraphDef, hook: LogitsHook | None = None, num_tokens: int | None = None
+    graphdef: nnx.GraphDef,
+    hook: LogitsHook | None = None,
+    num_tokens: int | None = None,
+    kv_sharding: jax.sharding.Sharding | None = None,
 ) -> Steps:
     """Jitted (prefill, prompt_logprobs, decode) for one model structure; `hook` is compiled
     into the sampler chain of both sampling steps. With `num_tokens` (the tokenizer's size),
-    logits of the ids past it (a padded embedding) are -inf, so they are never sampled."""
+    logits of the ids past it (a padded embedding) are -inf, so they are never sampled. With
+    `kv_sharding` (tensor parallel), the returned cache keeps the layout it came in with, so
+    the next step finds the same input sharding and nothing recompiles."""
+
+    def keep(k: jax.Array, v: jax.Array) -> KVCache:
+        if kv_sharding is not None:
+            k = jax.lax.with_sharding_constraint(k, kv_sharding)
+            v = jax.lax.with_sharding_constraint(v, kv_sharding)
+        return KVCache(k=k, v=v)
 
     def head(model: nnx.Module, h: jax.Array) -> jax.Array:
         logits = model.logits(h)
@@ -134,7 +145,7 @@ def make_steps(
             hook=hook,
             kernels=model.config.kernels,
         )
-        return KVCache(k=k, v=v), out, h
+        return keep(k, v), out, h
 
     def prompt_logprobs(
         params: nnx.State, hidden: jax.Array, target_ids: jax.Array
@@ -251,7 +262,7 @@ def make_steps(
         final = jax.lax.while_loop(cond, body, init)
         _, k_cache, v_cache, _, state, count, _, out_ids, out_lp, top_ids, top_lp, _ = final
         out = DecodeOutput(out_ids, out_lp, top_ids, top_lp, count, state.mirostat_mu)
-        return KVCache(k=k_cache, v=v_cache), out
+        return keep(k_cache, v_cache), out
 
     return (
         jax.jit(prefill, donate_argnames=("kv",)),

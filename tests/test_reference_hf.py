@@ -96,6 +96,7 @@ def test_features_name_the_architecture(checkpoint):
         "mistral-swa": "sliding window 4 (2/2 layers)",
         "qwen2-gqa": "qkv bias",
         "qwen3-mqa": "qk norm",
+        "qwen2-8h-mqa": "MQA",
     }[case]
     assert expected in features, features
 

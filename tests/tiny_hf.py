@@ -61,6 +61,7 @@ CASES: dict[str, dict[str, Any]] = {
     ),
     "qwen2-gqa": dict(arch="qwen2", num_attention_heads=4, num_key_value_heads=2),
     "qwen3-mqa": dict(arch="qwen3", num_attention_heads=4, num_key_value_heads=1, head_dim=24),
+    "qwen2-8h-mqa": dict(arch="qwen2", num_attention_heads=8, num_key_value_heads=1),
 }
 CONFIGS = {
     "llama": transformers.LlamaConfig,
