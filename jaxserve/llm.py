@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxserve.chat_template import ChatTemplate
 from jaxserve.config import WeightFormat
+from jaxserve.distributed import Broadcaster, device_count, is_leader, process_count
 from jaxserve.engine import Engine, EngineConfig, max_pages_per_row, num_pages_for
 from jaxserve.kernels import resolve_mode
 from jaxserve.loader import build_model, open_model
@@ -59,7 +60,9 @@ class LLM:
         for checking them on CPU); "auto" takes Pallas on TPU/GPU and the references on CPU.
     tensor_parallel / data_parallel: shard the model over a (data, model) mesh of that many
         devices (`jaxserve.parallel`): heads and MLP columns split over `model`, each step's
-        rows over `data`.
+        rows over `data`. Across processes (`jaxserve.distributed.initialize` first), the mesh
+        spans every process's devices; process 0 drives the engine and the others run
+        `jaxserve.distributed.follow(llm.engine.runner)`.
     """
 
     def __init__(
@@ -110,6 +113,11 @@ class LLM:
         self.parallel = ParallelConfig(tensor_parallel, data_parallel)
         file_config = dataclasses.replace(self.model_file.config, kernels=resolve_mode(kernels))
         check_heads(file_config, tensor_parallel)
+        if process_count() > 1 and self.parallel.num_devices != device_count():
+            raise ValueError(
+                f"{process_count()} processes hold {device_count()} devices: tensor_parallel x "
+                f"data_parallel must use all of them, got {self.parallel.num_devices}"
+            )
         mesh = None if self.parallel.is_single else make_mesh(self.parallel)
         self.tokenizer = self.model_file.tokenizer()
         self.template = ChatTemplate(
@@ -131,7 +139,10 @@ class LLM:
             token_bytes=[self.tokenizer.token_bytes(i) for i in range(self.tokenizer.vocab_size)],
             mesh=mesh,
         )
-        if warmup:
+        self.is_leader = is_leader()
+        if process_count() > 1 and self.is_leader:
+            runner.mirror = Broadcaster()
+        if warmup and self.is_leader:  # followers run the leader's warm-up as it sends it
             runner.warmup(
                 max_rows=max_num_seqs,
                 max_prefill_rows=scheduler_config.max_prefill_rows,

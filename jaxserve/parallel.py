@@ -150,3 +150,19 @@ def row_sharding(mesh: Mesh, rows: int) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A host array as a global array with `sharding`; each process fills its own shards, so
+    this works across processes as on one."""
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def put_tree(tree, shardings):
+    """`put` over a pytree of arrays (and a matching pytree, or one sharding for all)."""
+    if isinstance(shardings, NamedSharding):
+        return jax.tree.map(lambda x: put(np.asarray(x), shardings), tree)
+    return jax.tree.map(lambda x, s: put(np.asarray(x), s), tree, shardings)

@@ -7,6 +7,7 @@ jitted step, and returns numpy results in one host transfer. `warmup` compiles e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from jaxserve import parallel
@@ -86,6 +88,23 @@ def page_buckets(max_pages: int) -> tuple[int, ...]:
     return (*sizes, max_pages)
 
 
+def mirrored(method):
+    """A device call the leader of a multi-process group first sends to its followers
+    (`jaxserve.distributed`); calls made inside another mirrored call are not sent again."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if self.mirror is not None and self._depth == 0:
+            self.mirror.send((method.__name__, args, kwargs))
+        self._depth += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._depth -= 1
+
+    return call
+
+
 class ModelRunner:
     """Runs padded steps of one model over one paged KV cache."""
 
@@ -109,8 +128,12 @@ class ModelRunner:
         (`jaxserve.parallel`), None for one device."""
         graphdef, self.params = nnx.split(model)
         self.mesh = mesh
+        self.mirror = None  # a `distributed.Broadcaster` on the leader of several processes
+        self._depth = 0
         if mesh is not None:
-            self.params = jax.device_put(self.params, parallel.param_shardings(self.params, mesh))
+            self.params = parallel.put_tree(
+                self.params, parallel.param_shardings(self.params, mesh)
+            )
         self.config = config
         self.page_size = page_size
         self.num_pages = num_pages
@@ -123,8 +146,9 @@ class ModelRunner:
         self.kv = KVCache.zeros(config, num_pages=num_pages, page_size=page_size)
         self.key = jax.random.key(seed)
         if mesh is not None:
-            self.kv = jax.device_put(self.kv, kv_sharding)
-            self.key = jax.device_put(self.key, parallel.replicated(mesh))
+            self.kv = parallel.put_tree(self.kv, kv_sharding)
+            key_data = np.asarray(jax.random.key_data(self.key))
+            self.key = jax.random.wrap_key_data(parallel.put(key_data, parallel.replicated(mesh)))
         self._hidden: jax.Array | None = None
         self.num_real_tokens = 0  # tokens computed for requests
         self.num_padded_tokens = 0  # token slots computed, padding included
@@ -136,13 +160,24 @@ class ModelRunner:
         """A per-row host array on device: rows split over the mesh's `data` axis if any."""
         if self.mesh is None:
             return jnp.asarray(x)
-        return jax.device_put(x, parallel.row_sharding(self.mesh, x.shape[0]))
+        return parallel.put(x, parallel.row_sharding(self.mesh, x.shape[0]))
 
     def _shared(self, x: np.ndarray) -> jax.Array:
         """A host array every device reads whole (replicated on a mesh)."""
         if self.mesh is None:
             return jnp.asarray(x)
-        return jax.device_put(x, parallel.replicated(self.mesh))
+        return parallel.put(x, parallel.replicated(self.mesh))
+
+    def _fetch(self, tree):
+        """Device results on the host (gathered from every process of a multi-process mesh)."""
+        if jax.process_count() == 1:
+            return jax.device_get(tree)
+        return multihost_utils.process_allgather(tree, tiled=True)
+
+    def _host(self, out, n: int):
+        """One device-to-host transfer, padding rows sliced off."""
+        host = self._fetch(out)
+        return type(out)(*(np.asarray(a)[:n] for a in jax.tree.leaves(host)))
 
     def _grammar_tables(self, token_bytes: Sequence[bytes]) -> GrammarTables:
         capacity = max(self.grammar_states, 1)
@@ -161,6 +196,7 @@ class ModelRunner:
             token_lens=self._shared(lens),
         )
 
+    @mirrored
     def load_grammar_tables(
         self, byte_next: np.ndarray, masks: np.ndarray, complete: np.ndarray
     ) -> None:
@@ -200,14 +236,16 @@ class ModelRunner:
             *map(self._rows, (token_ids, start, num_new, page_table)), sampling, row_inputs
         )
 
+    @mirrored
     def prefill(self, rows: Sequence[PrefillRow]) -> SampleOutput:
         """Prefill chunks, one per row; returns each row's sampled token (numpy)."""
         batch = self.prefill_batch(rows)
         self.kv, out, self._hidden = self._prefill(self.params, self.kv, batch, self.key)
         self.num_real_tokens += sum(len(r.token_ids) for r in rows)
         self.num_padded_tokens += batch.token_ids.size
-        return _host(out, len(rows))
+        return self._host(out, len(rows))
 
+    @mirrored
     def prompt_logprobs(self, targets: Sequence[Sequence[int]]) -> tuple[np.ndarray, ...]:
         """Logprobs of `targets[i][j]` at position j of row i of the last prefill, plus the top
         alternatives: (chosen [B, T], top ids [B, T, K], top logprobs [B, T, K])."""
@@ -216,8 +254,9 @@ class ModelRunner:
         for i, row in enumerate(targets):
             target_ids[i, : len(row)] = row
         out = self._prompt_logprobs(self.params, self._hidden, self._rows(target_ids))
-        return tuple(np.asarray(a)[: len(targets)] for a in jax.device_get(out))
+        return tuple(np.asarray(a)[: len(targets)] for a in self._fetch(out))
 
+    @mirrored
     def embed(self, rows: Sequence[EmbedRow], *, max_rows: int, chunk: int) -> np.ndarray:
         """Each row's final hidden states (after the final norm), mean-pooled over its tokens and
         L2-normalized: `[len(rows), hidden]` float32.
@@ -266,10 +305,11 @@ class ModelRunner:
             self.num_real_tokens += int(num_new.sum())
             self.num_padded_tokens += num_rows * num_tokens
         lengths = np.array([len(r.token_ids) for r in rows], np.float64)
-        mean = np.asarray(jax.device_get(sums), np.float64)[: len(rows)] / lengths[:, None]
+        mean = np.asarray(self._fetch(sums), np.float64)[: len(rows)] / lengths[:, None]
         norms = np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
         return (mean / norms).astype(np.float32)
 
+    @mirrored
     def decode(self, rows: Sequence[DecodeRow], *, num_steps: int) -> DecodeOutput:
         """Up to `num_steps` tokens for each row in one device call (numpy results)."""
         num_rows = bucket(len(rows), DECODE_ROW_BUCKETS)
@@ -288,7 +328,7 @@ class ModelRunner:
         self.kv, out = self._decode(
             self.params, self.kv, batch, self.key, self.grammar, num_steps=num_steps
         )
-        out = _host(out, len(rows))
+        out = self._host(out, len(rows))
         self.num_real_tokens += int(out.num_generated.sum())
         self.num_padded_tokens += num_rows * int(out.num_generated.max(initial=0))
         return out
@@ -317,6 +357,7 @@ class ModelRunner:
             self._rows(np.zeros(rows, np.int32)),
         )
 
+    @mirrored
     def warmup(
         self, *, max_rows: int, max_prefill_rows: int, max_chunk: int, num_steps: int
     ) -> int:
@@ -366,9 +407,3 @@ def enable_compilation_cache(path: str | None) -> None:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-def _host(out, n: int):
-    """One device-to-host transfer, padding rows sliced off."""
-    host = jax.device_get(out)
-    return type(out)(*(np.asarray(a)[:n] for a in jax.tree.leaves(host)))
