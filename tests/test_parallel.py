@@ -8,7 +8,6 @@ and keep weights split, not replicated; nothing recompiles after warm-up.
 from __future__ import annotations
 
 import jax
-import numpy as np
 import pytest
 
 from jaxserve import LLM, SamplingParams
@@ -127,12 +126,19 @@ def test_unsplittable_heads_are_refused(tiny_gguf):
 
 @pytest.mark.slow
 def test_smollm2_tensor_parallel_3(smollm2_path):
-    """SmolLM2's 9 query and 3 kv heads split three ways."""
-    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
-    prompts = ["The capital of France is", "def fibonacci(n):"]
-    one = LLM(str(smollm2_path), max_model_len=128, max_num_seqs=2)
-    three = LLM(str(smollm2_path), max_model_len=128, max_num_seqs=2, tensor_parallel=3)
+    """SmolLM2's 9 query and 3 kv heads split three ways. The row-split projections sum their
+    partial products in another order than one device does, so greedy runs are compared up to
+    the first step where one device's own top two tokens are within `TIE` nats."""
+    tie = 0.05
+    params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True, logprobs=2)
+    prompts = ["The capital of France is", "def fibonacci(n):", "Water boils at"]
+    one = LLM(str(smollm2_path), max_model_len=128, max_num_seqs=4)
+    three = LLM(str(smollm2_path), max_model_len=128, max_num_seqs=4, tensor_parallel=3)
     assert three.config.num_kv_heads == 3
-    a = [o.token_ids for o in one.generate(prompts, params)]
-    b = [o.token_ids for o in three.generate(prompts, params)]
-    assert np.array_equal(a, b), (one.detokenize(a[0]), three.detokenize(b[0]))
+    compared = 0
+    for a, b in zip(one.generate(prompts, params), three.generate(prompts, params), strict=True):
+        gaps = [lp.top[0][1] - lp.top[1][1] for lp in a.logprobs]
+        n = next((i for i, g in enumerate(gaps) if g < tie), len(gaps))
+        assert b.token_ids[:n] == a.token_ids[:n], (n, a.text, b.text)
+        compared += n
+    assert compared >= 24, compared  # most steps are compared
