@@ -174,6 +174,10 @@ class AsyncEngine:
         self._stopped = True
         self._wake.set()
         self._thread.join(timeout=10)
+        # The leader of several processes releases its followers once its engine has stopped.
+        mirror = getattr(getattr(self.engine, "runner", None), "mirror", None)
+        if mirror is not None and not self._thread.is_alive():
+            mirror.close()
 
     def _loop(self) -> None:
         try:

@@ -106,6 +106,27 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from jaxserve.distributed import DistributedConfig, follow, initialize
+
+    distributed = DistributedConfig(
+        args.coordinator_address, num_processes=args.num_processes, process_id=args.process_id
+    )
+    initialize(distributed)  # before any other jax call
+    llm_kwargs = dict(
+        weights=args.weights,
+        kernels=args.kernels,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        kv_cache_bytes=args.kv_cache_mb * 2**20,
+        tensor_parallel=args.tensor_parallel,
+        data_parallel=args.data_parallel,
+    )
+    if distributed.process_id > 0:  # a follower: mirror the leader's steps, serve nothing
+        from jaxserve.llm import LLM
+
+        llm = LLM(args.model, quiet=False, **llm_kwargs)
+        follow(llm.engine.runner)
+        return 0
     from jaxserve.api.serve import llm_loader, serve
     from jaxserve.api.server_state import ServerConfig
 
@@ -116,15 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout,
         reasoning_parser=args.reasoning_parser,
     )
-    load = llm_loader(
-        args.model,
-        max_queue=args.max_queue,
-        weights=args.weights,
-        kernels=args.kernels,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        kv_cache_bytes=args.kv_cache_mb * 2**20,
-    )
+    load = llm_loader(args.model, max_queue=args.max_queue, **llm_kwargs)
     return serve(
         config,
         load,
@@ -165,6 +178,11 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-seqs", type=int, default=16)
     p.add_argument("--kv-cache-mb", type=int, default=512)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--tensor-parallel", type=int, default=1, help="devices per model replica")
+    p.add_argument("--data-parallel", type=int, default=1, help="split each step's rows")
+    p.add_argument("--coordinator-address", default=None, help="host:port of process 0")
+    p.add_argument("--num-processes", type=int, default=1, help="processes (hosts) in all")
+    p.add_argument("--process-id", type=int, default=0, help="this process (0 serves)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,9 +55,12 @@ def make_mesh(parallel: ParallelConfig, devices: list | None = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     need = parallel.num_devices
     if len(devices) < need:
+        hint = ""
+        if jax.default_backend() == "cpu":
+            hint = f" (on CPU: XLA_FLAGS=--xla_force_host_platform_device_count={need})"
         raise ValueError(
             f"tensor_parallel={parallel.tensor_parallel} x data_parallel="
-            f"{parallel.data_parallel} needs {need} devices; {len(devices)} available"
+            f"{parallel.data_parallel} needs {need} devices; {len(devices)} available{hint}"
         )
     grid = np.asarray(devices[:need]).reshape(parallel.data_parallel, parallel.tensor_parallel)
     return Mesh(grid, ("data", "model"), axis_types=(AxisType.Auto, AxisType.Auto))
