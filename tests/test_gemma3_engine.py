@@ -14,6 +14,7 @@ import pytest
 
 from jaxserve import LLM, SamplingParams
 from jaxserve.grammar import matches
+from tests.engine_run import run_requests
 
 pytestmark = pytest.mark.slow
 
@@ -48,21 +49,10 @@ def _requests(llm: LLM) -> list[tuple[str, SamplingParams]]:
     ]
 
 
-def _run(llm: LLM, requests: list[tuple[str, SamplingParams]]):
-    engine = llm.engine
-    added = []
-    for prompt, params in requests:
-        ids = llm.tokenizer.encode(prompt, add_special=False, parse_special=True)
-        added.append(engine.add_request(ids, params))
-    while engine.has_unfinished():
-        engine.step()
-    return [r.output for r in added]
-
-
 def test_batched_constrained_seeded_requests(gemma3_int8: LLM):
     llm = gemma3_int8
     requests = _requests(llm)
-    together = _run(llm, requests)
+    together = run_requests(llm, requests)
     obj, date, colour, free = together
     assert obj.finish_reason == "stop", obj.text
     jsonschema.validate(json.loads(obj.text), SCHEMA)
@@ -71,5 +61,5 @@ def test_batched_constrained_seeded_requests(gemma3_int8: LLM):
     assert len(free.token_ids) == 24 and free.text.strip()
     # Seeded requests do not depend on their neighbours.
     for request, out in zip(requests, together, strict=True):
-        alone = _run(llm, [request])[0]
+        alone = run_requests(llm, [request])[0]
         assert alone.token_ids == out.token_ids, (alone.text, out.text)

@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 
 from jaxserve import LLM, SamplingParams
+from tests.engine_run import run_requests
 
 SCHEMAS = json.loads((Path(__file__).parent / "fixtures" / "grammar_schemas.json").read_text())
 pytestmark = pytest.mark.slow
@@ -21,17 +22,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def llm(smollm2_path) -> LLM:
     return LLM(str(smollm2_path), weights="int8", max_num_seqs=32, decode_steps=8)
-
-
-def _run(llm: LLM, requests: list[tuple[str, SamplingParams]]):
-    engine = llm.engine
-    added = []
-    for prompt, params in requests:
-        ids = llm.tokenizer.encode(prompt, add_special=False, parse_special=True)
-        added.append(engine.add_request(ids, params))
-    while engine.has_unfinished():
-        engine.step()
-    return [r.output for r in added]
 
 
 def test_outputs_under_twenty_plus_schemas_all_validate(llm):
@@ -47,7 +37,7 @@ def test_outputs_under_twenty_plus_schemas_all_validate(llm):
             max_tokens=300, temperature=0.7, seed=i, json_schema=entry["schema"]
         )
         requests.append((prompt, params))
-    outs = _run(llm, requests)
+    outs = run_requests(llm, requests)
     failures = []
     for entry, out in zip(schemas, outs, strict=True):
         validator = jsonschema.Draft202012Validator(
@@ -73,7 +63,7 @@ def test_regex_choice_and_gbnf_on_the_real_vocabulary(llm):
         )
         for spec, q in specs
     ]
-    outs = _run(llm, requests)
+    outs = run_requests(llm, requests)
     from jaxserve.grammar import matches
 
     for (spec, _), out in zip(specs, outs, strict=True):

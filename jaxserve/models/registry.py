@@ -52,31 +52,23 @@ def _unsupported(arch: object) -> UnsupportedArchitectureError:
     )
 
 
+def _find(matches, name: object) -> Family:
+    for family in FAMILIES:
+        if matches(family):
+            return family
+    raise _unsupported(name)
+
+
 def family_for_gguf(arch: object) -> Family:
     """The family of a GGUF `general.architecture`, or an error listing the supported ones."""
-    for family in FAMILIES:
-        if arch in family.gguf_names:
-            return family
-    raise UnsupportedArchitectureError(
-        f"unsupported architecture {arch!r}; supported: {supported()}"
-    )
+    return _find(lambda f: arch in f.gguf_names, arch)
 
 
 def family_for_hf(arch: object) -> Family:
     """The family of a HF `architectures[0]`, or an error listing the supported ones."""
-    for family in FAMILIES:
-        if arch in family.hf_names:
-            return family
-    raise UnsupportedArchitectureError(
-        f"unsupported architecture {arch!r}; supported: {supported()}"
-    )
+    return _find(lambda f: arch in f.hf_names, arch)
 
 
 def family(name: str) -> Family:
     """The family of a `ModelConfig.architecture`."""
-    for f in FAMILIES:
-        if f.name == name:
-            return f
-    raise UnsupportedArchitectureError(
-        f"unsupported architecture {name!r}; supported: {supported()}"
-    )
+    return _find(lambda f: f.name == name, name)
