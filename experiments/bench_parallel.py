@@ -18,7 +18,7 @@ from pathlib import Path
 
 from jaxserve import LLM, SamplingParams
 
-LAYOUTS = ((1, 1), (3, 1), (1, 2), (3, 2))  # (tensor_parallel, data_parallel); SmolLM2: 9 heads
+LAYOUTS = ((1, 1), (1, 2), (3, 1), (3, 2))  # (tensor_parallel, data_parallel); SmolLM2: 9 heads
 
 
 def bench(model: str, tp: int, dp: int, rows: int, tokens: int) -> float:
@@ -38,7 +38,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
-    results = {(tp, dp): bench(args.model, tp, dp, args.rows, args.tokens) for tp, dp in LAYOUTS}
+    results = {}
+    for tp, dp in LAYOUTS:
+        results[(tp, dp)] = bench(args.model, tp, dp, args.rows, args.tokens)
+        print(f"tp={tp} dp={dp}: {results[(tp, dp)]:.1f} tok/s", flush=True)
     base = results[(1, 1)]
     lines = [
         f"### Split over simulated CPU devices, {args.model}, {time.strftime('%Y-%m-%d')} "
