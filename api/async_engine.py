@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jaxserve.errors import OutOfPagesError
 from jaxserve.outputs import FinishReason, TokenLogprob
-from jaxserve.page_allocator import OutOfPagesError
 from jaxserve.sampling_params import SamplingParams
 
 EMBED_BATCH = 16  # inputs embedded per engine-loop turn

@@ -16,9 +16,8 @@ from starlette.requests import Request
 from jaxserve.api.async_engine import RequestStream, StreamOutput
 from jaxserve.api.errors import APIError, bad_request
 from jaxserve.api.sampling import param_error
-from jaxserve.errors import ContextLengthError
+from jaxserve.errors import ContextLengthError, QueueFullError
 from jaxserve.sampling_params import SamplingParams
-from jaxserve.scheduler import QueueFullError
 
 
 class EngineLike(Protocol):

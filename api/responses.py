@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from jaxserve.api.async_engine import StreamOutput
 from jaxserve.outputs import TokenLogprob
-from jaxserve.tokenizer import Tokenizer
+from jaxserve.text.tokenizer import Tokenizer
 
 Kind = Literal["chat", "completion"]
 

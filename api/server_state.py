@@ -15,7 +15,7 @@ from jaxserve.api.generation import EngineLike
 from jaxserve.api.metrics import Metrics
 from jaxserve.api.reasoning import REASONING_PARSERS
 from jaxserve.grammar.tools import tool_format
-from jaxserve.tokenizer import Tokenizer
+from jaxserve.text.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from jaxserve.api.async_engine import AsyncEngine, StreamOutput

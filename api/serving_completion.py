@@ -19,7 +19,7 @@ from jaxserve.api.protocol import CompletionRequest
 from jaxserve.api.responses import Choice, Envelope, completion_logprobs, new_id, sse, total_usage
 from jaxserve.api.sampling import build_params, check_stream_options
 from jaxserve.api.server_state import Served, ServerState
-from jaxserve.tokenizer import Tokenizer
+from jaxserve.text.tokenizer import Tokenizer
 
 HANDLED = frozenset(
     {

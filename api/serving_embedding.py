@@ -16,7 +16,7 @@ from jaxserve.api.errors import APIError, bad_request
 from jaxserve.api.protocol import EmbeddingRequest
 from jaxserve.api.server_state import Served, ServerState
 from jaxserve.errors import ContextLengthError
-from jaxserve.tokenizer import Tokenizer
+from jaxserve.text.tokenizer import Tokenizer
 
 MAX_INPUTS = 2048  # OpenAI's limit of inputs per request
 

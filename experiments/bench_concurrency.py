@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from jaxserve import LLM, SamplingParams
-from jaxserve.pull import resolve_model
+from jaxserve.loading.pull import resolve_model
 
 LLAMA_SERVER = Path(
     os.environ.get("LLAMA_SERVER", "~/.cache/jaxserve-peers/bin/llama-server")

@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 
-from jaxserve.gguf_meta import open_gguf, read_metadata
 from jaxserve.grammar import (
     ConstraintBudgetError,
     GrammarCompiler,
@@ -50,8 +49,9 @@ from jaxserve.grammar import (
     TokenVocab,
     UnsupportedConstraintError,
 )
-from jaxserve.pull import resolve_model
-from jaxserve.tokenizer import Tokenizer
+from jaxserve.loading.gguf_meta import open_gguf, read_metadata
+from jaxserve.loading.pull import resolve_model
+from jaxserve.text.tokenizer import GGUFTokenizer, Tokenizer
 
 try:  # the peers live in .venv-bench only (see above)
     import xgrammar
@@ -247,7 +247,7 @@ def bench_case(engines, schema, walks, eos: list[int], stop_clear, stats) -> str
 
 
 def run_vocab(key: str, cases, engine_names: list[str]) -> list[dict[str, Any]]:
-    tok = Tokenizer.from_metadata(read_metadata(open_gguf(resolve_model(MODELS[key]))))
+    tok = GGUFTokenizer.from_metadata(read_metadata(open_gguf(resolve_model(MODELS[key]))))
     token_bytes = [tok.token_bytes(i) for i in range(tok.vocab_size)]
     eos = sorted(tok.eos_ids)
     print(f"{key}: {tok.vocab_size} tokens, stop ids {eos}")

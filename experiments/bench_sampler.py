@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from jaxserve import LLM, SamplingParams
-from jaxserve.runner import DecodeRow, PrefillRow
+from jaxserve.engine.rows import DecodeRow, PrefillRow
 from jaxserve.sampling.rows import SamplingRow, token_bitmask
 from jaxserve.testing.chain import run_chain
 from jaxserve.testing.strategies import every_stage

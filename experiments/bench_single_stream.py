@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxserve import LLM, SamplingParams
-from jaxserve.pull import resolve_model
+from jaxserve.loading.pull import resolve_model
 
 CORPUS = Path(__file__).parent.parent / "tests" / "fixtures" / "corpus.txt"
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jaxserve.pull import pull
+from jaxserve.loading.pull import pull
 
 CHILD = """
 import sys

@@ -19,7 +19,7 @@ from .compiled import CompiledGrammar
 
 
 @dataclass(frozen=True)
-class GrammarTables:
+class ExportedTables:
     """One constraint's tables, indexed by automaton state (`DEAD` = 0 maps to itself)."""
 
     byte_next: np.ndarray  # [N, 256] int32
@@ -33,7 +33,7 @@ class GrammarTables:
 
 def export_tables(
     compiled: CompiledGrammar, *, max_states: int, budget_s: float = 2.0
-) -> GrammarTables | None:
+) -> ExportedTables | None:
     """The constraint's device tables, or None when it is not finite within the budgets."""
     automaton = compiled.automaton
     deadline = time.monotonic() + budget_s
@@ -61,4 +61,4 @@ def export_tables(
     for state in boundary:
         masks[state] = compiled.mask(state)
     complete = automaton.accepting[:n] & (byte_next == DEAD).all(axis=1)
-    return GrammarTables(byte_next, masks, complete)
+    return ExportedTables(byte_next, masks, complete)

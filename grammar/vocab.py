@@ -56,7 +56,7 @@ class TokenVocab:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: object, *, width: int | None = None) -> TokenVocab:
-        """Build from a `jaxserve.tokenizer.Tokenizer` (its `token_bytes` and `eos_ids`)."""
+        """Build from a `jaxserve.text.tokenizer.Tokenizer` (its `token_bytes` and `eos_ids`)."""
         size = tokenizer.vocab_size  # type: ignore[attr-defined]
         data = [tokenizer.token_bytes(i) for i in range(size)]  # type: ignore[attr-defined]
         return cls(data, tokenizer.eos_ids, width=width)  # type: ignore[attr-defined]

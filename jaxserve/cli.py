@@ -8,8 +8,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from jaxserve.engine import EngineConfig, SchedulerConfig
 from jaxserve.errors import JaxserveError
-from jaxserve.pull import DEFAULT_MODEL, KNOWN_MODELS, pull, resolve_model
+from jaxserve.loading.pull import DEFAULT_MODEL, KNOWN_MODELS, pull, resolve_model
 from jaxserve.sampling_params import SamplingParams
 
 
@@ -18,7 +19,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "model",
         help=f"known name ({', '.join(KNOWN_MODELS)}), a .gguf path or a Hugging Face folder",
     )
-    p.add_argument("--weights", choices=("int8", "f32"), default="int8")
+    p.add_argument("--weights", choices=("int8", "f32"), default=EngineConfig.weights)
     _add_kernels_arg(p)
 
 
@@ -87,8 +88,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 def cmd_info(args: argparse.Namespace) -> None:
     from jaxserve.kernels import resolve_mode
-    from jaxserve.loader import open_model
-    from jaxserve.weights import ModelWeights
+    from jaxserve.loading.loader import open_model
+    from jaxserve.loading.weights import ModelWeights
 
     model_file = open_model(resolve_model(args.model))
     c = dataclasses.replace(model_file.config, kernels=resolve_mode(args.kernels))
@@ -106,7 +107,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from jaxserve.distributed import DistributedConfig, follow, initialize
+    from jaxserve.runtime.distributed import DistributedConfig, follow, initialize
 
     distributed = DistributedConfig(
         args.coordinator_address, num_processes=args.num_processes, process_id=args.process_id
@@ -155,7 +156,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODEL,
         help=f"known name ({', '.join(KNOWN_MODELS)}) or a .gguf path (default {DEFAULT_MODEL})",
     )
-    p.add_argument("--weights", choices=("int8", "f32"), default="int8")
+    p.add_argument("--weights", choices=("int8", "f32"), default=EngineConfig.weights)
     _add_kernels_arg(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -174,9 +175,9 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         help="chat: move <think>...</think> into reasoning_content (think-open: the template "
         "opens the block; think detects that from the prompt)",
     )
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--max-num-seqs", type=int, default=16)
-    p.add_argument("--kv-cache-mb", type=int, default=512)
+    p.add_argument("--max-model-len", type=int, default=EngineConfig.max_model_len)
+    p.add_argument("--max-num-seqs", type=int, default=SchedulerConfig.max_num_seqs)
+    p.add_argument("--kv-cache-mb", type=int, default=EngineConfig.kv_cache_bytes // 2**20)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--tensor-parallel", type=int, default=1, help="devices per model replica")
     p.add_argument("--data-parallel", type=int, default=1, help="split each step's rows")

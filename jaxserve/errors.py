@@ -23,3 +23,11 @@ class ContextLengthError(JaxserveError):
 
 class ChatTemplateError(JaxserveError):
     """A chat template that does not compile, or fails while rendering (`raise_exception`)."""
+
+
+class QueueFullError(JaxserveError):
+    """The waiting queue is at its limit; the caller should retry later."""
+
+
+class OutOfPagesError(JaxserveError):
+    """The KV page pool cannot hold what was asked for right now."""

@@ -9,19 +9,20 @@ from typing import Any
 
 import numpy as np
 
-from jaxserve.chat_template import ChatTemplate
 from jaxserve.config import WeightFormat
-from jaxserve.distributed import Broadcaster, device_count, is_leader, process_count
-from jaxserve.engine import Engine, EngineConfig, max_pages_per_row, num_pages_for
+from jaxserve.engine import Engine, EngineConfig, SchedulerConfig
+from jaxserve.engine.admission import max_pages_per_row, num_pages_for
 from jaxserve.kernels import resolve_mode
-from jaxserve.loader import build_model, open_model
+from jaxserve.loading.loader import open_model
+from jaxserve.loading.pull import DEFAULT_MODEL, cache_dir, resolve_model
+from jaxserve.models.build import build_model
 from jaxserve.outputs import RequestOutput
-from jaxserve.parallel import ParallelConfig, check_heads, make_mesh, prepare
-from jaxserve.pull import DEFAULT_MODEL, cache_dir, resolve_model
-from jaxserve.runner import ModelRunner, enable_compilation_cache
+from jaxserve.runtime.distributed import Broadcaster, device_count, is_leader, process_count
+from jaxserve.runtime.parallel import ParallelConfig, check_heads, make_mesh, prepare
+from jaxserve.runtime.runner import ModelRunner, enable_compilation_cache
 from jaxserve.sampling.chain import LogitsHook
 from jaxserve.sampling_params import SamplingParams
-from jaxserve.scheduler import SchedulerConfig
+from jaxserve.text.chat_template import ChatTemplate
 
 Prompt = str | Sequence[int]
 Message = dict[str, Any]
@@ -59,32 +60,33 @@ class LLM:
         pure-jnp references ("reference") or the kernels in interpret mode ("interpret", slow;
         for checking them on CPU); "auto" takes Pallas on TPU/GPU and the references on CPU.
     tensor_parallel / data_parallel: shard the model over a (data, model) mesh of that many
-        devices (`jaxserve.parallel`): heads and MLP columns split over `model`, each step's
-        rows over `data`. Across processes (`jaxserve.distributed.initialize` first), the mesh
-        spans every process's devices; process 0 drives the engine and the others run
-        `jaxserve.distributed.follow(llm.engine.runner)`.
+        devices (`jaxserve.runtime.parallel`): heads and MLP columns split over `model`, each
+        step's rows over `data`. Across processes (`jaxserve.runtime.distributed.initialize`
+        first), the mesh spans every process's devices; process 0 drives the engine and the
+        others run
+        `jaxserve.runtime.distributed.follow(llm.engine.runner)`.
     """
 
     def __init__(
         self,
         model: str = DEFAULT_MODEL,
         *,
-        weights: WeightFormat = "int8",
-        max_model_len: int | None = None,
-        kv_cache_bytes: int = 512 * 2**20,
-        max_num_seqs: int = 16,
-        max_num_batched_tokens: int = 512,
-        prefill_chunk: int = 512,
-        max_prefill_rows: int = 1,
-        decode_steps: int = 8,
-        max_waiting: int = 4096,
-        enable_prefix_caching: bool = True,
-        compilation_cache_dir: str | None = None,
+        weights: WeightFormat = EngineConfig.weights,
+        max_model_len: int | None = EngineConfig.max_model_len,
+        kv_cache_bytes: int = EngineConfig.kv_cache_bytes,
+        max_num_seqs: int = SchedulerConfig.max_num_seqs,
+        max_num_batched_tokens: int = SchedulerConfig.max_num_batched_tokens,
+        prefill_chunk: int = SchedulerConfig.prefill_chunk,
+        max_prefill_rows: int = SchedulerConfig.max_prefill_rows,
+        decode_steps: int = SchedulerConfig.decode_steps,
+        max_waiting: int = SchedulerConfig.max_waiting,
+        enable_prefix_caching: bool = EngineConfig.enable_prefix_caching,
+        compilation_cache_dir: str | None = EngineConfig.compilation_cache_dir,
         warmup: bool = False,
-        seed: int = 0,
+        seed: int = EngineConfig.seed,
         quiet: bool = True,
         logits_hook: LogitsHook | None = None,
-        grammar_states: int = 1024,
+        grammar_states: int = EngineConfig.grammar_states,
         kernels: str = "auto",
         tensor_parallel: int = 1,
         data_parallel: int = 1,
@@ -98,9 +100,8 @@ class LLM:
             seed=seed,
             grammar_states=grammar_states,
         )
-        if compilation_cache_dir is None:
-            compilation_cache_dir = str(cache_dir() / "xla")
-        enable_compilation_cache(compilation_cache_dir)
+        cache_path = config.compilation_cache_dir
+        enable_compilation_cache(str(cache_dir() / "xla") if cache_path is None else cache_path)
         scheduler_config = SchedulerConfig(
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
@@ -123,14 +124,14 @@ class LLM:
         self.template = ChatTemplate(
             self.tokenizer.chat_template, architecture=file_config.architecture
         )
-        loaded = self.model_file.load_weights(weights, cache=self._converted_cache())
+        loaded = self.model_file.load_weights(config.weights, cache=self._converted_cache())
         self.config, loaded = prepare(file_config, loaded, tensor_parallel)
-        max_len = min(max_model_len or 4096, self.config.max_position)
+        max_len = min(config.max_model_len or 4096, self.config.max_position)
         page_bytes = ModelRunner.bytes_per_page(self.config, config.page_size)
         runner = ModelRunner(
             build_model(self.config, loaded),
             self.config,
-            num_pages=num_pages_for(config, page_bytes),
+            num_pages=num_pages_for(config.kv_cache_bytes, page_bytes),
             page_size=config.page_size,
             max_pages_per_row=max_pages_per_row(max_len, config.page_size),
             seed=seed,
@@ -144,10 +145,10 @@ class LLM:
             runner.mirror = Broadcaster()
         if warmup and self.is_leader:  # followers run the leader's warm-up as it sends it
             runner.warmup(
-                max_rows=max_num_seqs,
+                max_rows=scheduler_config.max_num_seqs,
                 max_prefill_rows=scheduler_config.max_prefill_rows,
-                max_chunk=prefill_chunk,
-                num_steps=decode_steps,
+                max_chunk=scheduler_config.prefill_chunk,
+                num_steps=scheduler_config.decode_steps,
             )
         self.engine = Engine(
             self.tokenizer, runner, config, scheduler_config, max_model_len=max_len

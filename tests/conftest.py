@@ -31,14 +31,14 @@ def tiny_gguf_untied(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def smollm2_path():
-    from jaxserve.pull import pull
+    from jaxserve.loading.pull import pull
 
     return pull("smollm2-135m", quiet=True)
 
 
 @pytest.fixture(scope="session")
 def gemma3_path():
-    from jaxserve.pull import pull
+    from jaxserve.loading.pull import pull
 
     return pull("gemma3-270m", quiet=True)
 

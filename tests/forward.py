@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxserve.kv_cache import KVCache, TokenLayout
+from jaxserve.runtime.kv_cache import KVCache, TokenLayout
 
 
 def full_logits(model, config, token_ids: list[int], page_size: int = 4) -> np.ndarray:

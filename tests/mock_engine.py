@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from jaxserve.api.async_engine import StreamOutput
 from jaxserve.outputs import TokenLogprob
 from jaxserve.sampling_params import SamplingParams
-from jaxserve.tokenizer import Tokenizer
+from jaxserve.text.tokenizer import GGUFTokenizer, Tokenizer
 from tests.tiny_vocab import gpt2_tokenizer_metadata
 
 
@@ -27,7 +27,7 @@ def logprob_of(position: int) -> float:
 
 
 def tokenizer() -> Tokenizer:
-    return Tokenizer.from_metadata(gpt2_tokenizer_metadata())
+    return GGUFTokenizer.from_metadata(gpt2_tokenizer_metadata())
 
 
 class MockStream:

@@ -13,7 +13,7 @@ import sys
 def main() -> None:
     process_id, port, model, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-    from jaxserve.distributed import DistributedConfig, follow, initialize
+    from jaxserve.runtime.distributed import DistributedConfig, follow, initialize
 
     initialize(DistributedConfig(f"localhost:{port}", num_processes=2, process_id=process_id))
     from jaxserve import LLM

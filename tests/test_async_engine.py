@@ -8,7 +8,7 @@ import pytest
 
 from jaxserve import LLM, SamplingParams
 from jaxserve.api.async_engine import AsyncEngine
-from jaxserve.engine import ContextLengthError
+from jaxserve.errors import ContextLengthError
 
 PROMPTS = [[5, 77, 120, 3], [250, 18, 42, 42, 9, 101], [64, 200, 7, 33, 150, 11, 90], [8, 9]]
 PARAMS = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)

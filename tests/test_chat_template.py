@@ -6,8 +6,8 @@ import datetime
 
 import pytest
 
-from jaxserve.chat_template import FALLBACK_TEMPLATE, ChatTemplate, render_chat
 from jaxserve.errors import ChatTemplateError, JaxserveError
+from jaxserve.text.chat_template import FALLBACK_TEMPLATE, ChatTemplate, render_chat
 from tests.tiny_vocab import CHATML_TEMPLATE, GEMMA_TEMPLATE
 
 MESSAGES = [
@@ -110,8 +110,8 @@ def test_compiled_once() -> None:
 
 @pytest.mark.slow
 def test_smollm2_template() -> None:
-    from jaxserve.gguf_meta import open_gguf, read_metadata
-    from jaxserve.pull import pull
+    from jaxserve.loading.gguf_meta import open_gguf, read_metadata
+    from jaxserve.loading.pull import pull
 
     meta = read_metadata(open_gguf(pull("smollm2-135m", quiet=True)))
     out = ChatTemplate(meta["tokenizer.chat_template"]).render([{"role": "user", "content": "Hi"}])

@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxserve.detokenizer import IncrementalDetokenizer
-from jaxserve.tokenizer import Tokenizer
+from jaxserve.text.detokenizer import IncrementalDetokenizer
+from jaxserve.text.tokenizer import GGUFTokenizer, Tokenizer
 from tests.tiny_vocab import gpt2_tokenizer_metadata, spm_tokenizer_metadata
 
 TOKENIZERS = {
-    "bpe": Tokenizer.from_metadata(gpt2_tokenizer_metadata()),
-    "spm": Tokenizer.from_metadata(spm_tokenizer_metadata()),
-    "spm-prefix": Tokenizer.from_metadata(spm_tokenizer_metadata(add_space_prefix=True)),
+    "bpe": GGUFTokenizer.from_metadata(gpt2_tokenizer_metadata()),
+    "spm": GGUFTokenizer.from_metadata(spm_tokenizer_metadata()),
+    "spm-prefix": GGUFTokenizer.from_metadata(spm_tokenizer_metadata(add_space_prefix=True)),
 }
 
 
@@ -77,11 +77,11 @@ def test_space_prefix_removed_once(with_bos: bool) -> None:
 
 @pytest.fixture(scope="module")
 def real_tokenizers() -> list[Tokenizer]:
-    from jaxserve.gguf_meta import open_gguf, read_metadata
-    from jaxserve.pull import pull
+    from jaxserve.loading.gguf_meta import open_gguf, read_metadata
+    from jaxserve.loading.pull import pull
 
     paths = [pull(name, quiet=True) for name in ("smollm2-135m", "gemma3-270m")]
-    return [Tokenizer.from_metadata(read_metadata(open_gguf(p))) for p in paths]
+    return [GGUFTokenizer.from_metadata(read_metadata(open_gguf(p))) for p in paths]
 
 
 @pytest.mark.slow

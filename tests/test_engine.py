@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxserve import LLM, SamplingParams
-from jaxserve.engine import ContextLengthError
+from jaxserve.errors import ContextLengthError
 from tests.numpy_llama import NumpyLlama
 
 PROMPT = [5, 77, 120, 3, 250, 18, 42, 42, 9, 101, 64, 200, 7, 33, 150, 11, 90]

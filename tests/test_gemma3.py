@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxserve.loader import GGUFModelFile
-from jaxserve.runner import DecodeRow, ModelRunner, PrefillRow
+from jaxserve.engine.rows import DecodeRow, PrefillRow
+from jaxserve.loading.loader import GGUFModelFile
+from jaxserve.runtime.runner import ModelRunner
 from jaxserve.sampling.rows import SamplingRow
 from tests.forward import full_logits as _full_logits
 from tests.numpy_gemma3 import NumpyGemma3
@@ -66,8 +67,7 @@ def test_chunked_prefill_then_decode_matches_numpy(tiny_gemma3):
         row = DecodeRow(token, len(seq) - 1, pages, SamplingRow(), remaining=1)
         token = int(runner.decode([row], num_steps=1).token_ids[0, 0])
     # Paged decode equals the full forward: score the whole sequence's prompt logprobs too.
-    runner.prefill([PrefillRow(seq, 0, pages)])
-    chosen, _, _ = runner.prompt_logprobs([seq[1:]])
+    chosen = runner.prefill([PrefillRow(seq, 0, pages, prompt_targets=seq[1:])]).prompt.chosen
     logits = oracle.logits(seq)
     shifted = logits - logits.max(-1, keepdims=True)
     logprobs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))

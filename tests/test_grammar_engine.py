@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jaxserve import SamplingParams
+from jaxserve.engine.scheduler import SchedulerConfig
 from jaxserve.grammar import UnsupportedConstraintError, is_prefix, matches
-from jaxserve.scheduler import SchedulerConfig
 from jaxserve.testing.mock_model import MockSetup, byte_id, mock_engine
 
 SPECS = [

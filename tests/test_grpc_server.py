@@ -17,7 +17,7 @@ from jaxserve.api import jaxserve_v1_pb2 as pb
 from jaxserve.api import jaxserve_v1_pb2_grpc as pb_grpc
 from jaxserve.api.async_engine import AsyncEngine
 from jaxserve.api.openai_server import Served, ServerConfig, ServerState
-from jaxserve.scheduler import QueueFullError
+from jaxserve.errors import QueueFullError
 from tests.http_server import grpc_running
 
 PROMPT = "The sea is"

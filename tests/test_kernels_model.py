@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxserve import LLM, SamplingParams
-from jaxserve.loader import GGUFModelFile, build_model
+from jaxserve.loading.loader import GGUFModelFile, build_model
 from tests.forward import full_logits
 from tests.tiny_gemma3 import write_tiny_gemma3
 from tests.tiny_vocab import spm_tokenizer_metadata

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from jaxserve.errors import GGUFError, UnsupportedArchitectureError
-from jaxserve.loader import GGUFModelFile
-from jaxserve.weights import QuantArray, as_format, dequantize_tensor, quantize_int8
+from jaxserve.loading.loader import GGUFModelFile
+from jaxserve.loading.weights import QuantArray, as_format, dequantize_tensor, quantize_int8
 from tests.tiny_gguf import LAYER_TYPES, TINY, write_tiny_gguf
 from tests.tiny_vocab import gpt2_tokenizer_metadata
 
@@ -103,7 +103,7 @@ def test_converted_weights_are_saved_and_reused(tiny_gguf, tmp_path, monkeypatch
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr("jaxserve.loader.load_model_weights", no_conversion)
+    monkeypatch.setattr("jaxserve.loading.loader.read_weights", no_conversion)
     again = model_file.load_weights("int8", cache=tmp_path)
     assert again.layers.keys() == first.layers.keys()
     for name, w in first.layers.items():

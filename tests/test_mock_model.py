@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jaxserve import SamplingParams
-from jaxserve.scheduler import SchedulerConfig
+from jaxserve.engine.scheduler import SchedulerConfig
 from jaxserve.testing.mock_model import EOS_ID, VOCAB, byte_id, mock_engine, mock_probs
 
 

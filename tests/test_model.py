@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxserve.loader import GGUFModelFile
-from jaxserve.runner import DecodeRow, ModelRunner, PrefillRow
+from jaxserve.engine.rows import DecodeRow, PrefillRow
+from jaxserve.loading.loader import GGUFModelFile
+from jaxserve.runtime.runner import ModelRunner
 from jaxserve.sampling.rows import SamplingRow
 from tests.numpy_llama import NumpyLlama
 
@@ -39,8 +40,8 @@ def test_prefill_prompt_logprobs_match_numpy(fixture, request):
     expected = _log_softmax(NumpyLlama(path).logits(PROMPT))
     runner = _runner(path, "f32")
     pages = [3, 7, 1, 12, 5, 9]  # deliberately out of order
-    out = runner.prefill([PrefillRow(PROMPT, 0, pages)])
-    chosen, top_ids, _ = runner.prompt_logprobs([PROMPT[1:]])
+    out = runner.prefill([PrefillRow(PROMPT, 0, pages, prompt_targets=PROMPT[1:])])
+    chosen, top_ids = out.prompt.chosen, out.prompt.top_ids
     n = len(PROMPT) - 1
     np.testing.assert_allclose(chosen[0, :n], expected[np.arange(n), PROMPT[1:]], atol=2e-4)
     np.testing.assert_array_equal(top_ids[0, :n, 0], expected[:n].argmax(-1))
@@ -101,8 +102,8 @@ def test_int8_weights_stay_close_to_f32(tiny_gguf):
     results = []
     for fmt in ("f32", "int8"):
         runner = _runner(tiny_gguf, fmt)
-        runner.prefill([PrefillRow(PROMPT, 0, [1, 2, 3, 4, 5])])
-        results.append(runner.prompt_logprobs([PROMPT[1:]])[0][0, : len(PROMPT) - 1])
+        out = runner.prefill([PrefillRow(PROMPT, 0, [1, 2, 3, 4, 5], prompt_targets=PROMPT[1:])])
+        results.append(out.prompt.chosen[0, : len(PROMPT) - 1])
     diff = np.abs(results[1] - results[0])
     assert diff.max() < 0.25 and diff.mean() < 0.05
     assert not np.array_equal(results[1], results[0])

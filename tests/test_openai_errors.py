@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from jaxserve import LLM
 from jaxserve.api.async_engine import AsyncEngine
 from jaxserve.api.openai_server import Served, ServerConfig, create_app
-from jaxserve.scheduler import QueueFullError
+from jaxserve.errors import QueueFullError
 from tests.http_server import running
 
 MESSAGES = [{"role": "user", "content": "Hello"}]

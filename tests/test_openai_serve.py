@@ -16,7 +16,7 @@ from jaxserve.api.async_engine import AsyncEngine
 from jaxserve.api.openai_server import Served, ServerConfig, create_app
 from jaxserve.api.serve import DrainingServer, load_in_background
 from jaxserve.cli import build_parser
-from jaxserve.pull import DEFAULT_MODEL
+from jaxserve.loading.pull import DEFAULT_MODEL
 from tests.http_server import free_port
 
 

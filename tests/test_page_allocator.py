@@ -16,7 +16,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from jaxserve.page_allocator import OutOfPagesError, PageAllocator
+from jaxserve.engine.page_allocator import PageAllocator
+from jaxserve.errors import OutOfPagesError
 
 PS = 4  # page size in the unit tests
 

@@ -11,7 +11,7 @@ import jax
 import pytest
 
 from jaxserve import LLM, SamplingParams
-from jaxserve.runner import PrefillRow
+from jaxserve.engine.rows import PrefillRow
 from tests.tiny_hf import write_tiny_hf
 
 PROMPTS = ["hello world", "the and the", "say it:"]
@@ -84,7 +84,9 @@ def test_compiled_step_is_split_and_holds_collectives(tiny_gguf):
     assert layer_matrices and all("model" in tuple(s) for s in layer_matrices)
     assert runner.kv.k.sharding.spec[1] == "model"
     batch = runner.prefill_batch([PrefillRow([3, 4, 5, 6], 0, [1])])
-    text = runner._prefill.lower(runner.params, runner.kv, batch, runner.key).compile().as_text()
+    text = (
+        runner.steps.prefill.lower(runner.params, runner.kv, batch, runner.key).compile().as_text()
+    )
     assert "all-reduce" in text  # row-split projections sum their partial products
     # The compiled program takes the weights split: each device holds half of a q projection.
     q_leaf = next(

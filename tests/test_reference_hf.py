@@ -13,10 +13,10 @@ import pytest
 
 from jaxserve import LLM, SamplingParams
 from jaxserve.errors import UnsupportedArchitectureError
-from jaxserve.hf_checkpoint import HFModelFile
-from jaxserve.loader import GGUFModelFile
-from jaxserve.tokenizer import Tokenizer
-from jaxserve.tokenizer_hf import HFTokenizer
+from jaxserve.loading.hf_checkpoint import HFModelFile
+from jaxserve.loading.loader import GGUFModelFile
+from jaxserve.text.tokenizer import GGUFTokenizer
+from jaxserve.text.tokenizer_hf import HFTokenizer
 from tests.forward import full_logits
 from tests.tiny_hf import CASES, NUM_TOKENS, hf_logits, write_gguf_twin, write_tiny_hf
 from tests.tiny_vocab import gpt2_tokenizer_metadata
@@ -104,7 +104,7 @@ def test_features_name_the_architecture(checkpoint):
 def test_hf_tokenizer_matches_the_gguf_vocabulary(tmp_path):
     folder = write_tiny_hf(tmp_path / "tok", "qwen2-gqa")
     ours = HFTokenizer(folder)
-    gguf = Tokenizer.from_metadata(gpt2_tokenizer_metadata(pre="gpt-2"))
+    gguf = GGUFTokenizer.from_metadata(gpt2_tokenizer_metadata(pre="gpt-2"))
     assert ours.vocab_size == gguf.vocab_size == NUM_TOKENS
     assert ours.bos_id == 1 and ours.eos_id == 2 and 2 in ours.eos_ids
     texts = ["hello world", "  the and\n\nthe 12 ... é ☃ 😀", "<|im_start|>user\nhi<|im_end|>"]

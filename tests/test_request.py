@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jaxserve.request import Request
+from jaxserve.engine.request import Request
 from jaxserve.sampling_params import SamplingParams
 
 

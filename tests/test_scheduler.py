@@ -10,8 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jaxserve import LLM, SamplingParams
-from jaxserve.page_allocator import PageAllocator
-from jaxserve.scheduler import QueueFullError, Scheduler, SchedulerConfig
+from jaxserve.engine.page_allocator import PageAllocator
+from jaxserve.engine.scheduler import Scheduler, SchedulerConfig
+from jaxserve.errors import QueueFullError
 
 PROMPTS = [
     [5, 77, 120, 3, 250, 18],

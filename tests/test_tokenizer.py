@@ -15,18 +15,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxserve.errors import GGUFError, ModelNotFoundError
-from jaxserve.gguf_meta import open_gguf, read_metadata
-from jaxserve.tokenizer import Tokenizer, TokenType
+from jaxserve.loading.gguf_meta import open_gguf, read_metadata
+from jaxserve.text.tokenizer import GGUFTokenizer, TokenType
 from tests.tiny_gguf import add_metadata
 from tests.tiny_vocab import gpt2_tokenizer_metadata, spm_tokenizer_metadata
 
-BPE = Tokenizer.from_metadata(gpt2_tokenizer_metadata())
-SPM = Tokenizer.from_metadata(spm_tokenizer_metadata())
-SPM_PREFIX = Tokenizer.from_metadata(spm_tokenizer_metadata(add_space_prefix=True))
+BPE = GGUFTokenizer.from_metadata(gpt2_tokenizer_metadata())
+SPM = GGUFTokenizer.from_metadata(spm_tokenizer_metadata())
+SPM_PREFIX = GGUFTokenizer.from_metadata(spm_tokenizer_metadata(add_space_prefix=True))
 NO_ESCAPED_SPACE = st.text(st.characters(exclude_characters="\u2581", exclude_categories=["Cs"]))
 
 
-def pieces(tok: Tokenizer, ids: list[int]) -> list[str]:
+def pieces(tok: GGUFTokenizer, ids: list[int]) -> list[str]:
     return [tok.id_to_piece(i) for i in ids]
 
 
@@ -78,12 +78,12 @@ def test_bpe_special_tokens() -> None:
 
 
 def test_bpe_bos_eos_flags() -> None:
-    tok = Tokenizer.from_metadata(gpt2_tokenizer_metadata(add_bos=True))
+    tok = GGUFTokenizer.from_metadata(gpt2_tokenizer_metadata(add_bos=True))
     assert tok.encode("hi") == [1, *BPE.encode("hi")]
     assert tok.encode("hi", add_special=False) == BPE.encode("hi")
     assert BPE.encode("hi") == BPE.encode("hi", add_special=False)  # add_bos_token false
     meta = gpt2_tokenizer_metadata() | {"tokenizer.ggml.add_eos_token": True}
-    assert Tokenizer.from_metadata(meta).encode("hi") == [*BPE.encode("hi"), 2]
+    assert GGUFTokenizer.from_metadata(meta).encode("hi") == [*BPE.encode("hi"), 2]
 
 
 def test_token_bytes() -> None:
@@ -135,7 +135,7 @@ def test_spm_missing_unknown_token_is_supplied() -> None:
         3 if t == 2 else t for t in meta["tokenizer.ggml.token_type"]
     ]
     del meta["tokenizer.ggml.unknown_token_id"]
-    tok = Tokenizer.from_metadata(meta)
+    tok = GGUFTokenizer.from_metadata(meta)
     assert tok.encode("héllo") == SPM.encode("héllo")
 
 
@@ -151,12 +151,12 @@ def test_spm_missing_unknown_token_is_supplied() -> None:
 )
 def test_unsupported_metadata(change: dict) -> None:
     with pytest.raises(GGUFError):
-        Tokenizer.from_metadata(gpt2_tokenizer_metadata() | change)
+        GGUFTokenizer.from_metadata(gpt2_tokenizer_metadata() | change)
 
 
 @pytest.mark.parametrize("pre", ["default", "gpt-2", "llama-bpe", "qwen2", "smollm"])
 def test_bpe_pre_tokenizers_round_trip(pre: str) -> None:
-    tok = Tokenizer.from_metadata(gpt2_tokenizer_metadata(pre=pre))
+    tok = GGUFTokenizer.from_metadata(gpt2_tokenizer_metadata(pre=pre))
     text = "I'm 12345 tokens,  he said\n\n\t  x\u00a0y 日本 🤖!!"
     assert tok.decode(tok.encode(text, add_special=False)) == text
 
@@ -182,7 +182,7 @@ def test_read_metadata_plain_python(tmp_path) -> None:
     assert got["llama.rope.freq_base"] == 0.5 and got["general.architecture"] == "llama"
     stock = gguf.GGUFReader(path)  # the fast reader parses exactly like the stock one
     assert got == {name: field.contents() for name, field in stock.fields.items()}
-    assert Tokenizer.from_metadata(got).encode("hello") == SPM.encode("hello")
+    assert GGUFTokenizer.from_metadata(got).encode("hello") == SPM.encode("hello")
     tensor = open_gguf(path).tensors[0]
     assert tensor.name == "output_norm.weight" and tensor.data.tolist() == list(range(64))
 
@@ -208,15 +208,15 @@ def test_open_gguf_errors(tmp_path) -> None:
 
 
 @pytest.fixture(scope="module")
-def real_tokenizers() -> dict[str, Tokenizer]:
-    from jaxserve.pull import pull
+def real_tokenizers() -> dict[str, GGUFTokenizer]:
+    from jaxserve.loading.pull import pull
 
     out = {}
     for name in ("smollm2-135m", "gemma3-270m"):
         start = time.perf_counter()
         meta = read_metadata(open_gguf(pull(name, quiet=True)))
         assert time.perf_counter() - start < 10.0  # the stock GGUFReader takes ~12 s on Gemma
-        out[name] = Tokenizer.from_metadata(meta)
+        out[name] = GGUFTokenizer.from_metadata(meta)
     return out
 
 

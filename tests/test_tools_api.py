@@ -22,7 +22,7 @@ from jaxserve.api import jaxserve_v1_pb2_grpc as pb_grpc
 from jaxserve.api.async_engine import AsyncEngine
 from jaxserve.api.openai_server import Served, ServerConfig, ServerState, create_app
 from jaxserve.api.tool_calls import chat_prompt, tool_use
-from jaxserve.chat_template import ChatTemplate
+from jaxserve.text.chat_template import ChatTemplate
 from tests.http_server import grpc_running, running
 from tests.tiny_gguf import write_tiny_gguf
 from tests.tiny_vocab import CHATML_TEMPLATE, gpt2_tokenizer_metadata

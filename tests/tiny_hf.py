@@ -139,7 +139,7 @@ def write_gguf_twin(folder: Path, path: Path) -> Path:
     from safetensors.numpy import load_file
 
     from jaxserve.config import ModelConfig
-    from jaxserve.hf_checkpoint import gguf_name
+    from jaxserve.loading.hf_checkpoint import gguf_name
 
     hf = json.loads((folder / "config.json").read_text())
     config = ModelConfig.from_hf(hf)

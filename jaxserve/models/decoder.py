@@ -16,9 +16,9 @@ import numpy as np
 from flax import nnx
 
 from jaxserve.config import ModelConfig, rope_inv_freq
-from jaxserve.kv_cache import TokenLayout
+from jaxserve.loading.weights import ModelWeights
 from jaxserve.models.layers import Embedding, Linear, RMSNorm
-from jaxserve.weights import ModelWeights
+from jaxserve.runtime.kv_cache import TokenLayout
 
 # The window a global layer is given: larger than any position.
 NO_WINDOW = 2**30

@@ -20,10 +20,10 @@ import jax
 from flax import nnx
 
 from jaxserve.config import ModelConfig
-from jaxserve.kv_cache import TokenLayout
+from jaxserve.loading.weights import LayerWeights
 from jaxserve.models.decoder import Decoder, linear
 from jaxserve.models.layers import RMSNorm, attention, rope_neox
-from jaxserve.weights import LayerWeights
+from jaxserve.runtime.kv_cache import TokenLayout
 
 # llama.cpp hard-codes these for Gemma 3 (llama-model.cpp): every 6th layer is global, the
 # sliding-window layers use RoPE base 10k.

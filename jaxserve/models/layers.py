@@ -18,7 +18,7 @@ from flax import nnx
 from jaxserve.kernels import paged_attention, prefill_attention, quant_matmul
 from jaxserve.kernels.paged_attention import ref_attention
 from jaxserve.kernels.quant_matmul import W8A8_MAX_ROWS, dequantize, matmul_w8a8
-from jaxserve.weights import BLOCK, QuantArray, Weight
+from jaxserve.loading.weights import BLOCK, QuantArray, Weight
 
 
 class Linear(nnx.Module):

@@ -19,10 +19,10 @@ from flax import nnx
 
 from jaxserve.config import ModelConfig
 from jaxserve.errors import GGUFError
-from jaxserve.kv_cache import TokenLayout
+from jaxserve.loading.weights import LayerWeights
 from jaxserve.models.decoder import Decoder, linear
 from jaxserve.models.layers import RMSNorm, attention, rope_interleaved, rope_neox
-from jaxserve.weights import LayerWeights
+from jaxserve.runtime.kv_cache import TokenLayout
 
 
 class LlamaBlock(nnx.Module):

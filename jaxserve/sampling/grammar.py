@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
-class GrammarTables:
+class DeviceGrammarTables:
     byte_next: jax.Array  # [C, 256] int32, state after a byte (global ids)
     masks: jax.Array  # [C, W] int32, tokens allowed at a token boundary
     complete: jax.Array  # [C] bool, accepting with nothing that may follow
@@ -25,7 +25,7 @@ class GrammarTables:
 
 
 def mask_rows(
-    tables: GrammarTables, state: jax.Array, bitmask: jax.Array, use_bitmask: jax.Array
+    tables: DeviceGrammarTables, state: jax.Array, bitmask: jax.Array, use_bitmask: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """Rows with a state get their automaton's mask ANDed into the row's own bitmask."""
     on = state >= 0
@@ -33,7 +33,7 @@ def mask_rows(
     return jnp.where(on[:, None], masks & bitmask, bitmask), use_bitmask | on
 
 
-def advance_rows(tables: GrammarTables, state: jax.Array, token_ids: jax.Array) -> jax.Array:
+def advance_rows(tables: DeviceGrammarTables, state: jax.Array, token_ids: jax.Array) -> jax.Array:
     """Each row's state after its token's bytes (rows at -1 stay at -1)."""
     vocab, longest = tables.token_bytes.shape
     tokens = jnp.clip(token_ids, 0, vocab - 1)
@@ -47,5 +47,5 @@ def advance_rows(tables: GrammarTables, state: jax.Array, token_ids: jax.Array) 
     return jnp.where(state >= 0, moved, state)
 
 
-def is_complete(tables: GrammarTables, state: jax.Array) -> jax.Array:
+def is_complete(tables: DeviceGrammarTables, state: jax.Array) -> jax.Array:
     return (state >= 0) & tables.complete[jnp.maximum(state, 0)]

@@ -20,12 +20,13 @@ import numpy as np
 from flax import nnx
 
 from jaxserve.config import ModelConfig
-from jaxserve.engine import Engine, EngineConfig, max_pages_per_row, num_pages_for
-from jaxserve.kv_cache import TokenLayout
-from jaxserve.runner import ModelRunner
+from jaxserve.engine import Engine, EngineConfig
+from jaxserve.engine.admission import max_pages_per_row, num_pages_for
+from jaxserve.engine.scheduler import SchedulerConfig
+from jaxserve.runtime.kv_cache import TokenLayout
+from jaxserve.runtime.runner import ModelRunner
 from jaxserve.sampling.chain import LogitsHook
-from jaxserve.scheduler import SchedulerConfig
-from jaxserve.tokenizer import Tokenizer
+from jaxserve.text.tokenizer import GGUFTokenizer
 
 FAVOURITE, RUNNER_UP = 4.0, 2.0
 VOCAB = 257
@@ -45,7 +46,7 @@ def byte_id(byte: int) -> int:
     return 1 + byte
 
 
-def mock_tokenizer() -> Tokenizer:
+def mock_tokenizer() -> GGUFTokenizer:
     """The mock vocabulary: `<|endoftext|>` then the 256 byte tokens, no merges."""
     kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
     kept += range(ord("®"), ord("ÿ") + 1)
@@ -57,7 +58,7 @@ def mock_tokenizer() -> Tokenizer:
             chars[b] = chr(256 + extra)
             extra += 1
     tokens = ["<|endoftext|>"] + [chars[b] for b in range(256)]
-    return Tokenizer.from_metadata(
+    return GGUFTokenizer.from_metadata(
         {
             "tokenizer.ggml.model": "gpt2",
             "tokenizer.ggml.pre": "default",
@@ -132,7 +133,7 @@ def mock_engine(scheduler: SchedulerConfig | None = None, setup: MockSetup | Non
     runner = ModelRunner(
         MockModel(config),
         config,
-        num_pages=num_pages_for(engine_config, page_bytes),
+        num_pages=num_pages_for(engine_config.kv_cache_bytes, page_bytes),
         page_size=engine_config.page_size,
         max_pages_per_row=max_pages_per_row(setup.max_model_len, engine_config.page_size),
         hook=setup.logits_hook,

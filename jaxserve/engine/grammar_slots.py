@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxserve.grammar import CompiledGrammar
-from jaxserve.grammar.export import GrammarTables, export_tables
+from jaxserve.grammar.export import ExportedTables, export_tables
 
 
 class GrammarSlots:
@@ -22,9 +22,9 @@ class GrammarSlots:
         self.complete = np.zeros(max(capacity, 1), bool)
         self.dirty = False
         self._offsets: dict[CompiledGrammar, tuple[int, int]] = {}  # -> (offset, states)
-        self._tables: dict[CompiledGrammar, GrammarTables | None] = {}
+        self._tables: dict[CompiledGrammar, ExportedTables | None] = {}
 
-    def tables(self, compiled: CompiledGrammar) -> GrammarTables | None:
+    def tables(self, compiled: CompiledGrammar) -> ExportedTables | None:
         """The constraint's device tables (exported once), or None if it must stay on the host."""
         if compiled not in self._tables:
             if len(self._tables) > 256:

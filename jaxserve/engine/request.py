@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jaxserve.detokenizer import IncrementalDetokenizer
 from jaxserve.grammar import Matcher
 from jaxserve.outputs import RequestOutput, TokenLogprob
 from jaxserve.sampling_params import SamplingParams
+from jaxserve.text.detokenizer import IncrementalDetokenizer
 
 
 @dataclass(eq=False)

@@ -15,15 +15,11 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jaxserve.errors import JaxserveError
+from jaxserve.errors import OutOfPagesError
 
 _ROOT_HASH = 0x6A617873  # h_{-1}: the parent of every request's first page
 
 PageKey = tuple[int, tuple[int, ...]]  # (parent hash, the page's token ids)
-
-
-class OutOfPagesError(JaxserveError):
-    """The KV pool cannot hold a request."""
 
 
 @dataclass

@@ -13,7 +13,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -22,75 +21,31 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from jaxserve import parallel
 from jaxserve.config import ModelConfig
-from jaxserve.kv_cache import NULL_PAGE, KVCache
+from jaxserve.engine.device import DecodeResult, PrefillResult, PromptLogprobs
+from jaxserve.engine.rows import (
+    DECODE_ROW_BUCKETS,
+    PREFILL_ROW_BUCKETS,
+    TOKEN_BUCKETS,
+    DecodeRow,
+    EmbedRow,
+    PrefillRow,
+    bucket,
+    page_buckets,
+)
 from jaxserve.models.layers import W8A8_MAX_ROWS
-from jaxserve.sampling.chain import LogitsHook, SampleOutput
-from jaxserve.sampling.grammar import GrammarTables
+from jaxserve.runtime import parallel
+from jaxserve.runtime.kv_cache import NULL_PAGE, KVCache
+from jaxserve.runtime.step import DecodeBatch, PrefillBatch, RowInputs, make_steps
+from jaxserve.sampling.chain import LogitsHook
+from jaxserve.sampling.grammar import DeviceGrammarTables
 from jaxserve.sampling.rows import SamplingRow, pack
 from jaxserve.sampling.tensors import SamplingTensors
-from jaxserve.step import (
-    DecodeBatch,
-    DecodeOutput,
-    PrefillBatch,
-    RowInputs,
-    make_pool,
-    make_steps,
-)
-
-# A one-row decode would take XLA's matrix-vector path, whose numerics differ from the batched
-# one, so decode runs at least two rows (a request's tokens never depend on its batch).
-DECODE_ROW_BUCKETS = (2, 4, 8, 16, 32, 64)
-PREFILL_ROW_BUCKETS = (1, 2, 4)
-TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
-
-
-@dataclass(frozen=True)
-class PrefillRow:
-    """`token_ids` continue a sequence that already has `start` tokens cached in `pages`;
-    `sampling` draws the token after them (greedy and featureless by default)."""
-
-    token_ids: Sequence[int]
-    start: int
-    pages: Sequence[int]
-    sampling: SamplingRow = SamplingRow()
-
-
-@dataclass(frozen=True)
-class DecodeRow:
-    token_id: int  # the last token, not yet cached, at position `start`
-    start: int
-    pages: Sequence[int]
-    sampling: SamplingRow  # its stop_ids also end the row
-    remaining: int  # tokens this row may still generate
-    grammar_state: int = -1  # global id in the loaded constraint tables (-1: none on device)
-
-
-@dataclass(frozen=True)
-class EmbedRow:
-    """A whole input to embed; its K/V go to `pages`, which the caller owns and frees after."""
-
-    token_ids: Sequence[int]
-    pages: Sequence[int]
-
-
-def bucket(n: int, sizes: Sequence[int]) -> int:
-    for size in sizes:
-        if n <= size:
-            return size
-    raise ValueError(f"{n} exceeds the largest bucket {sizes[-1]}")
-
-
-def page_buckets(max_pages: int) -> tuple[int, ...]:
-    """Page-table widths: powers of 4 from 4, capped by (and ending at) `max_pages`."""
-    sizes = [4**i for i in range(1, 12) if 4**i < max_pages]
-    return (*sizes, max_pages)
 
 
 def mirrored(method):
     """A device call the leader of a multi-process group first sends to its followers
-    (`jaxserve.distributed`); calls made inside another mirrored call are not sent again."""
+    (`jaxserve.runtime.distributed`); calls made inside another mirrored call are not sent again."""
 
     @functools.wraps(method)
     def call(self, *args, **kwargs):
@@ -125,7 +80,7 @@ class ModelRunner:
         """`grammar_states`: capacity of the on-device constraint tables (0: constraints are
         masked from the host only); `token_bytes`: each token's bytes, for walking them;
         `mesh`: a (data, model) mesh to shard parameters, the KV cache and batches over
-        (`jaxserve.parallel`), None for one device."""
+        (`jaxserve.runtime.parallel`), None for one device."""
         graphdef, self.params = nnx.split(model)
         self.mesh = mesh
         self.mirror = None  # a `distributed.Broadcaster` on the leader of several processes
@@ -139,17 +94,15 @@ class ModelRunner:
         self.num_pages = num_pages
         self.page_buckets = page_buckets(max_pages_per_row)
         kv_sharding = None if mesh is None else parallel.kv_sharding(mesh)
-        self._prefill, self._prompt_logprobs, self._decode = make_steps(
+        self.steps = make_steps(
             graphdef, hook, num_tokens=len(token_bytes) or None, kv_sharding=kv_sharding
         )
-        self._pool = make_pool()
         self.kv = KVCache.zeros(config, num_pages=num_pages, page_size=page_size)
         self.key = jax.random.key(seed)
         if mesh is not None:
             self.kv = parallel.put_tree(self.kv, kv_sharding)
             key_data = np.asarray(jax.random.key_data(self.key))
             self.key = jax.random.wrap_key_data(parallel.put(key_data, parallel.replicated(mesh)))
-        self._hidden: jax.Array | None = None
         self.num_real_tokens = 0  # tokens computed for requests
         self.num_padded_tokens = 0  # token slots computed, padding included
         self.compiled_at_warmup: int | None = None
@@ -174,12 +127,11 @@ class ModelRunner:
             return jax.device_get(tree)
         return multihost_utils.process_allgather(tree, tiled=True)
 
-    def _host(self, out, n: int):
-        """One device-to-host transfer, padding rows sliced off."""
-        host = self._fetch(out)
-        return type(out)(*(np.asarray(a)[:n] for a in jax.tree.leaves(host)))
+    def _host(self, out, n: int) -> list[np.ndarray]:
+        """One device-to-host transfer of a pytree's leaves, padding rows sliced off."""
+        return [np.asarray(a)[:n] for a in jax.tree.leaves(self._fetch(out))]
 
-    def _grammar_tables(self, token_bytes: Sequence[bytes]) -> GrammarTables:
+    def _grammar_tables(self, token_bytes: Sequence[bytes]) -> DeviceGrammarTables:
         capacity = max(self.grammar_states, 1)
         words = (self.config.vocab_size + 31) // 32
         longest = max((len(b) for b in token_bytes), default=1) if self.grammar_states else 1
@@ -188,7 +140,7 @@ class ModelRunner:
         for i, b in enumerate(token_bytes if self.grammar_states else ()):
             data[i, : len(b)] = np.frombuffer(b, np.uint8)
             lens[i] = len(b)
-        return GrammarTables(
+        return DeviceGrammarTables(
             byte_next=self._shared(np.zeros((capacity, 256), np.int32)),
             masks=self._shared(np.zeros((capacity, words), np.int32)),
             complete=self._shared(np.zeros(capacity, bool)),
@@ -211,9 +163,9 @@ class ModelRunner:
         )
 
     def num_compiled(self) -> int:
-        """Programs compiled so far (a count that must stay flat after warm-up)."""
-        steps = (self._prefill, self._prompt_logprobs, self._decode, self._pool)
-        return sum(f._cache_size() for f in steps)
+        """Step traces so far, one per compiled shape (a count that must stay flat after
+        warm-up)."""
+        return self.steps.traces.count
 
     @staticmethod
     def bytes_per_page(config: ModelConfig, page_size: int) -> int:
@@ -237,24 +189,23 @@ class ModelRunner:
         )
 
     @mirrored
-    def prefill(self, rows: Sequence[PrefillRow]) -> SampleOutput:
-        """Prefill chunks, one per row; returns each row's sampled token (numpy)."""
+    def prefill(self, rows: Sequence[PrefillRow]) -> PrefillResult:
+        """Prefill chunks, one per row; returns each row's sampled token and, when a row has
+        `prompt_targets`, the prompt logprobs of every row (numpy)."""
         batch = self.prefill_batch(rows)
-        self.kv, out, self._hidden = self._prefill(self.params, self.kv, batch, self.key)
+        self.kv, out = self.steps.prefill(self.params, self.kv, batch, self.key)
         self.num_real_tokens += sum(len(r.token_ids) for r in rows)
         self.num_padded_tokens += batch.token_ids.size
-        return self._host(out, len(rows))
-
-    @mirrored
-    def prompt_logprobs(self, targets: Sequence[Sequence[int]]) -> tuple[np.ndarray, ...]:
-        """Logprobs of `targets[i][j]` at position j of row i of the last prefill, plus the top
-        alternatives: (chosen [B, T], top ids [B, T, K], top logprobs [B, T, K])."""
-        assert self._hidden is not None, "prompt_logprobs follows a prefill"
-        target_ids = np.full(self._hidden.shape[:2], -1, np.int32)
-        for i, row in enumerate(targets):
-            target_ids[i, : len(row)] = row
-        out = self._prompt_logprobs(self.params, self._hidden, self._rows(target_ids))
-        return tuple(np.asarray(a)[: len(targets)] for a in self._fetch(out))
+        prompt = None
+        if any(r.prompt_targets for r in rows):
+            target_ids = np.full(batch.token_ids.shape, -1, np.int32)
+            for i, r in enumerate(rows):
+                target_ids[i, : len(r.prompt_targets)] = r.prompt_targets
+            scores = self.steps.prompt_logprobs(self.params, out.hidden, self._rows(target_ids))
+            prompt = PromptLogprobs(*self._host(scores, len(rows)))
+        s = out.sampled
+        sampled = (s.token_ids, s.logprobs, s.top_ids, s.top_logprobs, s.mirostat_mu)
+        return PrefillResult(*self._host(sampled, len(rows)), prompt=prompt)
 
     @mirrored
     def embed(self, rows: Sequence[EmbedRow], *, max_rows: int, chunk: int) -> np.ndarray:
@@ -300,8 +251,8 @@ class ModelRunner:
                 starts[i], num_new[i] = (start, len(piece)) if piece else (0, 0)
             arrays = map(self._rows, (token_ids, starts, num_new, page_table))
             batch = PrefillBatch(*arrays, sampling, row_inputs)
-            self.kv, _, hidden = self._prefill(self.params, self.kv, batch, self.key)
-            sums = self._pool(sums, hidden, self._rows(num_new))
+            self.kv, out = self.steps.prefill(self.params, self.kv, batch, self.key)
+            sums = self.steps.pool(sums, out.hidden, self._rows(num_new))
             self.num_real_tokens += int(num_new.sum())
             self.num_padded_tokens += num_rows * num_tokens
         lengths = np.array([len(r.token_ids) for r in rows], np.float64)
@@ -310,7 +261,7 @@ class ModelRunner:
         return (mean / norms).astype(np.float32)
 
     @mirrored
-    def decode(self, rows: Sequence[DecodeRow], *, num_steps: int) -> DecodeOutput:
+    def decode(self, rows: Sequence[DecodeRow], *, num_steps: int) -> DecodeResult:
         """Up to `num_steps` tokens for each row in one device call (numpy results)."""
         num_rows = bucket(len(rows), DECODE_ROW_BUCKETS)
         num_pages = bucket(max(len(r.pages) for r in rows), self.page_buckets)
@@ -325,10 +276,10 @@ class ModelRunner:
         sampling, row_inputs = self._sampling([r.sampling for r in rows], num_rows, num_pages)
         arrays = map(self._rows, (token_ids, start, page_table, remaining, grammar_state))
         batch = DecodeBatch(*arrays, sampling, row_inputs)
-        self.kv, out = self._decode(
+        self.kv, out = self.steps.decode(
             self.params, self.kv, batch, self.key, self.grammar, num_steps=num_steps
         )
-        out = self._host(out, len(rows))
+        out = DecodeResult(*self._host(out, len(rows)))
         self.num_real_tokens += int(out.num_generated.sum())
         self.num_padded_tokens += num_rows * int(out.num_generated.max(initial=0))
         return out
@@ -381,9 +332,8 @@ class ModelRunner:
                 row = DecodeRow(0, 0, null, SamplingRow(), remaining=0)
                 self.decode([row] * rows, num_steps=num_steps)
             else:
-                self.prefill([PrefillRow([0] * tokens, 0, null)] * rows)
-                self.prompt_logprobs([[-1] * tokens] * rows)
-                self._pool(*self._pool_args(rows, tokens))
+                self.prefill([PrefillRow([0] * tokens, 0, null, prompt_targets=[0])] * rows)
+                self.steps.pool(*self._pool_args(rows, tokens))
             elapsed = time.perf_counter() - started
             print(
                 f"\rwarm-up: {n}/{len(shapes)} shapes compiled ({elapsed:.0f} s)",

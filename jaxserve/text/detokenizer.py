@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import codecs
 
-from jaxserve.tokenizer import Tokenizer
+from jaxserve.text.tokenizer import Tokenizer
 
 
 class IncrementalDetokenizer:

@@ -24,7 +24,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxserve.config import ModelConfig
-from jaxserve.weights import ModelWeights, QuantArray, Weight
+from jaxserve.loading.weights import ModelWeights, QuantArray, Weight
 
 # Projections split by output columns (the last axis) and by input rows (the second to last).
 COLUMN = ("q", "k", "v", "gate", "up", "head", "table")

@@ -13,13 +13,10 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from jaxserve.errors import JaxserveError
-from jaxserve.page_allocator import PageAllocator
-from jaxserve.request import Request
-
-
-class QueueFullError(JaxserveError):
-    """The waiting queue is at its limit; the caller should retry later."""
+from jaxserve.engine.page_allocator import PageAllocator
+from jaxserve.engine.request import Request
+from jaxserve.engine.rows import DECODE_ROW_BUCKETS, PREFILL_ROW_BUCKETS, TOKEN_BUCKETS
+from jaxserve.errors import QueueFullError
 
 
 @dataclass(frozen=True)
@@ -42,14 +39,16 @@ class SchedulerConfig:
     max_waiting: int = 4096
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_num_seqs <= 64:
-            raise ValueError("max_num_seqs must be between 1 and 64")
-        if self.prefill_chunk not in (16, 32, 64, 128, 256, 512):
-            raise ValueError("prefill_chunk must be a power of two between 16 and 512")
+        if not 1 <= self.max_num_seqs <= DECODE_ROW_BUCKETS[-1]:
+            raise ValueError(f"max_num_seqs must be between 1 and {DECODE_ROW_BUCKETS[-1]}")
+        if self.prefill_chunk not in TOKEN_BUCKETS:
+            raise ValueError(f"prefill_chunk must be one of {', '.join(map(str, TOKEN_BUCKETS))}")
+        if not 1 <= self.max_prefill_rows <= PREFILL_ROW_BUCKETS[-1]:
+            raise ValueError(f"max_prefill_rows must be between 1 and {PREFILL_ROW_BUCKETS[-1]}")
         if self.max_num_batched_tokens < self.max_num_seqs + 1:
             raise ValueError("max_num_batched_tokens must exceed max_num_seqs")
-        if self.decode_steps < 1 or self.max_prefill_rows < 1 or self.max_waiting < 1:
-            raise ValueError("decode_steps, max_prefill_rows and max_waiting must be positive")
+        if self.decode_steps < 1 or self.max_waiting < 1:
+            raise ValueError("decode_steps and max_waiting must be positive")
 
 
 @dataclass(frozen=True)

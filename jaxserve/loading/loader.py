@@ -5,23 +5,31 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from flax import nnx
 
 from jaxserve.config import ModelConfig, WeightFormat
-from jaxserve.gguf_meta import open_gguf, read_metadata
-from jaxserve.models import family
-from jaxserve.tokenizer import Tokenizer
-from jaxserve.weights import (
-    ModelWeights,
-    Tensors,
-    TensorSource,
-    layer_tensor_name,
-    load_model_weights,
-    load_saved_weights,
-    save_weights,
-)
+from jaxserve.loading.gguf_meta import open_gguf, read_metadata
+from jaxserve.loading.weights import ModelWeights, TensorSource, load_saved_weights, save_weights
+from jaxserve.models.build import build_model, read_weights
+from jaxserve.text.tokenizer import GGUFTokenizer, Tokenizer
+
+
+class ModelFile(Protocol):
+    """An opened model (GGUF file or Hugging Face folder): config and tokenizer now, weights on
+    demand."""
+
+    path: Path
+    config: ModelConfig
+
+    def tokenizer(self) -> Tokenizer: ...
+    def tokenizer_kind(self) -> str: ...
+    def tensor_types(self) -> Counter[str]: ...
+    def num_parameters(self) -> int: ...
+    def load_weights(self, fmt: WeightFormat, *, cache: Path | None = None) -> ModelWeights: ...
+    def build_model(self, fmt: WeightFormat, *, cache: Path | None = None) -> nnx.Module: ...
+
 
 # Bump when the in-memory weight layout changes: saved conversions of older layouts are ignored.
 WEIGHTS_VERSION = 1
@@ -47,8 +55,8 @@ class GGUFModelFile:
         )
         return cls(path=Path(path), metadata=meta, config=config, source=source)
 
-    def tokenizer(self) -> Tokenizer:
-        return Tokenizer.from_metadata(self.metadata)
+    def tokenizer(self) -> GGUFTokenizer:
+        return GGUFTokenizer.from_metadata(self.metadata)
 
     def tokenizer_kind(self) -> str:
         meta = self.metadata
@@ -83,25 +91,10 @@ class GGUFModelFile:
         return build_model(self.config, self.load_weights(fmt, cache=cache))
 
 
-def read_weights(source: Tensors, config: ModelConfig, fmt: WeightFormat) -> ModelWeights:
-    """Every tensor the config's family reads, converted to `fmt`."""
-    names = (
-        family(config.architecture)
-        .module()
-        .layer_tensors(config, lambda name: layer_tensor_name(0, name) in source)
-    )
-    return load_model_weights(source, num_layers=config.num_layers, layer_tensors=names, fmt=fmt)
-
-
-def build_model(config: ModelConfig, weights: ModelWeights) -> nnx.Module:
-    """The config's family model class over `weights`."""
-    return family(config.architecture).module().MODEL(config, weights)
-
-
-def open_model(path: str | Path):
+def open_model(path: str | Path) -> ModelFile:
     """A GGUF file, or a Hugging Face checkpoint folder (`config.json`, `*.safetensors`)."""
     if Path(path).is_dir():
-        from jaxserve.hf_checkpoint import HFModelFile
+        from jaxserve.loading.hf_checkpoint import HFModelFile
 
         return HFModelFile.open(path)
     return GGUFModelFile.open(path)

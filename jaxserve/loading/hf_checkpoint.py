@@ -21,7 +21,8 @@ from safetensors import safe_open
 
 from jaxserve.config import ModelConfig, WeightFormat
 from jaxserve.errors import GGUFError
-from jaxserve.weights import ModelWeights
+from jaxserve.loading.weights import ModelWeights
+from jaxserve.models.build import build_model, read_weights
 
 # HF `model.layers.{i}.<suffix>` -> GGUF `blk.{i}.<name>` (Llama, Mistral, Qwen 2/3).
 LAYER_NAMES = {
@@ -123,7 +124,7 @@ class HFModelFile:
         return cls(path=folder, hf_config=hf, config=config, source=source)
 
     def tokenizer(self):
-        from jaxserve.tokenizer_hf import HFTokenizer
+        from jaxserve.text.tokenizer_hf import HFTokenizer
 
         return HFTokenizer(self.path)
 
@@ -138,11 +139,7 @@ class HFModelFile:
 
     def load_weights(self, fmt: WeightFormat, *, cache: Path | None = None) -> ModelWeights:
         """Every tensor converted to `fmt` (folders always convert afresh; `cache` is unused)."""
-        from jaxserve.loader import read_weights
-
         return read_weights(self.source, self.config, fmt)
 
     def build_model(self, fmt: WeightFormat, *, cache: Path | None = None) -> nnx.Module:
-        from jaxserve.loader import build_model
-
         return build_model(self.config, self.load_weights(fmt))

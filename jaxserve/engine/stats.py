@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from jaxserve.request import Request
-    from jaxserve.scheduler import Scheduler, SchedulerOutput
+    from jaxserve.engine.request import Request
+    from jaxserve.engine.scheduler import Scheduler, SchedulerOutput
 
 
 @dataclass

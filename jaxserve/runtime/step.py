@@ -1,28 +1,31 @@
 """The pure jitted steps over the paged KV cache, each `(params, kv, batch, key) -> (kv, out)`.
 
 - `prefill`: rows of T tokens (prompt chunks) -> K/V written, one token sampled per row, and the
-  final hidden states kept on device for optional prompt logprobs.
+  final hidden states, which stay on device and feed `prompt_logprobs` or `pool` when asked.
 - `decode`: rows of one token, run for up to `num_steps` tokens inside one `lax.while_loop`, with
   each row stopping on device at a stop id or its token limit, so the host syncs once per k tokens.
 `kv` is donated in both: the cache is updated in place.
 
-Embeddings reuse `prefill` (its hidden states) and add one small pure step, `make_pool`'s.
+Embeddings reuse `prefill` (its hidden states) and add one small pure step, `pool`.
+`make_steps` jits all four and counts their traces: after warm-up that count must stay flat.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxserve.kv_cache import KVCache, TokenLayout
+from jaxserve.runtime.kv_cache import KVCache, TokenLayout
 from jaxserve.sampling.chain import LogitsHook, SampleOutput, advance, initial_counts, sample
 from jaxserve.sampling.draw import TOP_LOGPROBS_MAX, logprobs_of
-from jaxserve.sampling.grammar import GrammarTables, advance_rows, is_complete, mask_rows
+from jaxserve.sampling.grammar import DeviceGrammarTables, advance_rows, is_complete, mask_rows
 from jaxserve.sampling.tensors import RowState, SamplingTensors
 
 
@@ -72,7 +75,56 @@ class DecodeOutput:
     mirostat_mu: jax.Array  # [B] f32, each row's Mirostat state after its last token
 
 
-Steps = tuple[Callable[..., tuple[KVCache, SampleOutput, jax.Array]], Callable, Callable]
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class PrefillOutput:
+    sampled: SampleOutput  # one token per row, drawn after its last valid token
+    hidden: jax.Array  # [B, T, E] f32, final hidden states (after the final norm)
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class DecodeCarry:
+    """The state of the k-step decode loop, one iteration per generated token."""
+
+    step: jax.Array  # [] int32, iterations done
+    k_pages: jax.Array  # [L, KH, N, S, D] f32, the cache being written
+    v_pages: jax.Array  # [L, KH, N, S, D] f32
+    token_ids: jax.Array  # [B] int32, each row's last token (the next input)
+    state: RowState  # the sampler's per-row sequence state
+    num_new: jax.Array  # [B] int32, tokens generated in this call
+    stopped: jax.Array  # [B] bool
+    out_ids: jax.Array  # [B, N] int32
+    out_logprobs: jax.Array  # [B, N] f32
+    top_ids: jax.Array  # [B, N, K] int32
+    top_logprobs: jax.Array  # [B, N, K] f32
+    grammar_state: jax.Array  # [B] int32, global constraint state (-1 = none on device)
+
+
+class TraceCounter:
+    """Counts traces of the functions it wraps: `jax.jit` runs the Python function only to trace
+    it, so once every bucket is warm the count must not move (a retrace is a recompile)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def wrap(self, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def traced(*args, **kwargs):
+            self.count += 1
+            return fn(*args, **kwargs)
+
+        return traced
+
+
+class Steps(NamedTuple):
+    """The jitted steps of one model structure (see each function's docstring)."""
+
+    prefill: Callable[..., tuple[KVCache, PrefillOutput]]
+    prompt_logprobs: Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
+    decode: Callable[..., tuple[KVCache, DecodeOutput]]
+    pool: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+    traces: TraceCounter
 
 
 def _row_state(rows: RowInputs, length: jax.Array, t: SamplingTensors, vocab: int) -> RowState:
@@ -95,7 +147,7 @@ def make_steps(
     num_tokens: int | None = None,
     kv_sharding: jax.sharding.Sharding | None = None,
 ) -> Steps:
-    """Jitted (prefill, prompt_logprobs, decode) for one model structure; `hook` is compiled
+    """Jitted prefill, prompt_logprobs, decode and pool for one model structure; `hook` is compiled
     into the sampler chain of both sampling steps. With `num_tokens` (the tokenizer's size),
     logits of the ids past it (a padded embedding) are -inf, so they are never sampled. With
     `kv_sharding` (tensor parallel), the returned cache keeps the layout it came in with, so
@@ -116,11 +168,11 @@ def make_steps(
 
     def prefill(
         params: nnx.State, kv: KVCache, batch: PrefillBatch, key: jax.Array
-    ) -> tuple[KVCache, SampleOutput, jax.Array]:
+    ) -> tuple[KVCache, PrefillOutput]:
         """Write K/V of `batch` into `kv` and sample one token per row after its last valid token.
 
-        Returns (kv, sampled, hidden [B, T, E]); the hidden states stay on device and feed
-        `prompt_logprobs` only when a request asks for them. Each row's draw runs the sampler
+        Returns (kv, out): `out.hidden` stays on device and feeds `prompt_logprobs` or `pool`
+        only when a request asks for them. Each row's draw runs the sampler
         chain keyed by `fold_in(fold_in(key, seed), position of the sampled token)`.
         """
         model = nnx.merge(graphdef, params)
@@ -145,7 +197,7 @@ def make_steps(
             hook=hook,
             kernels=model.config.kernels,
         )
-        return keep(k, v), out, h
+        return keep(k, v), PrefillOutput(sampled=out, hidden=h)
 
     def prompt_logprobs(
         params: nnx.State, hidden: jax.Array, target_ids: jax.Array
@@ -160,7 +212,7 @@ def make_steps(
         kv: KVCache,
         batch: DecodeBatch,
         key: jax.Array,
-        grammar: GrammarTables,
+        grammar: DeviceGrammarTables,
         *,
         num_steps: int,
     ) -> tuple[KVCache, DecodeOutput]:
@@ -178,51 +230,38 @@ def make_steps(
         t = batch.sampling
         vocab = model.config.vocab_size
         k_top = TOP_LOGPROBS_MAX
-        init = (
-            jnp.int32(0),
-            kv.k,
-            kv.v,
-            batch.token_ids,
-            _row_state(batch.rows, batch.start + 1, t, vocab),
-            jnp.zeros(b, jnp.int32),  # generated per row
-            batch.remaining <= 0,  # stopped
-            jnp.zeros((b, num_steps), jnp.int32),
-            jnp.zeros((b, num_steps), jnp.float32),
-            jnp.zeros((b, num_steps, k_top), jnp.int32),
-            jnp.zeros((b, num_steps, k_top), jnp.float32),
-            batch.grammar_state,
+        init = DecodeCarry(
+            step=jnp.int32(0),
+            k_pages=kv.k,
+            v_pages=kv.v,
+            token_ids=batch.token_ids,
+            state=_row_state(batch.rows, batch.start + 1, t, vocab),
+            num_new=jnp.zeros(b, jnp.int32),
+            stopped=batch.remaining <= 0,
+            out_ids=jnp.zeros((b, num_steps), jnp.int32),
+            out_logprobs=jnp.zeros((b, num_steps), jnp.float32),
+            top_ids=jnp.zeros((b, num_steps, k_top), jnp.int32),
+            top_logprobs=jnp.zeros((b, num_steps, k_top), jnp.float32),
+            grammar_state=batch.grammar_state,
         )
 
-        def cond(carry) -> jax.Array:
-            i, *_, stopped = carry[:7]
-            return (i < num_steps) & ~jnp.all(stopped)
+        def cond(c: DecodeCarry) -> jax.Array:
+            return (c.step < num_steps) & ~jnp.all(c.stopped)
 
-        def body(carry):
-            (
-                i,
-                k_cache,
-                v_cache,
-                tokens,
-                state,
-                count,
-                stopped,
-                out_ids,
-                out_lp,
-                top_ids,
-                top_lp,
-                g_state,
-            ) = carry
-            active = (~stopped).astype(jnp.int32)
-            pos = state.length - 1  # the input token's position
+        def body(c: DecodeCarry) -> DecodeCarry:
+            i, state = c.step, c.state
+            active = (~c.stopped).astype(jnp.int32)
             layout = TokenLayout.build(
-                start=pos,
+                start=state.length - 1,  # the input token's position
                 num_new=active,
                 num_tokens=1,
                 page_table=batch.page_table,
                 page_size=page_size,
             )
-            h, (k_cache, v_cache) = model.hidden(tokens[:, None], (k_cache, v_cache), layout)
-            bitmask, use_bitmask = mask_rows(grammar, g_state, t.bitmask, t.use_bitmask)
+            h, (k_pages, v_pages) = model.hidden(
+                c.token_ids[:, None], (c.k_pages, c.v_pages), layout
+            )
+            bitmask, use_bitmask = mask_rows(grammar, c.grammar_state, t.bitmask, t.use_bitmask)
             s = sample(
                 head(model, h[:, 0]),
                 dataclasses.replace(t, bitmask=bitmask, use_bitmask=use_bitmask),
@@ -232,53 +271,48 @@ def make_steps(
                 hook=hook,
                 kernels=model.config.kernels,
             )
-            write = ~stopped
-            state = advance(t, state, s, write)
-            out_ids = out_ids.at[:, i].set(jnp.where(write, s.token_ids, 0))
-            out_lp = out_lp.at[:, i].set(s.logprobs)
-            top_ids = top_ids.at[:, i].set(s.top_ids)
-            top_lp = top_lp.at[:, i].set(s.top_logprobs)
-            count = count + active
+            write = ~c.stopped
+            num_new = c.num_new + active
             hit_stop = jnp.any(s.token_ids[:, None] == t.stop_ids, axis=-1)
-            g_state = jnp.where(write, advance_rows(grammar, g_state, s.token_ids), g_state)
-            done = is_complete(grammar, g_state)
-            stopped = stopped | hit_stop | done | (count >= batch.remaining)
-            tokens = jnp.where(write, s.token_ids, tokens)
-            return (
-                i + 1,
-                k_cache,
-                v_cache,
-                tokens,
-                state,
-                count,
-                stopped,
-                out_ids,
-                out_lp,
-                top_ids,
-                top_lp,
-                g_state,
+            advanced = advance_rows(grammar, c.grammar_state, s.token_ids)
+            grammar_state = jnp.where(write, advanced, c.grammar_state)
+            done = is_complete(grammar, grammar_state)
+            return DecodeCarry(
+                step=i + 1,
+                k_pages=k_pages,
+                v_pages=v_pages,
+                token_ids=jnp.where(write, s.token_ids, c.token_ids),
+                state=advance(t, state, s, write),
+                num_new=num_new,
+                stopped=c.stopped | hit_stop | done | (num_new >= batch.remaining),
+                out_ids=c.out_ids.at[:, i].set(jnp.where(write, s.token_ids, 0)),
+                out_logprobs=c.out_logprobs.at[:, i].set(s.logprobs),
+                top_ids=c.top_ids.at[:, i].set(s.top_ids),
+                top_logprobs=c.top_logprobs.at[:, i].set(s.top_logprobs),
+                grammar_state=grammar_state,
             )
 
-        final = jax.lax.while_loop(cond, body, init)
-        _, k_cache, v_cache, _, state, count, _, out_ids, out_lp, top_ids, top_lp, _ = final
-        out = DecodeOutput(out_ids, out_lp, top_ids, top_lp, count, state.mirostat_mu)
-        return keep(k_cache, v_cache), out
+        c = jax.lax.while_loop(cond, body, init)
+        out = DecodeOutput(
+            c.out_ids, c.out_logprobs, c.top_ids, c.top_logprobs, c.num_new, c.state.mirostat_mu
+        )
+        return keep(c.k_pages, c.v_pages), out
 
-    return (
-        jax.jit(prefill, donate_argnames=("kv",)),
-        jax.jit(prompt_logprobs),
-        jax.jit(decode, static_argnames=("num_steps",), donate_argnames=("kv",)),
+    traces = TraceCounter()
+    return Steps(
+        prefill=jax.jit(traces.wrap(prefill), donate_argnames=("kv",)),
+        prompt_logprobs=jax.jit(traces.wrap(prompt_logprobs)),
+        decode=jax.jit(
+            traces.wrap(decode), static_argnames=("num_steps",), donate_argnames=("kv",)
+        ),
+        pool=jax.jit(traces.wrap(pool)),
+        traces=traces,
     )
 
 
-def make_pool() -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
-    """Jitted `pool(sums [B, E], hidden [B, T, E], num_new [B]) -> sums [B, E]`: adds the sum of
-    each row's first `num_new` hidden states (a prefill chunk's valid tokens) to its running sum,
-    for mean-pooled embeddings. One per runner, so its compile count is the runner's own."""
-
-    def pool(sums: jax.Array, hidden: jax.Array, num_new: jax.Array) -> jax.Array:
-        valid = jnp.arange(hidden.shape[1], dtype=jnp.int32)[None, :] < num_new[:, None]  # [B, T]
-        # `where`, not a product: a padding row's hidden states may not be finite.
-        return sums + jnp.sum(jnp.where(valid[..., None], hidden, 0.0), axis=1)
-
-    return jax.jit(pool)
+def pool(sums: jax.Array, hidden: jax.Array, num_new: jax.Array) -> jax.Array:
+    """`sums [B, E]` plus the sum of each row's first `num_new [B]` hidden states
+    (`hidden [B, T, E]`, a prefill chunk's valid tokens), for mean-pooled embeddings."""
+    valid = jnp.arange(hidden.shape[1], dtype=jnp.int32)[None, :] < num_new[:, None]  # [B, T]
+    # `where`, not a product: a padding row's hidden states may not be finite.
+    return sums + jnp.sum(jnp.where(valid[..., None], hidden, 0.0), axis=1)

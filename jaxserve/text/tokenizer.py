@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import sentencepiece
 import tokenizers
@@ -152,7 +152,7 @@ def _token_bytes(text: str, kind: int, is_bpe: bool, byte_decoder: Mapping[str, 
     return b"".join(bytes([byte_decoder[c]]) if c in byte_decoder else c.encode() for c in text)
 
 
-def decode_ids(tokenizer: Any, ids: Sequence[int], *, skip_special: bool) -> str:
+def decode_ids(tokenizer: Tokenizer, ids: Sequence[int], *, skip_special: bool) -> str:
     """Join the tokens' bytes; with a space prefix, the first token after an optional leading
     BOS loses one leading space (the one `encode` added)."""
     pieces = [tokenizer.token_bytes(i, special=not skip_special) for i in ids]
@@ -162,7 +162,29 @@ def decode_ids(tokenizer: Any, ids: Sequence[int], *, skip_special: bool) -> str
     return b"".join(pieces).decode("utf-8", errors="replace")
 
 
-class Tokenizer:
+class Tokenizer(Protocol):
+    """Text <-> token ids: what the engine, the grammar compiler and the front ends need of a
+    vocabulary. `GGUFTokenizer` and `jaxserve.text.tokenizer_hf.HFTokenizer` implement it."""
+
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    eos_ids: frozenset[int]  # every id that ends generation
+    bos_text: str
+    eos_text: str
+    chat_template: str | None
+    add_space_prefix: bool
+
+    def id_to_piece(self, token_id: int) -> str: ...
+    def token_type(self, token_id: int) -> TokenType: ...
+    def token_bytes(self, token_id: int, *, special: bool = False) -> bytes: ...
+    def encode(
+        self, text: str, *, add_special: bool = True, parse_special: bool = False
+    ) -> list[int]: ...
+    def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str: ...
+
+
+class GGUFTokenizer:
     """Text <-> token ids for one GGUF vocabulary, matching llama.cpp; see `from_metadata`.
 
     Attributes (read-only by convention):
@@ -227,7 +249,7 @@ class Tokenizer:
         self._all_special = [(text, i) for text, i, _ in specials]
 
     @classmethod
-    def from_metadata(cls, meta: Mapping[str, Any]) -> Tokenizer:
+    def from_metadata(cls, meta: Mapping[str, Any]) -> GGUFTokenizer:
         """Build from `read_metadata` output; `GGUFError` for an unsupported tokenizer model."""
         return cls(meta)
 

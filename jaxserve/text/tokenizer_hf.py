@@ -1,6 +1,6 @@
 """The tokenizer of a Hugging Face checkpoint folder, run by `tokenizers` from `tokenizer.json`.
 
-It has the interface of `jaxserve.tokenizer.Tokenizer` (the GGUF one), so the engine, the
+It has the interface of `jaxserve.text.tokenizer.Tokenizer` (the GGUF one), so the engine, the
 detokenizer and the grammar vocabulary take either. Special tokens, BOS/EOS and the chat template
 come from `tokenizer_config.json`, `generation_config.json`, `config.json` and
 `chat_template.jinja`, as `transformers` reads them.
@@ -16,7 +16,7 @@ from typing import Any
 import tokenizers
 
 from jaxserve.errors import GGUFError
-from jaxserve.tokenizer import _EOG_TEXTS, TokenType, decode_ids, gpt2_byte_decoder
+from jaxserve.text.tokenizer import _EOG_TEXTS, TokenType, decode_ids, gpt2_byte_decoder
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -1,0 +1,76 @@
+"""What the engine needs from the device side, and what it gets back (host only).
+
+`jaxserve.runtime.runner.ModelRunner` implements `Runner`; the engine sees nothing else of it,
+so it never imports jax. Results are plain numpy arrays, padding rows already sliced off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from jaxserve.config import ModelConfig
+from jaxserve.engine.rows import DecodeRow, EmbedRow, PrefillRow
+
+
+@dataclass(frozen=True)
+class PromptLogprobs:
+    """Scores of each row's `prompt_targets` (rows without targets hold junk)."""
+
+    chosen: np.ndarray  # [B, T] f32, logprob of target j of row i
+    top_ids: np.ndarray  # [B, T, K] int32
+    top_logprobs: np.ndarray  # [B, T, K] f32
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    """The token drawn after each row's chunk, and prompt logprobs when a row asked."""
+
+    token_ids: np.ndarray  # [B] int32
+    logprobs: np.ndarray  # [B] f32, logprob of the drawn token
+    top_ids: np.ndarray  # [B, K] int32
+    top_logprobs: np.ndarray  # [B, K] f32
+    mirostat_mu: np.ndarray  # [B] f32, Mirostat state after the draw
+    prompt: PromptLogprobs | None = None
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """Up to N tokens per row of one k-step decode call."""
+
+    token_ids: np.ndarray  # [B, N] int32; entries past num_generated are junk
+    logprobs: np.ndarray  # [B, N] f32
+    top_ids: np.ndarray  # [B, N, K] int32
+    top_logprobs: np.ndarray  # [B, N, K] f32
+    num_generated: np.ndarray  # [B] int32
+    mirostat_mu: np.ndarray  # [B] f32
+
+
+class Runner(Protocol):
+    """One model over one paged KV cache, run in compiled buckets."""
+
+    config: ModelConfig
+    num_pages: int  # KV pages in the pool (page 0 is the null page)
+    grammar_states: int  # capacity of the on-device constraint tables (0: host masks only)
+    num_real_tokens: int  # tokens computed for requests
+    num_padded_tokens: int  # token slots computed, padding included
+    compiled_at_warmup: int | None
+
+    def prefill(self, rows: Sequence[PrefillRow]) -> PrefillResult: ...
+
+    def decode(self, rows: Sequence[DecodeRow], *, num_steps: int) -> DecodeResult: ...
+
+    def embed(self, rows: Sequence[EmbedRow], *, max_rows: int, chunk: int) -> np.ndarray: ...
+
+    def load_grammar_tables(
+        self, byte_next: np.ndarray, masks: np.ndarray, complete: np.ndarray
+    ) -> None: ...
+
+    def warmup(
+        self, *, max_rows: int, max_prefill_rows: int, max_chunk: int, num_steps: int
+    ) -> int: ...
+
+    def num_compiled(self) -> int: ...

@@ -1,0 +1,326 @@
+"""The engine loop: `step()` = schedule -> run -> postprocess.
+
+Host side only: it turns scheduled requests into rows for the device side (a `Runner`) and the
+runner's numpy results back into tokens, text and logprobs.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from jaxserve.config import WeightFormat
+from jaxserve.engine.admission import (
+    check_embed_inputs,
+    check_prompt,
+    check_queue,
+    sequence_seed,
+)
+from jaxserve.engine.device import Runner
+from jaxserve.engine.embed import embed
+from jaxserve.engine.grammar_slots import GrammarSlots
+from jaxserve.engine.page_allocator import PageAllocator
+from jaxserve.engine.postprocess import record_token, runs_free, token_logprob, top_alternatives
+from jaxserve.engine.request import Request
+from jaxserve.engine.rows import DecodeRow, PrefillRow
+from jaxserve.engine.sampling_inputs import SamplingInputs
+from jaxserve.engine.scheduler import PrefillChunk, Scheduler, SchedulerConfig
+from jaxserve.engine.stats import EngineStats
+from jaxserve.grammar import (
+    CompiledGrammar,
+    GrammarCompiler,
+    LazyMatcher,
+    Matcher,
+    TokenVocab,
+    UnsupportedConstraintError,
+)
+from jaxserve.outputs import RequestOutput, TokenLogprob
+from jaxserve.sampling.rows import SamplingRow
+from jaxserve.sampling_params import SamplingParams
+from jaxserve.text.detokenizer import IncrementalDetokenizer
+from jaxserve.text.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Memory and model settings. `max_model_len` None means the model's context, capped at 4096."""
+
+    weights: WeightFormat = "int8"
+    page_size: int = 16
+    kv_cache_bytes: int = 512 * 2**20
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    compilation_cache_dir: str | None = None  # None: <model cache>/xla; "": off
+    seed: int = 0
+    grammar_states: int = 1024  # on-device constraint table capacity (0: host masks only)
+
+    def __post_init__(self) -> None:
+        if self.weights not in ("int8", "f32"):
+            raise ValueError(f"weights must be 'int8' or 'f32', got {self.weights!r}")
+        if self.page_size < 1 or self.kv_cache_bytes < 1:
+            raise ValueError("page_size and kv_cache_bytes must be positive")
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What one engine step produced for one request."""
+
+    output: RequestOutput
+    delta: str
+    new_token_ids: tuple[int, ...]
+
+
+class Engine:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        runner: Runner,
+        config: EngineConfig,
+        scheduler_config: SchedulerConfig,
+        *,
+        max_model_len: int,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.runner = runner
+        self.config = config
+        self.max_model_len = max_model_len
+        pages = PageAllocator(
+            runner.num_pages, config.page_size, enable_prefix_caching=config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(scheduler_config, pages)
+        self.stats = EngineStats()
+        self.sampling = SamplingInputs(tokenizer, runner.config.vocab_size)
+        self._requests: dict[tuple[int, int], Request] = {}  # (request_id, index)
+        self._groups: dict[int, Request] = {}  # request_id -> its first sequence
+        self._next_id = 0
+        self._rng = random.Random(config.seed)
+        self._grammars: GrammarCompiler | None = None
+        words = (runner.config.vocab_size + 31) // 32
+        self.grammar_slots = GrammarSlots(runner.grammar_states, words)
+
+    @property
+    def grammars(self) -> GrammarCompiler:
+        """Constraint compiler over this tokenizer's vocabulary (built on first use)."""
+        if self._grammars is None:
+            vocab = TokenVocab.from_tokenizer(self.tokenizer, width=self.runner.config.vocab_size)
+            self._grammars = GrammarCompiler(vocab)
+        return self._grammars
+
+    def add_request(
+        self,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        *,
+        prompt: str | None = None,
+        priority: int = 0,
+    ) -> Request:
+        """Check and queue a request (its `n` sequences); returns its first sequence."""
+        ids, max_len = check_prompt(
+            prompt_token_ids,
+            params,
+            vocab=self.tokenizer.vocab_size,
+            num_eos=len(self.tokenizer.eos_ids),
+            max_model_len=self.max_model_len,
+            page_size=self.config.page_size,
+            num_pages=self.runner.num_pages,
+        )
+        check_queue(len(self.scheduler.waiting), params.n, self.scheduler.config.max_waiting)
+        compiled = self._compile_constraint(params)
+        seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
+        group: list[Request] = []
+        for index in range(params.n):
+            # Sequences after the first share the leader's prompt pages, so their prompt
+            # logprobs (computed once, by the leader) are not asked for again.
+            seq_params = params if index == 0 else replace(params, prompt_logprobs=None)
+            request = Request(
+                request_id=self._next_id,
+                prompt_token_ids=ids,
+                params=seq_params,
+                seed=sequence_seed(seed, index),
+                max_len=max_len,
+                detokenizer=IncrementalDetokenizer(self.tokenizer, skip_special=True),
+                prompt=prompt,
+                priority=priority,
+                index=index,
+                group=group,
+            )
+            self.sampling.prepare(request)
+            if compiled is not None and params.grammar_triggers:
+                request.matcher = LazyMatcher(compiled, params.grammar_triggers)
+            elif compiled is not None:
+                request.matcher = Matcher(compiled)
+        now = time.monotonic()
+        for request in group:
+            request.arrival_time = now
+            self.scheduler.add(request)
+            self._requests[(request.request_id, request.index)] = request
+        self._groups[group[0].request_id] = group[0]
+        self._next_id += 1
+        return group[0]
+
+    def _compile_constraint(self, params: SamplingParams) -> CompiledGrammar | None:
+        """The request's constraint against this vocabulary (cached); errors name the field."""
+        spec = params.constraint
+        if spec is None:
+            return None
+        try:
+            return self.grammars.compile(spec)
+        except UnsupportedConstraintError as error:
+            name = next(iter(spec))
+            raise type(error)(f"{name}: {error}") from None
+
+    def abort(self, request: Request | int) -> None:
+        """Drop a request (every one of its sequences) wherever it is; its pages are free
+        before the next step."""
+        if isinstance(request, int):
+            request = self._groups.get(request)
+            if request is None:
+                return
+        self._groups.pop(request.request_id, None)
+        for seq in request.group:
+            if self._requests.pop((seq.request_id, seq.index), None) is not None:
+                self.scheduler.remove(seq)
+                seq.finish("abort")
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    def check_embed_inputs(self, inputs: Sequence[Sequence[int]]) -> list[list[int]]:
+        """The inputs as int lists; raises ValueError or ContextLengthError naming the input."""
+        return check_embed_inputs(
+            inputs,
+            vocab=self.tokenizer.vocab_size,
+            max_model_len=self.max_model_len,
+            page_size=self.config.page_size,
+            num_pages=self.runner.num_pages,
+        )
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embeddings `[len(inputs), hidden]` (float32), see `jaxserve.engine.embed.embed`.
+        Call it between steps, on the thread that steps."""
+        return embed(
+            self.check_embed_inputs(inputs),
+            runner=self.runner,
+            pages=self.scheduler.pages,
+            max_rows=self.scheduler.config.max_prefill_rows,
+            chunk=self.scheduler.config.prefill_chunk,
+        )
+
+    def step(self) -> list[StepEvent]:
+        """Schedule, run the device work, and turn its results into per-request events."""
+        out = self.scheduler.schedule()
+        events: list[StepEvent] = []
+        if out.prefill:
+            events += self._run_prefill(out.prefill)
+        if out.decode:
+            events += self._run_decode(out.decode, out.decode_steps)
+        # Before finished requests free their pages: one that ended in its prefill step still
+        # leaves its prompt in the prefix cache.
+        self.scheduler.register_computed(self.scheduler.running)
+        for event in events:
+            if event.output.finished:
+                request = self._requests.pop((event.output.request_id, event.output.index))
+                if all(seq.finished for seq in request.group):
+                    self._groups.pop(request.request_id, None)
+                self.scheduler.remove(request)
+                self.stats.on_finish(request)
+        self.stats.on_step(self.scheduler, out)
+        self.stats.on_runner(self.runner)
+        return events
+
+    def _prefill_row(self, chunk: PrefillChunk) -> PrefillRow:
+        r, start, end = chunk.request, chunk.start, chunk.start + chunk.num_tokens
+        samples = chunk.is_last and not r.output.token_ids and r.params.max_tokens > 0
+        # A chunk recomputed after a preemption already has its prompt logprobs.
+        wants = r.output.prompt_logprobs is not None and len(r.output.prompt_logprobs) == start + 1
+        return PrefillRow(
+            token_ids=r.all_token_ids[start:end],
+            start=start,
+            pages=r.pages,
+            sampling=self.sampling.row(r, end) if samples else SamplingRow(),
+            prompt_targets=r.prompt_token_ids[start + 1 : end + 1] if wants else (),
+        )
+
+    def _run_prefill(self, chunks: list[PrefillChunk]) -> list[StepEvent]:
+        rows = [self._prefill_row(c) for c in chunks]
+        out = self.runner.prefill(rows)
+        for i, (c, row) in enumerate(zip(chunks, rows, strict=True)):
+            k = c.request.params.prompt_logprobs
+            for j, target in enumerate(row.prompt_targets):
+                p = out.prompt
+                top = top_alternatives(p.top_ids[i, j], p.top_logprobs[i, j], k)
+                entry = TokenLogprob(target, float(p.chosen[i, j]), top)
+                c.request.output.prompt_logprobs.append(entry)
+        events = []
+        for i, c in enumerate(chunks):
+            request = c.request
+            request.num_computed = c.start + c.num_tokens
+            if not c.is_last or request.output.token_ids:
+                continue  # more prompt to go, or recomputing after a preemption
+            self.stats.on_first_token(request)
+            if request.params.max_tokens == 0:
+                events.append(StepEvent(request.output, request.finish("length"), ()))
+                continue
+            token = int(out.token_ids[i])
+            request.mirostat_mu = float(out.mirostat_mu[i])
+            lp = token_logprob(request, token, out.logprobs[i], out.top_ids[i], out.top_logprobs[i])
+            delta = record_token(request, token, lp, eos_ids=self.tokenizer.eos_ids)
+            events.append(StepEvent(request.output, delta, (token,)))
+        return events
+
+    def _run_decode(self, requests: list[Request], num_steps: int) -> list[StepEvent]:
+        in_use = {r.matcher.grammar for r in requests if r.matcher is not None}
+        rows = [self._decode_row(r, in_use) for r in requests]
+        slots = self.grammar_slots
+        if slots.dirty:
+            self.runner.load_grammar_tables(slots.byte_next, slots.masks, slots.complete)
+            slots.dirty = False
+        out = self.runner.decode(rows, num_steps=num_steps)
+        eos_ids = self.tokenizer.eos_ids
+        events = []
+        for i, request in enumerate(requests):
+            delta, new = "", []
+            free = runs_free(request)
+            for j in range(int(out.num_generated[i])):
+                token = int(out.token_ids[i, j])
+                if free and not request.matcher.accept_token(token):
+                    break  # a free draw the trigger's constraint forbids: redrawn masked next step
+                lp = token_logprob(
+                    request, token, out.logprobs[i, j], out.top_ids[i, j], out.top_logprobs[i, j]
+                )
+                accepted = True if free else None
+                delta += record_token(request, token, lp, eos_ids=eos_ids, accepted=accepted)
+                if free and not request.matcher.is_free():
+                    break  # later draws ignored the mask that now applies
+                new.append(token)
+                if request.finished:
+                    break  # anything generated past a stop string is dropped
+            request.num_computed = request.num_tokens - 1
+            request.mirostat_mu = float(out.mirostat_mu[i])
+            events.append(StepEvent(request.output, delta, tuple(new)))
+        return events
+
+    def _decode_row(self, request: Request, in_use: set[CompiledGrammar]) -> DecodeRow:
+        params = request.params
+        remaining = min(
+            params.max_tokens - len(request.output.token_ids), request.max_len - request.num_tokens
+        )
+        matcher, grammar_state = request.matcher, -1
+        if type(matcher) is Matcher:  # a regular constraint runs on device when it fits
+            offset = self.grammar_slots.offset(matcher.grammar, in_use)
+            if offset is not None:
+                grammar_state = offset + matcher.state
+        if matcher is not None and grammar_state < 0 and not runs_free(request):
+            remaining = min(remaining, 1)  # its next mask needs the host
+        return DecodeRow(
+            token_id=request.all_token_ids[-1],
+            start=request.num_tokens - 1,
+            pages=request.pages,
+            sampling=self.sampling.row(request, request.num_tokens, host_mask=grammar_state < 0),
+            remaining=remaining,
+            grammar_state=grammar_state,
+        )

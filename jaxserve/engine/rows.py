@@ -1,0 +1,66 @@
+"""The work the engine hands the device side, one row per request, and the compiled buckets.
+
+Host only: plain dataclasses of Python ints. The runner (`jaxserve.runtime.runner`) pads a list
+of rows to the smallest bucket that holds it, so only these shapes are ever compiled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from jaxserve.sampling.rows import SamplingRow
+
+# A one-row decode would take XLA's matrix-vector path, whose numerics differ from the batched
+# one, so decode runs at least two rows (a request's tokens never depend on its batch).
+DECODE_ROW_BUCKETS = (2, 4, 8, 16, 32, 64)
+PREFILL_ROW_BUCKETS = (1, 2, 4)
+TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+@dataclass(frozen=True)
+class PrefillRow:
+    """`token_ids` continue a sequence that already has `start` tokens cached in `pages`;
+    `sampling` draws the token after them (greedy and featureless by default).
+
+    `prompt_targets`, when not empty, asks for prompt logprobs: `prompt_targets[j]` is the token
+    that follows `token_ids[j]` in the prompt, scored under the model's distribution there.
+    """
+
+    token_ids: Sequence[int]
+    start: int
+    pages: Sequence[int]
+    sampling: SamplingRow = SamplingRow()
+    prompt_targets: Sequence[int] = ()
+
+
+@dataclass(frozen=True)
+class DecodeRow:
+    token_id: int  # the last token, not yet cached, at position `start`
+    start: int
+    pages: Sequence[int]
+    sampling: SamplingRow  # its stop_ids also end the row
+    remaining: int  # tokens this row may still generate
+    grammar_state: int = -1  # global id in the loaded constraint tables (-1: none on device)
+
+
+@dataclass(frozen=True)
+class EmbedRow:
+    """A whole input to embed; its K/V go to `pages`, which the caller owns and frees after."""
+
+    token_ids: Sequence[int]
+    pages: Sequence[int]
+
+
+def bucket(n: int, sizes: Sequence[int]) -> int:
+    """The smallest of `sizes` (ascending) that holds `n`."""
+    for size in sizes:
+        if n <= size:
+            return size
+    raise ValueError(f"{n} exceeds the largest bucket {sizes[-1]}")
+
+
+def page_buckets(max_pages: int) -> tuple[int, ...]:
+    """Page-table widths: powers of 4 from 4, capped by (and ending at) `max_pages`."""
+    sizes = [4**i for i in range(1, 12) if 4**i < max_pages]
+    return (*sizes, max_pages)

@@ -1,0 +1,1 @@
+"""Model files: GGUF metadata and tensors, Hugging Face folders, weight conversion, `pull`."""
