@@ -1,8 +1,9 @@
 """Request fields -> `SamplingParams`, generically: every field is applied or refused with a 400.
 
 A field the front does not handle itself is looked up by name (after the vLLM / llama.cpp aliases
-below) among `SamplingParams`' fields and passed to its constructor, which range-checks it. A name with
-no counterpart is a 400 naming it. So new `SamplingParams` fields work here without any change to this front.
+below) among `SamplingParams`' fields and passed to its constructor, which range-checks it. A
+name with no counterpart is a 400 naming it. So new `SamplingParams` fields work here without
+any change to this front.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class SchedulerConfig:
     max_waiting: queued requests at most (more raises QueueFullError).
     """
 
-    max_num_seqs: int = 16
+    max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     prefill_chunk: int = 512
     max_prefill_rows: int = 1

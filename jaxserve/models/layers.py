@@ -2,13 +2,13 @@
 and `attention`, the one switch between the pure-jnp references and the Pallas kernels
 (`config.kernels`: "reference", "pallas" or "interpret").
 
-Weights keep GGUF's `(out, in)` order; int8 weights carry one scale per 32 input values and are
-dequantized inside the jitted step, right before their matmul.
+Weights are kept `[in, out]`; int8 weights carry one scale per 32 input values and multiply
+activations quantized per 32-block too, with exact int32 accumulation (`matmul_w8a8`). With int8
+weights and the reference attention (`exact_attention`: integer dots), a row's numbers do not
+depend on the rows computed beside it; f32 weights use float dots, which do.
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +16,8 @@ import numpy as np
 from flax import nnx
 
 from jaxserve.kernels import paged_attention, prefill_attention, quant_matmul
-from jaxserve.kernels.paged_attention import ref_attention
-from jaxserve.kernels.quant_matmul import W8A8_MAX_ROWS, dequantize, matmul_w8a8
+from jaxserve.kernels.paged_attention.exact import exact_attention
+from jaxserve.kernels.quant_matmul import matmul_w8a8
 from jaxserve.loading.weights import BLOCK, QuantArray, Weight
 
 
@@ -43,10 +43,8 @@ class Linear(nnx.Module):
             y = quant_matmul(
                 x, self.w[...], self.scales[...], interpret=self.kernels == "interpret"
             )
-        elif math.prod(x.shape[:-1]) <= W8A8_MAX_ROWS:
-            y = matmul_w8a8(x, self.w[...], self.scales[...])
         else:
-            y = jnp.einsum("...i,io->...o", x, dequantize(self.w[...], self.scales[...]))
+            y = matmul_w8a8(x, self.w[...], self.scales[...])
         if self.bias is None:
             return y
         return y + self.bias[...].reshape((1,) * (y.ndim - 1) + self.bias.shape)
@@ -124,12 +122,15 @@ def attention(
 ) -> jax.Array:
     """Attention of q [B, T, H, D] over the paged cache [L, KH, N, S, D] (see `ref_attention`).
 
-    "reference" runs the pure-jnp path; "pallas"/"interpret" run the decode kernel for one query
-    per row (at position kv_lens - 1) and the chunked-prefill kernel otherwise.
+    "reference" runs `exact_attention` (pure jnp, batch-invariant, decode and prefill alike);
+    "pallas"/"interpret" run the decode kernel for one query per row (at position kv_lens - 1)
+    and the chunked-prefill kernel otherwise.
     """
     args = dict(layer=layer, page_table=page_table, scale=scale, window=window)
     if kernels == "reference":
-        return ref_attention(q, k_pages, v_pages, q_positions=q_positions, kv_lens=kv_lens, **args)
+        return exact_attention(
+            q, k_pages, v_pages, q_positions=q_positions, kv_lens=kv_lens, **args
+        )
     interpret = kernels == "interpret"
     if q.shape[1] == 1:
         out = paged_attention(

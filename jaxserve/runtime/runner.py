@@ -33,7 +33,6 @@ from jaxserve.engine.rows import (
     bucket,
     page_buckets,
 )
-from jaxserve.models.layers import W8A8_MAX_ROWS
 from jaxserve.runtime import parallel
 from jaxserve.runtime.kv_cache import NULL_PAGE, KVCache
 from jaxserve.runtime.step import DecodeBatch, PrefillBatch, RowInputs, make_steps
@@ -213,10 +212,9 @@ class ModelRunner:
         L2-normalized: `[len(rows), hidden]` float32.
 
         Runs the prefill step over chunks of at most `chunk` tokens and `max_rows` rows, so the
-        shapes are prefill's. A row's vector does not depend on the rows beside it: rows are
-        batched only with rows of the same chunk shapes, and only as many as keep the matmuls on
-        the path a lone row takes (int8 weights multiply up to `W8A8_MAX_ROWS` activation rows by
-        a different kernel than larger batches).
+        shapes are prefill's. A row's vector does not depend on the rows beside it (the model's
+        numerics are batch-invariant); rows of the same chunk shapes are batched together so no
+        row waits through chunks it does not have.
         """
         out = np.zeros((len(rows), self.config.hidden_size), np.float32)
         groups: dict[tuple[int, int], list[int]] = {}
@@ -224,10 +222,8 @@ class ModelRunner:
             num_chunks = math.ceil(len(r.token_ids) / chunk)
             last = bucket(len(r.token_ids) - (num_chunks - 1) * chunk, TOKEN_BUCKETS)
             groups.setdefault((num_chunks, last), []).append(i)
-        for (num_chunks, last), members in groups.items():
-            shapes = (last, chunk) if num_chunks > 1 else (last,)
-            caps = [W8A8_MAX_ROWS // t for t in shapes if t <= W8A8_MAX_ROWS]
-            size = max(min(max_rows, PREFILL_ROW_BUCKETS[-1], *caps), 1)
+        size = max(min(max_rows, PREFILL_ROW_BUCKETS[-1]), 1)
+        for members in groups.values():
             for at in range(0, len(members), size):
                 batch = members[at : at + size]
                 out[batch] = self._embed_batch([rows[i] for i in batch], chunk)

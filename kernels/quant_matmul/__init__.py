@@ -3,7 +3,6 @@
 from jaxserve.kernels.quant_matmul.kernel import quant_matmul, quant_matmul_int4
 from jaxserve.kernels.quant_matmul.reference import (
     BLOCK,
-    W8A8_MAX_ROWS,
     dequantize,
     matmul_w8a8,
     pack_int4,
@@ -14,7 +13,6 @@ from jaxserve.kernels.quant_matmul.reference import (
 
 __all__ = [
     "BLOCK",
-    "W8A8_MAX_ROWS",
     "dequantize",
     "matmul_w8a8",
     "pack_int4",
