@@ -47,6 +47,9 @@ class ModelConfig:
     # Attention and int8 matmuls: pure-jnp references ("reference", XLA; the CPU default),
     # Pallas kernels ("pallas", TPU/GPU) or Pallas in interpret mode ("interpret", CPU tests).
     kernels: str = "reference"
+    # KV cache format (`jaxserve.runtime.kv_cache.KVCache`): "f32" values, or "fixed" (the
+    # fixed-point split the batch-invariant reference attention multiplies exactly).
+    kv_format: str = "f32"
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

@@ -112,7 +112,11 @@ class LLM:
         )
         self.model_file = open_model(resolve_model(model, quiet=quiet))
         self.parallel = ParallelConfig(tensor_parallel, data_parallel)
-        file_config = dataclasses.replace(self.model_file.config, kernels=resolve_mode(kernels))
+        mode = resolve_mode(kernels)
+        # int8 weights on the reference path keep K/V as the fixed-point split the
+        # batch-invariant attention multiplies (`jaxserve.runtime.kv_cache`).
+        kv_format = "fixed" if config.weights == "int8" and mode == "reference" else "f32"
+        file_config = dataclasses.replace(self.model_file.config, kernels=mode, kv_format=kv_format)
         check_heads(file_config, tensor_parallel)
         if process_count() > 1 and self.parallel.num_devices != device_count():
             raise ValueError(

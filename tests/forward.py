@@ -25,7 +25,7 @@ def full_logits(model, config, token_ids: list[int], page_size: int = 4) -> np.n
             page_table=page_table,
             page_size=page_size,
         )
-        h, _ = model.hidden(token_ids, (kv.k, kv.v), layout)
+        h, _ = model.hidden(token_ids, kv, layout)
         return model.logits(h[0])
 
     ids = jnp.asarray([token_ids], jnp.int32)

@@ -113,7 +113,7 @@ def test_chunked_prefill_preemption_and_one_token_steps_change_nothing(smollm2_p
         prefill_chunk=32,
         decode_steps=1,
         max_num_batched_tokens=64,
-        kv_cache_bytes=24 * 2 * 4 * 30 * 16 * 3 * 64,  # 24 pages of 16 tokens (f32 K and V)
+        kv_cache_bytes=24 * 2 * 30 * 16 * 3 * (2 * 64 + 4),  # 24 pages of 16 tokens
     )
     batch = fillers(8, seed=1) + TARGETS
     outs = run_requests(small, batch)

@@ -18,7 +18,7 @@ from flax import nnx
 from jaxserve.config import ModelConfig, rope_inv_freq
 from jaxserve.loading.weights import ModelWeights
 from jaxserve.models.layers import Embedding, Linear, RMSNorm
-from jaxserve.runtime.kv_cache import TokenLayout
+from jaxserve.runtime.kv_cache import KVCache, TokenLayout
 
 # The window a global layer is given: larger than any position.
 NO_WINDOW = 2**30
@@ -56,9 +56,10 @@ class Decoder(nnx.Module):
         self.head = None if w.output is None else Linear(w.output, kernels=config.kernels)
 
     def hidden(
-        self, token_ids: jax.Array, kv: tuple[jax.Array, jax.Array], layout: TokenLayout
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """token_ids: [B, T]; kv: (K, V) [L, KH, N, S, D]. Returns final-normed hidden [B, T, E]."""
+        self, token_ids: jax.Array, kv: KVCache, layout: TokenLayout
+    ) -> tuple[jax.Array, KVCache]:
+        """token_ids: [B, T]; kv: the paged cache, written at this step's tokens. Returns the
+        final-normed hidden states [B, T, E] and the cache."""
         x = self.embed(token_ids)
         if self.config.embedding_scale != 1.0:
             x = x * jnp.float32(self.config.embedding_scale)

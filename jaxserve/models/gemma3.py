@@ -23,7 +23,7 @@ from jaxserve.config import ModelConfig
 from jaxserve.loading.weights import LayerWeights
 from jaxserve.models.decoder import Decoder, linear
 from jaxserve.models.layers import RMSNorm, attention, rope_neox
-from jaxserve.runtime.kv_cache import TokenLayout
+from jaxserve.runtime.kv_cache import KVCache, TokenLayout
 
 # llama.cpp hard-codes these for Gemma 3 (llama-model.cpp): every 6th layer is global, the
 # sliding-window layers use RoPE base 10k.
@@ -54,14 +54,14 @@ class Gemma3Block(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        kv: tuple[jax.Array, jax.Array],
+        kv: KVCache,
         layout: TokenLayout,
         *,
         layer: jax.Array,
         inv_freq: jax.Array,
         window: jax.Array,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """x: [B, T, E]; kv: all (K, V) pages [L, KH, N, S, D], updated in place at `layer`;
+    ) -> tuple[jax.Array, KVCache]:
+        """x: [B, T, E]; kv: every layer's K/V pages, written in place at `layer`;
         inv_freq: [D/2] this layer's RoPE frequencies; window: [] int32 keys visible behind a query.
         """
         c = self.config
@@ -72,12 +72,10 @@ class Gemma3Block(nnx.Module):
         v = self.v(h).reshape(b, t, c.num_kv_heads, c.head_dim)
         q = rope_neox(q, layout.positions, inv_freq)
         k = rope_neox(k, layout.positions, inv_freq)
-        k_all = kv[0].at[layer, :, layout.write_page, layout.write_slot].set(k)
-        v_all = kv[1].at[layer, :, layout.write_page, layout.write_slot].set(v)
+        kv = kv.write(layer, layout, k, v)
         attn = attention(
             q,
-            k_all,
-            v_all,
+            kv,
             layer=layer,
             page_table=layout.page_table,
             q_positions=layout.positions,
@@ -90,7 +88,7 @@ class Gemma3Block(nnx.Module):
         h = self.mlp_norm(x)
         mlp = self.down(jax.nn.gelu(self.gate(h), approximate=True) * self.up(h))
         x = x + self.post_mlp_norm(mlp)
-        return x, (k_all, v_all)
+        return x, kv
 
 
 LAYER_TENSORS = (

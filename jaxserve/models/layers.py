@@ -4,8 +4,8 @@ and `attention`, the one switch between the pure-jnp references and the Pallas k
 
 Weights are kept `[in, out]`; int8 weights carry one scale per 32 input values and multiply
 activations quantized per 32-block too, with exact int32 accumulation (`matmul_w8a8`). With int8
-weights and the reference attention (`exact_attention`: integer dots), a row's numbers do not
-depend on the rows computed beside it; f32 weights use float dots, which do.
+weights and a "fixed" KV cache (`exact_attention`: integer dots), a row's numbers do not depend
+on the rows computed beside it; f32 weights use float dots, which do.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import numpy as np
 from flax import nnx
 
 from jaxserve.kernels import paged_attention, prefill_attention, quant_matmul
+from jaxserve.kernels.paged_attention import ref_attention
 from jaxserve.kernels.paged_attention.exact import exact_attention
 from jaxserve.kernels.quant_matmul import matmul_w8a8
 from jaxserve.loading.weights import BLOCK, QuantArray, Weight
+from jaxserve.runtime.kv_cache import KVCache
 
 
 class Linear(nnx.Module):
@@ -109,8 +111,7 @@ def rope_neox(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Ar
 
 def attention(
     q: jax.Array,
-    k_pages: jax.Array,
-    v_pages: jax.Array,
+    kv: KVCache,
     *,
     layer: jax.Array,
     page_table: jax.Array,
@@ -120,27 +121,29 @@ def attention(
     window: jax.Array | None = None,
     kernels: str = "reference",
 ) -> jax.Array:
-    """Attention of q [B, T, H, D] over the paged cache [L, KH, N, S, D] (see `ref_attention`).
+    """Attention of q [B, T, H, D] over the paged cache (see `ref_attention`).
 
-    "reference" runs `exact_attention` (pure jnp, batch-invariant, decode and prefill alike);
-    "pallas"/"interpret" run the decode kernel for one query per row (at position kv_lens - 1)
-    and the chunked-prefill kernel otherwise.
+    A "fixed" cache runs `exact_attention` (integer dots, batch-invariant, decode and prefill
+    alike); an f32 cache runs the pure-jnp `ref_attention` ("reference", exact float math for
+    f32 weights) or, with "pallas"/"interpret", the decode kernel for one query per row (at
+    position kv_lens - 1) and the chunked-prefill kernel otherwise.
     """
     args = dict(layer=layer, page_table=page_table, scale=scale, window=window)
-    if kernels == "reference":
+    if kv.is_fixed:
+        k_pages, v_pages = (kv.k, kv.k_lo, kv.k_scale), (kv.v, kv.v_lo, kv.v_scale)
         return exact_attention(
             q, k_pages, v_pages, q_positions=q_positions, kv_lens=kv_lens, **args
         )
+    if kernels == "reference":
+        return ref_attention(q, kv.k, kv.v, q_positions=q_positions, kv_lens=kv_lens, **args)
     interpret = kernels == "interpret"
     if q.shape[1] == 1:
-        out = paged_attention(
-            q[:, 0], k_pages, v_pages, lengths=kv_lens, interpret=interpret, **args
-        )
+        out = paged_attention(q[:, 0], kv.k, kv.v, lengths=kv_lens, interpret=interpret, **args)
         return out[:, None]
     return prefill_attention(
         q,
-        k_pages,
-        v_pages,
+        kv.k,
+        kv.v,
         q_positions=q_positions,
         kv_lens=kv_lens,
         interpret=interpret,

@@ -22,7 +22,7 @@ from jaxserve.errors import GGUFError
 from jaxserve.loading.weights import LayerWeights
 from jaxserve.models.decoder import Decoder, linear
 from jaxserve.models.layers import RMSNorm, attention, rope_interleaved, rope_neox
-from jaxserve.runtime.kv_cache import TokenLayout
+from jaxserve.runtime.kv_cache import KVCache, TokenLayout
 
 
 class LlamaBlock(nnx.Module):
@@ -48,14 +48,14 @@ class LlamaBlock(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        kv: tuple[jax.Array, jax.Array],
+        kv: KVCache,
         layout: TokenLayout,
         *,
         layer: jax.Array,
         inv_freq: jax.Array,
         window: jax.Array,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """x: [B, T, E]; kv: all (K, V) pages [L, KH, N, S, D], updated in place at `layer`;
+    ) -> tuple[jax.Array, KVCache]:
+        """x: [B, T, E]; kv: every layer's K/V pages, written in place at `layer`;
         inv_freq: [D/2] this layer's RoPE frequencies; window: [] int32 keys visible behind a query.
         """
         c = self.config
@@ -69,13 +69,10 @@ class LlamaBlock(nnx.Module):
         rope = rope_neox if c.rope_style == "neox" else rope_interleaved
         q = rope(q, layout.positions, inv_freq)
         k = rope(k, layout.positions, inv_freq)
-        # Cache layout [L, KH, N, S, D]: the (page, slot) index pair spans [B, T], heads follow.
-        k_all = kv[0].at[layer, :, layout.write_page, layout.write_slot].set(k)
-        v_all = kv[1].at[layer, :, layout.write_page, layout.write_slot].set(v)
+        kv = kv.write(layer, layout, k, v)
         attn = attention(
             q,
-            k_all,
-            v_all,
+            kv,
             layer=layer,
             page_table=layout.page_table,
             q_positions=layout.positions,
@@ -87,7 +84,7 @@ class LlamaBlock(nnx.Module):
         x = x + self.o(attn.reshape(b, t, -1))
         h = self.mlp_norm(x)
         x = x + self.down(jax.nn.silu(self.gate(h)) * self.up(h))
-        return x, (k_all, v_all)
+        return x, kv
 
 
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")

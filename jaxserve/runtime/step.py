@@ -88,8 +88,7 @@ class DecodeCarry:
     """The state of the k-step decode loop, one iteration per generated token."""
 
     step: jax.Array  # [] int32, iterations done
-    k_pages: jax.Array  # [L, KH, N, S, D] f32, the cache being written
-    v_pages: jax.Array  # [L, KH, N, S, D] f32
+    kv: KVCache  # the cache being written
     token_ids: jax.Array  # [B] int32, each row's last token (the next input)
     state: RowState  # the sampler's per-row sequence state
     num_new: jax.Array  # [B] int32, tokens generated in this call
@@ -153,11 +152,10 @@ def make_steps(
     `kv_sharding` (tensor parallel), the returned cache keeps the layout it came in with, so
     the next step finds the same input sharding and nothing recompiles."""
 
-    def keep(k: jax.Array, v: jax.Array) -> KVCache:
-        if kv_sharding is not None:
-            k = jax.lax.with_sharding_constraint(k, kv_sharding)
-            v = jax.lax.with_sharding_constraint(v, kv_sharding)
-        return KVCache(k=k, v=v)
+    def keep(kv: KVCache) -> KVCache:
+        if kv_sharding is None:
+            return kv
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, kv_sharding), kv)
 
     def head(model: nnx.Module, h: jax.Array) -> jax.Array:
         logits = model.logits(h)
@@ -184,7 +182,7 @@ def make_steps(
             page_table=batch.page_table,
             page_size=kv.k.shape[3],
         )
-        h, (k, v) = model.hidden(batch.token_ids, (kv.k, kv.v), layout)
+        h, kv = model.hidden(batch.token_ids, kv, layout)
         last = jnp.clip(batch.num_new - 1, 0, t - 1)
         logits = head(model, h[jnp.arange(b), last])
         state = _row_state(batch.rows, layout.kv_lens, batch.sampling, model.config.vocab_size)
@@ -197,7 +195,7 @@ def make_steps(
             hook=hook,
             kernels=model.config.kernels,
         )
-        return keep(k, v), PrefillOutput(sampled=out, hidden=h)
+        return keep(kv), PrefillOutput(sampled=out, hidden=h)
 
     def prompt_logprobs(
         params: nnx.State, hidden: jax.Array, target_ids: jax.Array
@@ -232,8 +230,7 @@ def make_steps(
         k_top = TOP_LOGPROBS_MAX
         init = DecodeCarry(
             step=jnp.int32(0),
-            k_pages=kv.k,
-            v_pages=kv.v,
+            kv=kv,
             token_ids=batch.token_ids,
             state=_row_state(batch.rows, batch.start + 1, t, vocab),
             num_new=jnp.zeros(b, jnp.int32),
@@ -258,9 +255,7 @@ def make_steps(
                 page_table=batch.page_table,
                 page_size=page_size,
             )
-            h, (k_pages, v_pages) = model.hidden(
-                c.token_ids[:, None], (c.k_pages, c.v_pages), layout
-            )
+            h, kv = model.hidden(c.token_ids[:, None], c.kv, layout)
             bitmask, use_bitmask = mask_rows(grammar, c.grammar_state, t.bitmask, t.use_bitmask)
             s = sample(
                 head(model, h[:, 0]),
@@ -279,8 +274,7 @@ def make_steps(
             done = is_complete(grammar, grammar_state)
             return DecodeCarry(
                 step=i + 1,
-                k_pages=k_pages,
-                v_pages=v_pages,
+                kv=kv,
                 token_ids=jnp.where(write, s.token_ids, c.token_ids),
                 state=advance(t, state, s, write),
                 num_new=num_new,
@@ -296,7 +290,7 @@ def make_steps(
         out = DecodeOutput(
             c.out_ids, c.out_logprobs, c.top_ids, c.top_logprobs, c.num_new, c.state.mirostat_mu
         )
-        return keep(c.k_pages, c.v_pages), out
+        return keep(c.kv), out
 
     traces = TraceCounter()
     return Steps(

@@ -5,9 +5,11 @@ shape (rows, batch, keys), so the same query would get other bits in another bat
 page bucket. Here both products of attention (q.k and p.v) run on integers: each f32 operand is
 rounded to a 15-bit fixed-point value per vector (one scale per query, key, value row and per
 probability row), split as `hi * 128 + lo` into two int8 parts, and multiplied exactly with int32
-accumulation, whose sum does not depend on order. Only elementwise ops and exact max / integer
-reductions remain, so a query's output depends on its own keys alone. The fixed-point rounding
-is ~2^-15 of each vector's largest entry, finer than an f16 KV cache.
+accumulation, whose sum does not depend on order. Keys and values are split once, when they are
+written to the cache (`split`), so a step reads half the bytes of an f32 cache. Only elementwise
+ops and exact max / integer reductions remain, so a query's output depends on its own keys
+alone. The fixed-point rounding is ~2^-15 of each vector's largest entry, finer than an f16 KV
+cache.
 """
 
 from __future__ import annotations
@@ -29,20 +31,33 @@ def split(x: jax.Array, axis: int = -1) -> tuple[jax.Array, jax.Array, jax.Array
     return hi.astype(jnp.int8), lo.astype(jnp.int8), scale
 
 
-def _int_dot(spec: str, a_hi, a_lo, b_hi, b_lo, contract_axes: tuple[int, int]) -> jax.Array:
-    """`128 * (a_hi . b_hi) + (a_hi . b_lo + a_lo . b_hi)` as f32, each dot exact in int32; the
-    two cross terms share one dot over the concatenated contraction axis."""
-    hh = jnp.einsum(spec, a_hi, b_hi, preferred_element_type=jnp.int32)
-    a_cat = jnp.concatenate([a_hi, a_lo], axis=contract_axes[0])
-    b_cat = jnp.concatenate([b_lo, b_hi], axis=contract_axes[1])
-    cross = jnp.einsum(spec, a_cat, b_cat, preferred_element_type=jnp.int32)
-    return hh.astype(jnp.float32) * 128.0 + cross.astype(jnp.float32)
+def _int_dot(spec: str, a_hi, a_lo, b_hi, b_lo) -> jax.Array:
+    """`128 * (a_hi . b_hi) + (a_hi . b_lo + a_lo . b_hi)` as f32, each dot exact in int32 (the
+    `lo . lo` term is below the fixed-point rounding and left out)."""
+
+    def dot(a: jax.Array, b: jax.Array) -> jax.Array:
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.int32)
+
+    cross = dot(a_hi, b_lo) + dot(a_lo, b_hi)  # int32: exact in any order
+    return dot(a_hi, b_hi).astype(jnp.float32) * 128.0 + cross.astype(jnp.float32)
+
+
+def gather_pages(pages: jax.Array, layer: jax.Array, page_table: jax.Array) -> jax.Array:
+    """The pages of each row at `layer`: [L, KH, N, S, ...] -> [B, KH, P * S, ...], one gather
+    straight from the stacked cache (each (layer, kv head, page) is one contiguous row)."""
+    num_layers, kh, num_pages, page_size = pages.shape[:4]
+    rest = pages.shape[4:]
+    heads = jnp.arange(kh, dtype=jnp.int32)[None, :, None]
+    rows = ((layer * kh + heads) * num_pages + page_table[:, None, :]).reshape(-1)  # [B*KH*P]
+    flat = pages.reshape(num_layers * kh * num_pages, -1)
+    b = page_table.shape[0]
+    return jnp.take(flat, rows, axis=0).reshape(b, kh, -1, *rest)
 
 
 def exact_attention(
     q: jax.Array,
-    k_pages: jax.Array,
-    v_pages: jax.Array,
+    k_pages: tuple[jax.Array, jax.Array, jax.Array],
+    v_pages: tuple[jax.Array, jax.Array, jax.Array],
     *,
     layer: jax.Array,
     page_table: jax.Array,
@@ -52,29 +67,26 @@ def exact_attention(
     window: jax.Array | None = None,
     softcap: float = 0.0,
 ) -> jax.Array:
-    """`ref_attention`'s contract (q [B, T, H, D] over [L, KH, N, S, D] pages -> [B, T, H, D]),
-    computed so that each query's output is bitwise independent of the batch, the chunk length,
-    the page bucket and whether it is decoded or prefilled."""
+    """`ref_attention`'s contract (q [B, T, H, D] -> [B, T, H, D]) over a cache stored split:
+    `k_pages` and `v_pages` are (hi [L, KH, N, S, D] int8, lo int8, scale [L, KH, N, S] f32),
+    as `split` makes them when K/V are written. Each query's output is bitwise independent of
+    the batch, the chunk length, the page bucket and whether it is decoded or prefilled."""
     b, t, h, d = q.shape
-    num_layers, kh, num_pages, _, _ = k_pages.shape
-    heads = jnp.arange(kh, dtype=jnp.int32)[None, :, None]
-    rows = ((layer * kh + heads) * num_pages + page_table[:, None, :]).reshape(-1)  # [B*KH*P]
-    keys = jnp.take(k_pages.reshape(num_layers * kh * num_pages, -1), rows, axis=0)
-    values = jnp.take(v_pages.reshape(num_layers * kh * num_pages, -1), rows, axis=0)
-    keys = keys.reshape(b, kh, -1, d)  # [B, KH, K, D], K = P * S
-    values = values.reshape(b, kh, -1, d)
-    key_pos = jnp.arange(keys.shape[2], dtype=jnp.int32)
-    in_cache = key_pos[None, :] < kv_lens[:, None]  # [B, K]
-    # Select, never multiply: stale or NaN values in unused pages must not reach the output.
-    keys = jnp.where(in_cache[:, None, :, None], keys, 0.0)
-    values = jnp.where(in_cache[:, None, :, None], values, 0.0)
+    kh = k_pages[0].shape[1]
+    k_hi, k_lo, k_scale = (gather_pages(x, layer, page_table) for x in k_pages)
+    v_hi, v_lo, v_scale = (gather_pages(x, layer, page_table) for x in v_pages)
+    key_pos = jnp.arange(k_hi.shape[2], dtype=jnp.int32)
+    in_cache = key_pos[None, :] < kv_lens[:, None]  # [B, K], K = P * S
+    # Select, never multiply: stale values in unused pages must not reach the output.
+    k_hi, k_lo, v_hi, v_lo = (
+        jnp.where(in_cache[:, None, :, None], x, jnp.int8(0)) for x in (k_hi, k_lo, v_hi, v_lo)
+    )
+    v_scale = jnp.where(in_cache[:, None, :], v_scale, 0.0)  # [B, KH, K]
 
     qg = q.reshape(b, t, kh, h // kh, d).transpose(0, 2, 3, 1, 4)  # [B, KH, G, T, D]
     q_hi, q_lo, q_scale = split(qg)
-    k_hi, k_lo, k_scale = split(keys)
-    raw = _int_dot("bkgtd,bksd->bkgts", q_hi, q_lo, k_hi, k_lo, (-1, -1))
-    k_scale = k_scale[..., 0][:, :, None, None, :]  # [B, KH, 1, 1, K]
-    scores = raw * 128.0 * q_scale * k_scale
+    raw = _int_dot("bkgtd,bksd->bkgts", q_hi, q_lo, k_hi, k_lo)
+    scores = raw * 128.0 * q_scale * k_scale[:, :, None, None, :]
     scores = scores / jnp.sqrt(jnp.float32(d)) if scale is None else scores * jnp.float32(scale)
     if softcap > 0:
         scores = jnp.float32(softcap) * jnp.tanh(scores / jnp.float32(softcap))
@@ -88,9 +100,8 @@ def exact_attention(
     p = jnp.where(visible, jnp.exp(scores - row_max), 0.0)  # [B, KH, G, T, K], max 1
     denom = jnp.sum(jnp.round(p * DENOM_ONE).astype(jnp.int32), axis=-1, keepdims=True)
 
-    v_hi, v_lo, v_scale = split(values)  # per key: fold its scale into p
-    weighted = p * v_scale[..., 0][:, :, None, None, :]
-    p_hi, p_lo, p_scale = split(weighted)
-    num = _int_dot("bkgts,bksd->bkgtd", p_hi, p_lo, v_hi, v_lo, (-1, -2))
+    # v = v_scale * (128 v_hi + v_lo) per key: fold the key's scale into p, then split p.
+    p_hi, p_lo, p_scale = split(p * v_scale[:, :, None, None, :])
+    num = _int_dot("bkgts,bksd->bkgtd", p_hi, p_lo, v_hi, v_lo)
     out = num * 128.0 * p_scale / jnp.maximum(denom, 1).astype(jnp.float32) * DENOM_ONE
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
