@@ -27,26 +27,33 @@ def matmul_w8a8(x: jax.Array, w: jax.Array, scales: jax.Array) -> jax.Array:
     """`x @ W` for int8 W `[in, out]` with per-32 scales `[in // 32, out]`, quantizing `x` per
     32-block too, the way llama.cpp's Q8_0 dot products work.
 
-    Batch-invariant by construction: a `fori_loop` over the K input blocks does one exact
-    int8 x int8 -> int32 `[R, 32] x [32, out]` dot per block, then `y += acc * (x_scale *
-    w_scale)` in f32, always in block order. Every op is exact or elementwise, so a row's output
-    does not depend on how many rows are in the call (decode bucket, prefill chunk), and no
-    `[K, R, out]` intermediate is built (the f32 epilogue of a batched per-block dot grew with
-    rows x blocks).
+    Batch-invariant by construction: a `fori_loop` over groups of K input blocks does one exact
+    int8 x int8 -> int32 dot per block (`[R, 32] x [32, out]`, batched over the group), then
+    `y += acc * (x_scale * w_scale)` in f32, block after block, always in block order. Every op
+    is exact or elementwise, so a row's output does not depend on how many rows are in the call
+    (decode bucket, prefill chunk), and no `[K, R, out]` intermediate is built (the f32
+    epilogue of one batched per-block dot grew with rows x blocks). Groups of up to 6 blocks
+    keep the loop short for small batches.
     """
     lead, (n, out) = x.shape[:-1], w.shape
     k = n // BLOCK
+    group = max(g for g in range(1, 7) if k % g == 0)
     xb = x.reshape(-1, k, BLOCK)
+    rows = xb.shape[0]
     x_scale = jnp.max(jnp.abs(xb), axis=-1) / 127.0  # [R, K]
     safe = jnp.where(x_scale == 0.0, 1.0, x_scale)
-    xq = jnp.round(xb / safe[..., None]).astype(jnp.int8)
-    wb = w.reshape(k, BLOCK, out)
+    xq = jnp.round(xb / safe[..., None]).astype(jnp.int8).reshape(rows, k // group, group, BLOCK)
+    wb = w.reshape(k // group, group, BLOCK, out)
+    x_scale = x_scale.reshape(rows, k // group, group)
+    scales = scales.reshape(k // group, group, out)
 
-    def block(i: jax.Array, y: jax.Array) -> jax.Array:
-        acc = jnp.dot(xq[:, i], wb[i], preferred_element_type=jnp.int32)  # [R, out], exact
-        return y + acc.astype(jnp.float32) * (x_scale[:, i, None] * scales[i][None, :])
+    def blocks(i: jax.Array, y: jax.Array) -> jax.Array:
+        acc = jnp.einsum("rgc,gco->gro", xq[:, i], wb[i], preferred_element_type=jnp.int32)
+        for j in range(group):  # exact int32 per block, then scaled and added in block order
+            y = y + acc[j].astype(jnp.float32) * (x_scale[:, i, j, None] * scales[i, j][None, :])
+        return y
 
-    y = jax.lax.fori_loop(0, k, block, jnp.zeros((xb.shape[0], out), jnp.float32))
+    y = jax.lax.fori_loop(0, k // group, blocks, jnp.zeros((rows, out), jnp.float32))
     return y.reshape(*lead, out)
 
 
