@@ -41,9 +41,11 @@ class LLM:
         a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json).
     weights: "int8" (per-32-block scales; the CPU default) or "f32" (exact dequantized weights).
     max_model_len: context per request (default: the model's, capped at 4096).
-    kv_cache_bytes: memory for the paged KV cache; the page pool is sized from it.
+    kv_cache_bytes: memory for the paged KV cache (default 512 MiB); the page pool is sized
+        from it.
     max_num_seqs / max_num_batched_tokens / prefill_chunk / max_prefill_rows: rows and tokens
-        per engine step.
+        per engine step (default 64 decode rows: a step of 64 rows yields more tokens per second
+        than two of 32 here, see experiments/RESULTS.md).
     decode_steps: tokens each decode row generates on device per step (k).
     max_waiting: queued requests at most; more are refused with `QueueFullError`.
     enable_prefix_caching: reuse cached K/V pages of shared prompt prefixes.

@@ -51,7 +51,7 @@ class EngineConfig:
 
     weights: WeightFormat = "int8"
     page_size: int = 16
-    kv_cache_bytes: int = 2**30  # SmolLM2: 1456 pages of 16 tokens, 64 rows of ~360 tokens
+    kv_cache_bytes: int = 512 * 2**20  # int8 SmolLM2: 1412 pages of 16 tokens (64 rows of 350)
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     compilation_cache_dir: str | None = None  # None: <model cache>/xla; "": off
