@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxserve.kernels.paged_attention.exact import gather_pages
+
 
 def ref_attention(
     q: jax.Array,
@@ -35,15 +37,11 @@ def ref_attention(
     Returns [B, T, H, D].
     """
     b, t, h, d = q.shape
-    num_layers, kh, num_pages, _, _ = k_pages.shape
-    # Each (layer, kv head, page) is one contiguous [S, D] row of the flattened cache: the gather
-    # copies whole rows and lands keys as [B, KH, P*S, D], the layout the dots want (no transpose).
-    heads = jnp.arange(kh, dtype=jnp.int32)[None, :, None]
-    rows = ((layer * kh + heads) * num_pages + page_table[:, None, :]).reshape(-1)  # [B*KH*P]
-    keys = jnp.take(k_pages.reshape(num_layers * kh * num_pages, -1), rows, axis=0)
-    values = jnp.take(v_pages.reshape(num_layers * kh * num_pages, -1), rows, axis=0)
-    keys = keys.reshape(b, kh, -1, d)  # [B, KH, P*S, D]
-    values = values.reshape(b, kh, -1, d)
+    kh = k_pages.shape[1]
+    # The gather copies whole [S, D] rows and lands keys as [B, KH, P*S, D], the layout the dots
+    # want (no transpose).
+    keys = gather_pages(k_pages, layer, page_table)
+    values = gather_pages(v_pages, layer, page_table)
     qg = q.reshape(b, t, kh, h // kh, d)
     # One query per row (decode): the products are tiny matrices, which XLA CPU runs faster as a
     # fused multiply-and-reduce than as batched dots.
