@@ -54,6 +54,25 @@ def gather_pages(pages: jax.Array, layer: jax.Array, page_table: jax.Array) -> j
     return jnp.take(flat, rows, axis=0).reshape(b, kh, -1, *rest)
 
 
+def masked_exp(
+    scores: jax.Array, *, q_positions: jax.Array, kv_lens: jax.Array, window: jax.Array | None
+) -> jax.Array:
+    """`exp(score - row max)` over the keys each query sees, 0 elsewhere (selected, never
+    multiplied, so stale keys cannot leak). scores [B, KH, G, T, K]; key j is visible to a query
+    at p when j <= p, j < kv_len and, with `window`, p - j < window."""
+    key_pos = jnp.arange(scores.shape[-1], dtype=jnp.int32)
+    visible = (key_pos[None, None, :] <= q_positions[:, :, None]) & (
+        key_pos[None, None, :] < kv_lens[:, None, None]
+    )  # [B, T, K]
+    if window is not None:
+        visible &= key_pos[None, None, :] > q_positions[:, :, None] - window
+    visible = visible[:, None, None]  # [B, 1, 1, T, K]
+    scores = jnp.where(visible, scores, -jnp.inf)
+    row_max = jnp.max(scores, axis=-1, keepdims=True)
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    return jnp.where(visible, jnp.exp(scores - row_max), 0.0)
+
+
 def exact_attention(
     q: jax.Array,
     k_pages: tuple[jax.Array, jax.Array, jax.Array],
@@ -90,14 +109,7 @@ def exact_attention(
     scores = scores / jnp.sqrt(jnp.float32(d)) if scale is None else scores * jnp.float32(scale)
     if softcap > 0:
         scores = jnp.float32(softcap) * jnp.tanh(scores / jnp.float32(softcap))
-    visible = (key_pos[None, None, :] <= q_positions[:, :, None]) & in_cache[:, None, :]
-    if window is not None:
-        visible &= key_pos[None, None, :] > q_positions[:, :, None] - window
-    visible = visible[:, None, None]  # [B, 1, 1, T, K]
-    scores = jnp.where(visible, scores, -jnp.inf)
-    row_max = jnp.max(scores, axis=-1, keepdims=True)
-    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-    p = jnp.where(visible, jnp.exp(scores - row_max), 0.0)  # [B, KH, G, T, K], max 1
+    p = masked_exp(scores, q_positions=q_positions, kv_lens=kv_lens, window=window)  # max 1
     denom = jnp.sum(jnp.round(p * DENOM_ONE).astype(jnp.int32), axis=-1, keepdims=True)
 
     # v = v_scale * (128 v_hi + v_lo) per key: fold the key's scale into p, then split p.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxserve.kernels.paged_attention.exact import gather_pages
+from jaxserve.kernels.paged_attention.exact import gather_pages, masked_exp
 
 
 def ref_attention(
@@ -57,16 +57,7 @@ def ref_attention(
     # Select, never multiply: stale or NaN values in unused pages must not reach the output.
     in_cache = key_pos[None, :] < kv_lens[:, None]  # [B, P*S]
     values = jnp.where(in_cache[:, None, :, None], values, 0.0)
-    visible = (key_pos[None, None, :] <= q_positions[:, :, None]) & (
-        key_pos[None, None, :] < kv_lens[:, None, None]
-    )  # [B, T, S]
-    if window is not None:
-        visible &= key_pos[None, None, :] > q_positions[:, :, None] - window
-    visible = visible[:, None, None]  # [B, 1, 1, T, S]
-    scores = jnp.where(visible, scores, -jnp.inf)
-    row_max = jnp.max(scores, axis=-1, keepdims=True)
-    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-    weights = jnp.where(visible, jnp.exp(scores - row_max), 0.0)
+    weights = masked_exp(scores, q_positions=q_positions, kv_lens=kv_lens, window=window)
     denom = jnp.sum(weights, axis=-1, keepdims=True)
     weights = weights / jnp.where(denom == 0.0, 1.0, denom)
     if decode:
