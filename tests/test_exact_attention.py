@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxserve.kernels.paged_attention import ref_attention
-from jaxserve.kernels.paged_attention.exact import exact_attention, split
+from jaxserve.kernels.paged_attention.exact import exact_attention, pack
 
 H, KH, D, S, N, L = 6, 2, 64, 16, 40, 2  # heads, kv heads, dim, page size, pool, layers
 PAGES = [7, 3, 12, 30, 21, 9]  # the row under test: 6 pages, 96 key slots
@@ -25,11 +25,6 @@ def cache(seed: int = 0) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(k), jnp.asarray(v)
 
 
-def as_split(pages: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    hi, lo, scale = split(pages)
-    return hi, lo, scale[..., 0]
-
-
 K, V = cache()
 QUERIES = jnp.asarray(np.random.default_rng(1).standard_normal((LENGTH, H, D)).astype(np.float32))
 
@@ -38,8 +33,8 @@ QUERIES = jnp.asarray(np.random.default_rng(1).standard_normal((LENGTH, H, D)).a
 def run_exact(q, page_table, q_positions, kv_lens):
     return exact_attention(
         q,
-        as_split(K),
-        as_split(V),
+        pack(K),
+        pack(V),
         layer=jnp.int32(1),
         page_table=page_table,
         q_positions=q_positions,

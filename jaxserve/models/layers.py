@@ -130,7 +130,7 @@ def attention(
     """
     args = dict(layer=layer, page_table=page_table, scale=scale, window=window)
     if kv.is_fixed:
-        k_pages, v_pages = (kv.k, kv.k_lo, kv.k_scale), (kv.v, kv.v_lo, kv.v_scale)
+        k_pages, v_pages = (kv.k, kv.k_scale), (kv.v, kv.v_scale)
         return exact_attention(
             q, k_pages, v_pages, q_positions=q_positions, kv_lens=kv_lens, **args
         )

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxserve.config import ModelConfig
-from jaxserve.kernels.paged_attention.exact import split as split_fixed
+from jaxserve.kernels.paged_attention.exact import pack
 
 # Page 0 is never handed to a request: padded tokens write there, and unused page-table entries
 # point there (masked by kv_lens), so padding never touches a live page.
@@ -22,30 +22,29 @@ class KVCache:
 
     - "f32": `k`, `v` are the values (the Pallas kernels and f32 weights read them);
     - "fixed": each cached key / value vector is stored once, when written, as the 15-bit
-      fixed-point split that `exact_attention` multiplies with integer dots: `k`, `v` hold the
-      int8 high parts, `k_lo`, `v_lo` the low parts, `k_scale`, `v_scale` one f32 scale per
-      (layer, kv head, page, slot). Half the bytes of f32, and nothing re-split per step.
+      fixed-point split that `exact_attention` multiplies with integer dots: `k`, `v` hold
+      `[hi | lo]` int8 side by side, `k_scale`, `v_scale` one f32 scale per (layer, kv head,
+      page, slot). Half the bytes of f32, and nothing re-split per step.
     """
 
-    k: jax.Array  # [L, KH, N, S, D] f32, or int8 (hi): each (layer, kv head, page) one [S, D]
-    v: jax.Array  # [L, KH, N, S, D]
-    k_lo: jax.Array | None = None  # [L, KH, N, S, D] int8
-    v_lo: jax.Array | None = None
+    k: jax.Array  # [L, KH, N, S, D] f32, or [L, KH, N, S, 2D] int8; one row per (l, kh, page)
+    v: jax.Array
     k_scale: jax.Array | None = None  # [L, KH, N, S] f32
     v_scale: jax.Array | None = None
 
     @property
     def is_fixed(self) -> bool:
-        return self.k_lo is not None
+        return self.k_scale is not None
 
     @classmethod
     def zeros(cls, config: ModelConfig, *, num_pages: int, page_size: int) -> KVCache:
         shape = (config.num_layers, config.num_kv_heads, num_pages, page_size, config.head_dim)
         if config.kv_format == "f32":
             return cls(k=jnp.zeros(shape, jnp.float32), v=jnp.zeros(shape, jnp.float32))
-        parts = [jnp.zeros(shape, jnp.int8) for _ in range(4)]
+        packed = (*shape[:-1], 2 * config.head_dim)
+        parts = [jnp.zeros(packed, jnp.int8) for _ in range(2)]
         scales = [jnp.ones(shape[:-1], jnp.float32) for _ in range(2)]
-        return cls(*parts[:2], *parts[2:], *scales)
+        return cls(*parts, *scales)
 
     @staticmethod
     def bytes_per_page(config: ModelConfig, page_size: int) -> int:
@@ -57,15 +56,12 @@ class KVCache:
         at = (layer, slice(None), layout.write_page, layout.write_slot)
         if not self.is_fixed:
             return KVCache(k=self.k.at[at].set(k), v=self.v.at[at].set(v))
-        k_hi, k_lo, k_scale = split_fixed(k)
-        v_hi, v_lo, v_scale = split_fixed(v)
+        (k, k_scale), (v, v_scale) = pack(k), pack(v)
         return KVCache(
-            k=self.k.at[at].set(k_hi),
-            v=self.v.at[at].set(v_hi),
-            k_lo=self.k_lo.at[at].set(k_lo),
-            v_lo=self.v_lo.at[at].set(v_lo),
-            k_scale=self.k_scale.at[at].set(k_scale[..., 0]),
-            v_scale=self.v_scale.at[at].set(v_scale[..., 0]),
+            k=self.k.at[at].set(k),
+            v=self.v.at[at].set(v),
+            k_scale=self.k_scale.at[at].set(k_scale),
+            v_scale=self.v_scale.at[at].set(v_scale),
         )
 
 

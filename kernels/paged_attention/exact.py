@@ -6,7 +6,8 @@ page bucket. Here both products of attention (q.k and p.v) run on integers: each
 rounded to a 15-bit fixed-point value per vector (one scale per query, key, value row and per
 probability row), split as `hi * 128 + lo` into two int8 parts, and multiplied exactly with int32
 accumulation, whose sum does not depend on order. Keys and values are split once, when they are
-written to the cache (`split`), so a step reads half the bytes of an f32 cache. Only elementwise
+written to the cache, side by side as `[hi | lo]` (`pack`), so a step reads half the bytes of an
+f32 cache and each product is one integer dot over stacked operands. Only elementwise
 ops and exact max / integer reductions remain, so a query's output depends on its own keys
 alone. The fixed-point rounding is ~2^-15 of each vector's largest entry, finer than an f16 KV
 cache.
@@ -31,15 +32,52 @@ def split(x: jax.Array, axis: int = -1) -> tuple[jax.Array, jax.Array, jax.Array
     return hi.astype(jnp.int8), lo.astype(jnp.int8), scale
 
 
-def _int_dot(spec: str, a_hi, a_lo, b_hi, b_lo) -> jax.Array:
-    """`128 * (a_hi . b_hi) + (a_hi . b_lo + a_lo . b_hi)` as f32, each dot exact in int32 (the
-    `lo . lo` term is below the fixed-point rounding and left out)."""
+def pack(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x f32 `[..., D]` -> (`[hi | lo]` int8 `[..., 2D]`, scale `[...]`): the cache's format."""
+    hi, lo, scale = split(x)
+    return jnp.concatenate([hi, lo], axis=-1), scale[..., 0]
 
-    def dot(a: jax.Array, b: jax.Array) -> jax.Array:
-        return jnp.einsum(spec, a, b, preferred_element_type=jnp.int32)
 
-    cross = dot(a_hi, b_lo) + dot(a_lo, b_hi)  # int32: exact in any order
-    return dot(a_hi, b_hi).astype(jnp.float32) * 128.0 + cross.astype(jnp.float32)
+def _combine(hi_hi: jax.Array, hi_lo: jax.Array, lo_hi: jax.Array) -> jax.Array:
+    """`128 * hi.hi + (hi.lo + lo.hi)` in f32 from exact int32 products (the `lo.lo` term is
+    below the fixed-point rounding and left out)."""
+    cross = hi_lo + lo_hi  # int32: exact in any order
+    return hi_hi.astype(jnp.float32) * 128.0 + cross.astype(jnp.float32)
+
+
+def _dot(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.int32)
+
+
+# The integer products are exact however they are grouped, so each shape takes the grouping that
+# runs fastest without changing a bit. One query per row (decode): one dot of `[a_hi; a_lo]`
+# against the whole packed operand (a quarter of the work is the unused lo.lo, but decode's dots
+# are small and bound by the number of calls). Query chunks (prefill): three dots over its halves.
+
+
+def _scores(q_hi: jax.Array, q_lo: jax.Array, keys: jax.Array, *, stacked: bool) -> jax.Array:
+    """q [B, KH, G, T, D] . keys `[hi | lo]` [B, KH, K, 2D] -> [B, KH, G, T, K]."""
+    d = q_hi.shape[-1]
+    if not stacked:
+        k_hi, k_lo = keys[..., :d], keys[..., d:]
+        spec = "bkgtd,bksd->bkgts"
+        return _combine(_dot(spec, q_hi, k_hi), _dot(spec, q_hi, k_lo), _dot(spec, q_lo, k_hi))
+    b, kh, k = keys.shape[:3]
+    rows = keys.reshape(b, kh, 2 * k, d)  # row 2s: key s's hi part, row 2s + 1: its lo part
+    both = _dot("bkxgtd,bksd->bkxgts", jnp.stack([q_hi, q_lo], axis=2), rows)
+    both = both.reshape(*both.shape[:-1], k, 2)
+    return _combine(both[:, :, 0, ..., 0], both[:, :, 0, ..., 1], both[:, :, 1, ..., 0])
+
+
+def _weighted(p_hi: jax.Array, p_lo: jax.Array, values: jax.Array, *, stacked: bool) -> jax.Array:
+    """p [B, KH, G, T, K] . values `[hi | lo]` [B, KH, K, 2D] -> [B, KH, G, T, D]."""
+    d = values.shape[-1] // 2
+    if not stacked:
+        v_hi, v_lo = values[..., :d], values[..., d:]
+        spec = "bkgts,bksd->bkgtd"
+        return _combine(_dot(spec, p_hi, v_hi), _dot(spec, p_hi, v_lo), _dot(spec, p_lo, v_hi))
+    both = _dot("bkxgts,bksd->bkxgtd", jnp.stack([p_hi, p_lo], axis=2), values)
+    return _combine(both[:, :, 0, ..., :d], both[:, :, 0, ..., d:], both[:, :, 1, ..., :d])
 
 
 def gather_pages(pages: jax.Array, layer: jax.Array, page_table: jax.Array) -> jax.Array:
@@ -51,7 +89,15 @@ def gather_pages(pages: jax.Array, layer: jax.Array, page_table: jax.Array) -> j
     rows = ((layer * kh + heads) * num_pages + page_table[:, None, :]).reshape(-1)  # [B*KH*P]
     flat = pages.reshape(num_layers * kh * num_pages, -1)
     b = page_table.shape[0]
-    return jnp.take(flat, rows, axis=0).reshape(b, kh, -1, *rest)
+    words = pages.dtype.itemsize < 4 and flat.shape[1] * pages.dtype.itemsize % 4 == 0
+    if words:  # XLA CPU gathers element by element: move int8 rows as 32-bit words
+        flat = jax.lax.bitcast_convert_type(
+            flat.reshape(flat.shape[0], -1, 4 // pages.dtype.itemsize), jnp.int32
+        )
+    out = jnp.take(flat, rows, axis=0, mode="clip")
+    if words:
+        out = jax.lax.bitcast_convert_type(out, pages.dtype)
+    return out.reshape(b, kh, -1, *rest)
 
 
 def masked_exp(
@@ -75,8 +121,8 @@ def masked_exp(
 
 def exact_attention(
     q: jax.Array,
-    k_pages: tuple[jax.Array, jax.Array, jax.Array],
-    v_pages: tuple[jax.Array, jax.Array, jax.Array],
+    k_pages: tuple[jax.Array, jax.Array],
+    v_pages: tuple[jax.Array, jax.Array],
     *,
     layer: jax.Array,
     page_table: jax.Array,
@@ -87,24 +133,23 @@ def exact_attention(
     softcap: float = 0.0,
 ) -> jax.Array:
     """`ref_attention`'s contract (q [B, T, H, D] -> [B, T, H, D]) over a cache stored split:
-    `k_pages` and `v_pages` are (hi [L, KH, N, S, D] int8, lo int8, scale [L, KH, N, S] f32),
-    as `split` makes them when K/V are written. Each query's output is bitwise independent of
+    `k_pages` and `v_pages` are (`[hi | lo]` [L, KH, N, S, 2D] int8, scale [L, KH, N, S] f32),
+    as `pack` makes them when K/V are written. Each query's output is bitwise independent of
     the batch, the chunk length, the page bucket and whether it is decoded or prefilled."""
     b, t, h, d = q.shape
     kh = k_pages[0].shape[1]
-    k_hi, k_lo, k_scale = (gather_pages(x, layer, page_table) for x in k_pages)
-    v_hi, v_lo, v_scale = (gather_pages(x, layer, page_table) for x in v_pages)
-    key_pos = jnp.arange(k_hi.shape[2], dtype=jnp.int32)
+    # [hi | lo] of every key and value in one gather each. Unused slots need no select:
+    # their scores are masked before the softmax and their probabilities are exactly 0,
+    # so stale int8 values add exact zeros (only the f32 value scales are selected).
+    keys, k_scale = (gather_pages(x, layer, page_table) for x in k_pages)  # [B, KH, K, 2D]
+    values, v_scale = (gather_pages(x, layer, page_table) for x in v_pages)
+    key_pos = jnp.arange(keys.shape[2], dtype=jnp.int32)
     in_cache = key_pos[None, :] < kv_lens[:, None]  # [B, K], K = P * S
-    # Select, never multiply: stale values in unused pages must not reach the output.
-    k_hi, k_lo, v_hi, v_lo = (
-        jnp.where(in_cache[:, None, :, None], x, jnp.int8(0)) for x in (k_hi, k_lo, v_hi, v_lo)
-    )
     v_scale = jnp.where(in_cache[:, None, :], v_scale, 0.0)  # [B, KH, K]
 
     qg = q.reshape(b, t, kh, h // kh, d).transpose(0, 2, 3, 1, 4)  # [B, KH, G, T, D]
     q_hi, q_lo, q_scale = split(qg)
-    raw = _int_dot("bkgtd,bksd->bkgts", q_hi, q_lo, k_hi, k_lo)
+    raw = _scores(q_hi, q_lo, keys, stacked=t == 1)
     scores = raw * 128.0 * q_scale * k_scale[:, :, None, None, :]
     scores = scores / jnp.sqrt(jnp.float32(d)) if scale is None else scores * jnp.float32(scale)
     if softcap > 0:
@@ -114,6 +159,6 @@ def exact_attention(
 
     # v = v_scale * (128 v_hi + v_lo) per key: fold the key's scale into p, then split p.
     p_hi, p_lo, p_scale = split(p * v_scale[:, :, None, None, :])
-    num = _int_dot("bkgts,bksd->bkgtd", p_hi, p_lo, v_hi, v_lo)
+    num = _weighted(p_hi, p_lo, values, stacked=t == 1)
     out = num * 128.0 * p_scale / jnp.maximum(denom, 1).astype(jnp.float32) * DENOM_ONE
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
