@@ -1,8 +1,10 @@
 """AsyncEngine: the engine loop on a background thread, one async stream of outputs per request.
 
 Front ends call `generate(...)` and iterate; leaving the iteration early (client gone) aborts the
-request, whose pages are free before the next engine step. `embed(...)` runs on the engine thread
-too, between steps.
+request, whose pages are free before the next engine step. Requests are queued on the engine
+thread between steps (a caller's event loop never waits for a step to end), so every request that
+arrived during a step joins the next one. `embed(...)` runs on the engine thread too, between
+steps.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -106,6 +108,9 @@ class AsyncEngine:
         # request id -> [its caller's loop, its output queue, sequences not finished yet]
         self._streams: dict[int, list] = {}
         self._aborts: deque[int] = deque()  # appended from any thread, drained by the loop
+        # requests to queue, as (add_request's arguments, caller's loop, output queue, future)
+        self._adds: deque[tuple[tuple, asyncio.AbstractEventLoop, asyncio.Queue, asyncio.Future]]
+        self._adds = deque()
         # (token id lists, caller's loop, future) of embedding calls, run by the loop between steps
         self._embeds: deque[tuple[list[list[int]], asyncio.AbstractEventLoop, asyncio.Future]]
         self._embeds = deque()
@@ -132,13 +137,11 @@ class AsyncEngine:
             raise RuntimeError("the engine loop has stopped") from self._error
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        with self._lock:
-            request = self.engine.add_request(
-                prompt_token_ids, params, prompt=prompt, priority=priority
-            )
-            self._streams[request.request_id] = [loop, queue, params.n]
+        future = loop.create_future()
+        self._adds.append(((prompt_token_ids, params, prompt, priority), loop, queue, future))
         self._wake.set()
-        return RequestStream(self, request.request_id, queue, params.n)
+        request_id = await future  # the engine thread queued it, or raised on bad input
+        return RequestStream(self, request_id, queue, params.n)
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
         """Embeddings of token-id lists (`Engine.embed`), computed on the engine thread between
@@ -174,6 +177,9 @@ class AsyncEngine:
         self._stopped = True
         self._wake.set()
         self._thread.join(timeout=10)
+        while self._adds:  # arrived after the loop's last turn
+            _, loop, _, future = self._adds.popleft()
+            _settle(loop, future, error=RuntimeError("the engine has stopped"))
         # The leader of several processes releases its followers once its engine has stopped.
         mirror = getattr(getattr(self.engine, "runner", None), "mirror", None)
         if mirror is not None and not self._thread.is_alive():
@@ -185,6 +191,7 @@ class AsyncEngine:
                 with self._lock:
                     while self._aborts:
                         self._abort(self._aborts.popleft())
+                    self._run_adds()
                     self._run_embeds()
                     busy = self.engine.has_unfinished()
                     events = self.engine.step() if busy else []
@@ -204,7 +211,7 @@ class AsyncEngine:
                             loop.call_soon_threadsafe(queue.put_nowait, output)
                         except RuntimeError:  # the caller's event loop is closed
                             self.abort_soon(output.request_id)
-                if not busy and not self._embeds:
+                if not busy and not self._embeds and not self._adds:
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
         except BaseException as error:  # surface the failure to every open stream
@@ -213,11 +220,30 @@ class AsyncEngine:
                 streams, self._streams = list(self._streams.values()), {}
             for loop, queue, _ in streams:
                 loop.call_soon_threadsafe(queue.put_nowait, error)
+            while self._adds:
+                _, loop, _, future = self._adds.popleft()
+                failed = RuntimeError("the engine loop failed")
+                failed.__cause__ = error
+                _settle(loop, future, error=failed)
             while self._embeds:
                 _, loop, future = self._embeds.popleft()
                 failed = RuntimeError("the engine loop failed")
                 failed.__cause__ = error
                 _settle(loop, future, error=failed)
+
+    def _run_adds(self) -> None:
+        """Queue every request that arrived (under the lock); bad input fails its caller only."""
+        while self._adds:
+            (ids, params, prompt, priority), loop, queue, future = self._adds.popleft()
+            if future.cancelled():  # the caller is gone
+                continue
+            try:
+                request = self.engine.add_request(ids, params, prompt=prompt, priority=priority)
+            except Exception as error:  # ValueError, ContextLengthError, QueueFullError, ...
+                _settle(loop, future, error=error)
+                continue
+            self._streams[request.request_id] = [loop, queue, params.n]
+            _settle(loop, future, result=request.request_id, on_cancel=self.abort_soon)
 
     def _run_embeds(self) -> None:
         """Run the first queued embedding part (under the lock). One that needs pages that
@@ -245,11 +271,15 @@ def _settle(
     *,
     result: object = None,
     error: BaseException | None = None,
+    on_cancel: Callable[[object], None] | None = None,
 ) -> None:
-    """Resolve a caller's future from the engine thread (unless it was cancelled meanwhile)."""
+    """Resolve a caller's future from the engine thread. One cancelled meanwhile stays so, and
+    `on_cancel(result)` undoes what the result stood for (a queued request is aborted)."""
 
     def settle() -> None:
         if future.done():
+            if on_cancel is not None and error is None:
+                on_cancel(result)
             return
         if error is not None:
             future.set_exception(error)
@@ -259,7 +289,8 @@ def _settle(
     try:
         loop.call_soon_threadsafe(settle)
     except RuntimeError:  # the caller's event loop is closed
-        pass
+        if on_cancel is not None and error is None:
+            on_cancel(result)
 
 
 def _to_stream(event: StepEvent) -> StreamOutput:

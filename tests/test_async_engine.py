@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 
@@ -78,3 +80,61 @@ def test_bad_requests_raise_before_streaming(llm):
     finally:
         engine.shutdown()
     assert engine.is_alive is False or not llm.engine.has_unfinished()
+
+
+def test_queueing_a_request_never_waits_for_the_running_step(llm):
+    """A caller's event loop keeps running while a step is in progress: requests that arrive
+    meanwhile are queued by the engine thread and join the next step together."""
+    engine = AsyncEngine(llm.engine)
+    gate, inside = threading.Event(), threading.Event()
+    step = llm.engine.step
+
+    def held_step():
+        inside.set()
+        gate.wait(timeout=30)
+        return step()
+
+    async def main():
+        llm.engine.step = held_step
+        first = asyncio.create_task(_collect(engine, PROMPTS[0]))
+        while not inside.is_set():
+            await asyncio.sleep(0.01)
+        late = [asyncio.create_task(_collect(engine, p)) for p in PROMPTS[1:]]
+        started = time.monotonic()
+        for _ in range(20):  # would stall until the step ends if queueing blocked the loop
+            await asyncio.sleep(0.005)
+        responsive = time.monotonic() - started
+        assert not any(task.done() for task in late)
+        llm.engine.step = step
+        gate.set()
+        return responsive, await asyncio.gather(first, *late)
+
+    try:
+        responsive, results = asyncio.run(main())
+    finally:
+        llm.engine.step = step
+        gate.set()
+        engine.shutdown()
+    assert responsive < 5.0
+    expected = [o.token_ids for o in llm.generate(PROMPTS, PARAMS)]
+    assert [ids for ids, _, _ in results] == expected
+
+
+def test_a_request_cancelled_while_queued_is_never_run(llm):
+    engine = AsyncEngine(llm.engine)
+
+    async def main():
+        task = asyncio.create_task(engine.generate(PROMPTS[2], PARAMS))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await _collect(engine, PROMPTS[0])
+
+    try:
+        ids, _, reason = asyncio.run(main())
+    finally:
+        engine.shutdown()
+    assert reason == "length" and len(ids) == PARAMS.max_tokens
+    assert not llm.engine.has_unfinished()
+    assert llm.engine.scheduler.pages.num_used == 0

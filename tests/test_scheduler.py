@@ -179,3 +179,22 @@ def test_no_compiles_after_warmup_under_a_mixed_workload(tiny_gguf):
     assert stats["num_finished"] == finished and stats["generated_tokens"] > 0
     assert finished + aborted == 200 and aborted > 0
     assert engine.scheduler.pages.num_used == 0
+
+
+def test_a_step_that_admits_a_prompt_decodes_one_token_per_row(llm):
+    """Running rows make one token while prompts are prefilled (so a new prompt never waits
+    behind k tokens of every row), and k per step once nothing is left to admit."""
+    engine = llm.engine
+    first = engine.add_request(PROMPTS[0], _greedy(12))
+    engine.step()  # prefill: the first token
+    assert len(first.output.token_ids) == 1
+    engine.step()  # decode only: k = 4 tokens
+    assert len(first.output.token_ids) == 5
+    second = engine.add_request(PROMPTS[2], _greedy(12))
+    engine.step()  # prefills the second prompt, decodes one token of the first
+    assert len(first.output.token_ids) == 6 and len(second.output.token_ids) == 1
+    engine.step()
+    assert len(first.output.token_ids) == 10 and len(second.output.token_ids) == 5
+    while engine.has_unfinished():
+        engine.step()
+    assert first.output.token_ids == llm.generate(PROMPTS[0], _greedy(12))[0].token_ids

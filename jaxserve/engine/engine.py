@@ -272,9 +272,12 @@ class Engine:
             events.append(StepEvent(request.output, delta, (token,)))
         return events
 
-    def _run_decode(self, requests: list[Request], num_steps: int) -> list[StepEvent]:
+    def _run_decode(self, requests: list[Request], max_tokens: int) -> list[StepEvent]:
+        """Decode up to `max_tokens` tokens per row. The device call always has the configured
+        number of steps (one compiled shape); rows stop on device after their `remaining`."""
         in_use = {r.matcher.grammar for r in requests if r.matcher is not None}
-        rows = [self._decode_row(r, in_use) for r in requests]
+        rows = [self._decode_row(r, in_use, max_tokens) for r in requests]
+        num_steps = self.scheduler.config.decode_steps
         slots = self.grammar_slots
         if slots.dirty:
             self.runner.load_grammar_tables(slots.byte_next, slots.masks, slots.complete)
@@ -304,10 +307,14 @@ class Engine:
             events.append(StepEvent(request.output, delta, tuple(new)))
         return events
 
-    def _decode_row(self, request: Request, in_use: set[CompiledGrammar]) -> DecodeRow:
+    def _decode_row(
+        self, request: Request, in_use: set[CompiledGrammar], max_tokens: int
+    ) -> DecodeRow:
         params = request.params
         remaining = min(
-            params.max_tokens - len(request.output.token_ids), request.max_len - request.num_tokens
+            params.max_tokens - len(request.output.token_ids),
+            request.max_len - request.num_tokens,
+            max_tokens,
         )
         matcher, grammar_state = request.matcher, -1
         if type(matcher) is Matcher:  # a regular constraint runs on device when it fits

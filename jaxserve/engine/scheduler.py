@@ -1,8 +1,9 @@
 """The scheduler (host only): which requests run this step, and how many tokens each.
 
-Each step, running requests that have finished prefilling each decode one token (or k tokens in
-one device call when nothing else is scheduled), and the remaining token budget goes to prefill
-chunks: first requests already partly prefilled, then waiting ones in (priority, arrival) order.
+Each step, running requests that have finished prefilling decode up to k tokens in one device
+call, and the remaining token budget goes to prefill chunks: first requests already partly
+prefilled, then waiting ones in (priority, arrival) order. A step that prefills decodes one token
+per row only, so prompts waiting to start are not held behind k tokens of every running row.
 Pages are reserved here; when the pool runs dry the lowest-priority, newest request is preempted
 (its pages freed, its tokens recomputed later), so the engine never crashes for lack of memory.
 """
@@ -27,7 +28,8 @@ class SchedulerConfig:
     max_num_batched_tokens: tokens per step, decode rows + prefill chunks.
     prefill_chunk: tokens of one prompt prefilled per step at most.
     max_prefill_rows: prompts prefilled side by side in one step at most.
-    decode_steps: tokens a decode-only step generates on device before returning to the host.
+    decode_steps: tokens a decode-only step generates on device before returning to the host
+        (a step that also prefills generates one).
     max_waiting: queued requests at most (more raises QueueFullError).
     """
 
@@ -66,7 +68,7 @@ class PrefillChunk:
 class SchedulerOutput:
     prefill: list[PrefillChunk] = field(default_factory=list)
     decode: list[Request] = field(default_factory=list)
-    decode_steps: int = 1
+    decode_steps: int = 1  # tokens each decode row may generate this step
     preempted: list[Request] = field(default_factory=list)
 
     @property
@@ -101,8 +103,8 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         decoding = [r for r in self.running if r.is_prefilled]
-        # Decode rows run k tokens on device per step (stopping early on device per row); prefill
-        # chunks of other requests are scheduled between these k-token steps.
+        # Decode rows run up to k tokens on device per step (stopping early on device per row);
+        # prefill chunks of other requests are scheduled between these steps.
         steps = self.config.decode_steps
         for request in sorted(decoding, key=_order):
             if request not in self.running:
@@ -138,6 +140,8 @@ class Scheduler:
                 self.running.append(request)
             out.prefill.append(PrefillChunk(request, request.num_computed, n))
             budget -= n
+        if out.prefill:
+            out.decode_steps = 1  # prompts are being admitted: return to the scheduler soon
         return out
 
     def _prefill_candidates(self) -> list[Request]:
