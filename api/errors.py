@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("jaxserve.api")
+_UNPARSABLE = "There was an error parsing the body"  # FastAPI's detail when json.loads fails
 
 _TYPES = {
     400: "invalid_request_error",
@@ -93,6 +94,8 @@ def validation_error(errors: Sequence[Mapping]) -> APIError:
     first = errors[0]
     kind = first.get("type", "")
     param = _loc(first.get("loc", ())) or None
+    if kind == "invalid_text":  # found by walking the body: the path is in the context
+        return bad_request(first.get("msg", "invalid text"), first["ctx"]["param"], kind)
     if kind == "json_invalid":
         return bad_request("The request body is not valid JSON", code="invalid_json")
     if kind == "missing" and param is None:
@@ -121,6 +124,9 @@ def install_error_handlers(app: FastAPI) -> None:
         message = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, exc.detail)
         if exc.status_code == 404:
             message = f"Unknown route: {request.method} {request.url.path}"
+        if exc.status_code == 400 and exc.detail == _UNPARSABLE:  # e.g. nested past recursion
+            message = "The request body could not be parsed as JSON (malformed or nested too deep)"
+            return bad_request(message, code="invalid_json").response()
         return APIError(exc.status_code, str(message), headers=exc.headers).response()
 
     @app.exception_handler(Exception)

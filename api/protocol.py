@@ -9,16 +9,52 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
-class _Strict(BaseModel):
+def _text_error(value: object, path: str = "") -> tuple[str, str] | None:
+    """(path, why) of the first string in a JSON value that is not valid Unicode text: JSON may
+    spell lone UTF-16 surrogates (`"\\ud800"`), which no UTF-8 text (or tokenizer) can hold."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            bad = value[error.start]
+            return path, f"contains a lone surrogate (U+{ord(bad):04X}), which is not valid text"
+        return None
+    if isinstance(value, dict):
+        items = ((f"{path}.{k}" if path else str(k), k, v) for k, v in value.items())
+        for where, key, item in items:
+            found = _text_error(key, where) or _text_error(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _text_error(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+class _Body(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        found = _text_error(data)
+        if found is not None:  # `errors.validation_error` names the field from `param`
+            path, why = found
+            raise PydanticCustomError("invalid_text", "{param}: " + why, {"param": path})
+        return data
+
+
+class _Strict(_Body):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class _Open(BaseModel):
+class _Open(_Body):
     """Top-level bodies: extra fields are kept for `api/sampling.py` to map or reject."""
 
     model_config = ConfigDict(extra="allow", strict=True)

@@ -173,16 +173,29 @@ class LLM:
         return self.tokenizer.decode(token_ids)
 
     def generate(
-        self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | None = None
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
         """Continue each prompt (text, or token ids); one output per prompt, in order (with
-        `n > 1`, the prompt's n outputs follow each other, by `index`)."""
+        `n > 1`, the prompt's n outputs follow each other, by `index`). `params` is one
+        `SamplingParams` for every prompt, or a list of one per prompt."""
         batch = [prompts] if _is_single_prompt(prompts) else list(prompts)  # type: ignore[list-item]
-        params = params or SamplingParams()
+        if params is None or isinstance(params, SamplingParams):
+            per_prompt = [params or SamplingParams()] * len(batch)
+        else:
+            per_prompt = list(params)
+            if len(per_prompt) != len(batch):
+                raise ValueError(
+                    f"params: {len(per_prompt)} SamplingParams for {len(batch)} prompts "
+                    "(give one, or one per prompt)"
+                )
+            if not all(isinstance(p, SamplingParams) for p in per_prompt):
+                raise TypeError("params: every entry must be a SamplingParams")
         requests = []
         try:
-            for prompt in batch:
-                requests.append(self._add(prompt, params))
+            for prompt, prompt_params in zip(batch, per_prompt, strict=True):
+                requests.append(self._add(prompt, prompt_params))
         except Exception:
             for request in requests:
                 self.engine.abort(request)

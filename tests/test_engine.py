@@ -55,6 +55,22 @@ def test_seeded_sampling_is_batch_invariant(llm):
     assert llm.generate(PROMPT, others)[0].token_ids != alone
 
 
+def test_one_sampling_params_per_prompt(llm):
+    """vLLM's form: a list of SamplingParams, one per prompt, each applied to its own prompt."""
+    short = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+    seeded = SamplingParams(max_tokens=6, temperature=1.0, seed=7, ignore_eos=True)
+    outs = llm.generate([PROMPT[:5], PROMPT, PROMPT[2:]], [short, seeded, GREEDY])
+    assert [len(o.token_ids) for o in outs] == [3, 6, 8]
+    assert outs[0].token_ids == llm.generate(PROMPT[:5], short)[0].token_ids
+    assert outs[1].token_ids == llm.generate(PROMPT, seeded)[0].token_ids
+    assert outs[2].token_ids == llm.generate(PROMPT[2:], GREEDY)[0].token_ids
+    with pytest.raises(ValueError, match="2 SamplingParams for 3 prompts"):
+        llm.generate([PROMPT[:5], PROMPT, PROMPT[2:]], [short, seeded])
+    with pytest.raises(TypeError, match="SamplingParams"):
+        llm.generate([PROMPT[:5]], [{"max_tokens": 3}])  # type: ignore[list-item]
+    assert not llm.engine.has_unfinished()
+
+
 def test_prompt_logprobs_without_generation(llm, oracle):
     out = llm.generate(PROMPT, SamplingParams(max_tokens=0, prompt_logprobs=3))[0]
     assert out.token_ids == [] and out.text == "" and out.finish_reason == "length"

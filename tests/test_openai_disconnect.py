@@ -85,3 +85,31 @@ def test_the_server_keeps_serving_after_disconnects(setup):
     with httpx.Client(base_url=url, timeout=30) as client:
         r = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 3})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+
+
+def _gauge(metrics: str, name: str) -> float:
+    line = next(x for x in metrics.splitlines() if x.startswith(f"jaxserve_engine_{name} "))
+    return float(line.split()[1])
+
+
+def test_metrics_show_an_idle_engine_once_its_clients_are_gone(setup):
+    """The engine's gauges follow aborts too, not only steps: after the last client leaves,
+    /metrics shows nothing running or waiting and no pages used, with no request after it."""
+    url, engine = setup
+    body = {"prompt": "Hi", "stream": True, **LONG}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        streams = [client.stream("POST", "/v1/completions", json=body) for _ in range(3)]
+        responses = [s.__enter__() for s in streams]
+        for r in responses:
+            assert r.status_code == 200
+            next(line for line in r.iter_lines() if line)
+        busy = client.get("/metrics").text
+        assert _gauge(busy, "num_running") + _gauge(busy, "num_waiting") >= 1
+        assert _gauge(busy, "kv_pages_used") >= 1
+        for s in streams:
+            s.__exit__(None, None, None)
+    _wait_until_idle(engine)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        idle = client.get("/metrics").text
+    assert _gauge(idle, "num_running") == 0 and _gauge(idle, "num_waiting") == 0
+    assert _gauge(idle, "kv_pages_used") == 0

@@ -447,3 +447,50 @@ def test_an_engine_failure_is_a_shaped_5xx_and_ends_a_stream_with_an_error_event
             assert _error(c.get("/health"), 503)["code"] == "engine_stopped"
             r = c.post("/v1/completions", json=COMPLETION)
             assert _error(r, 503)["code"] == "engine_stopped"
+
+
+JSON_HEADERS = {"content-type": "application/json"}
+LONE_SURROGATES = [
+    ("/v1/completions", '{"prompt": "a\\ud800b", "max_tokens": 2}', "prompt"),
+    ("/v1/completions", '{"prompt": ["ok", "\\udfff"], "max_tokens": 2}', "prompt[1]"),
+    (
+        "/v1/chat/completions",
+        '{"messages": [{"role": "user", "content": "\\ud83d"}], "max_tokens": 2}',
+        "messages[0].content",
+    ),
+    (
+        "/v1/chat/completions",
+        '{"messages": [{"role": "user", "content": "hi"}], "stop": ["x", "\\udc00"]}',
+        "stop[1]",
+    ),
+    ("/v1/completions", '{"prompt": "a", "max_tokens": 2, "user": "\\ud800"}', "user"),
+    ("/tokenize", '{"prompt": "\\ud800"}', "prompt"),
+]
+
+
+@pytest.mark.parametrize(("path", "raw", "param"), LONE_SURROGATES)
+def test_a_lone_surrogate_is_a_400_naming_the_field(client, path, raw, param):
+    error = _error(client.post(path, content=raw, headers=JSON_HEADERS), 400)
+    assert error["param"] == param and "surrogate" in error["message"]
+    assert error["code"] == "invalid_text"
+
+
+def test_string_edge_cases_never_give_a_server_error(client):
+    # A surrogate pair is one valid character; a NUL is valid text.
+    pair = client.post(
+        "/v1/completions",
+        content='{"prompt": "\\ud83d\\ude00", "max_tokens": 2}',
+        headers=JSON_HEADERS,
+    )
+    assert pair.status_code == 200, pair.text
+    nul = client.post("/v1/completions", json={"prompt": "a\x00b", "max_tokens": 2})
+    assert nul.status_code == 200, nul.text
+    # A 1 MB prompt is longer than the context: a 400 with the numbers, not a crash.
+    huge = _error(client.post("/v1/completions", json={"prompt": "ab " * 350_000}), 400)
+    assert huge["param"] == "prompt" or "context" in huge["message"]
+    # Nesting deeper than any parser recursion limit.
+    deep = '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    error = _error(client.post("/v1/completions", content=deep, headers=JSON_HEADERS), 400)
+    assert error["code"] == "invalid_json" and "nested" in error["message"]
+    the_engine_still_serves = client.post("/v1/completions", json=COMPLETION)
+    assert the_engine_still_serves.status_code == 200

@@ -185,6 +185,7 @@ class Engine:
             if self._requests.pop((seq.request_id, seq.index), None) is not None:
                 self.scheduler.remove(seq)
                 seq.finish("abort")
+        self.stats.on_occupancy(self.scheduler)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()

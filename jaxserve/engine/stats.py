@@ -54,6 +54,11 @@ class EngineStats:
             if request.scheduled_time is None:
                 request.scheduled_time = now
                 self.queue_s.append(now - request.arrival_time)
+        self.on_occupancy(scheduler)
+
+    def on_occupancy(self, scheduler: Scheduler) -> None:
+        """Requests and pages in use now (after a step, and after an abort between steps, so
+        that an idle engine does not keep reporting requests that are gone)."""
         self.num_running = len(scheduler.running)
         self.num_waiting = len(scheduler.waiting)
         self.pages_used = scheduler.pages.num_used
