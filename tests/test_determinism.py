@@ -120,3 +120,74 @@ def test_chunked_prefill_preemption_and_one_token_steps_change_nothing(smollm2_p
     assert small.engine.scheduler.num_preemptions > 0
     for target, expected in zip(TARGETS, reference, strict=True):
         assert same(outs[batch.index(target)], expected)
+
+
+def test_the_same_seeded_request_over_http_alone_and_among_others(llm):
+    """What a client of `jaxserve serve` gets: the same seeded /v1/completions request, alone and
+    then sent together with 12 other streaming requests of every kind, returns the same tokens
+    and logprobs (the defaults: int8, prefix caching; the second copy hits the prefix cache)."""
+    import asyncio
+
+    import httpx
+
+    from jaxserve.api.async_engine import AsyncEngine
+    from jaxserve.api.openai_server import Served, ServerConfig, create_app
+    from tests.http_server import running
+
+    target = {
+        "prompt": chat(QUESTIONS[0]),
+        "max_tokens": 24,
+        "temperature": 0.8,
+        "top_p": 0.9,
+        "seed": 7,
+        "logprobs": 2,
+    }
+    kinds = [
+        {"temperature": 0.0},
+        {"temperature": 1.0, "top_k": 40, "min_p": 0.05, "repetition_penalty": 1.1},
+        {"temperature": 0.7, "presence_penalty": 0.5, "frequency_penalty": 0.2},
+        {"temperature": 0.6, "regex": r"[A-Z][a-z]+( [a-z]+){2,6}\."},
+        {"temperature": 0.9, "seed": 99, "logprobs": 3},
+    ]
+    others = [
+        {"prompt": chat(QUESTIONS[i % len(QUESTIONS)]) + "Sure." * i, "max_tokens": 8 + 3 * i}
+        | kinds[i % len(kinds)]
+        | {"stream": True}
+        for i in range(12)
+    ]
+
+    def tokens(body: dict) -> tuple:
+        choice = body["choices"][0]
+        lp = choice["logprobs"]
+        return choice["text"], tuple(lp["tokens"]), tuple(lp["token_logprobs"])
+
+    async def send(client: httpx.AsyncClient, body: dict) -> httpx.Response:
+        if not body.get("stream"):
+            return await client.post("/v1/completions", json=body)
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            async for _ in r.aiter_lines():
+                pass
+            return r
+
+    async def main(url: str) -> tuple:
+        async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+            alone = await send(client, target)
+            assert alone.status_code == 200, alone.text
+            crowd = await asyncio.gather(
+                *(send(client, b) for b in [*others[:6], target, *others[6:]])
+            )
+            together = crowd[6]
+            assert together.status_code == 200, together.text
+            return tokens(alone.json()), tokens(together.json()), together.json()["usage"]
+
+    engine = AsyncEngine(llm.engine)
+    app = create_app(ServerConfig(model_names=("smollm2",)), Served.from_llm(llm, engine))
+    try:
+        with running(app) as url:
+            alone, together, usage = asyncio.run(main(url))
+    finally:
+        engine.shutdown()
+    assert len(alone[1]) == 24
+    assert together == alone
+    assert usage["prompt_tokens_details"]["cached_tokens"] > 0
