@@ -56,8 +56,6 @@ NOT_YET = frozenset(
         "chat_template",
         "chat_template_kwargs",
         "continue_final_message",
-        "include_stop_str_in_output",
-        "skip_special_tokens",
         "truncate_prompt_tokens",
     }
 )

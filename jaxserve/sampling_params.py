@@ -63,8 +63,12 @@ class SamplingParams:
     Length and stopping:
       max_tokens: tokens to generate (0 = only score the prompt, e.g. with `prompt_logprobs`).
       min_tokens: end-of-generation and stop ids are masked until this many tokens exist.
-      stop / stop_token_ids: strings (not included in the text) / extra ids that end generation.
+      stop / stop_token_ids: strings / extra ids that end generation.
+      include_stop_str_in_output: keep the stop string that ended the text (dropped by default).
       ignore_eos: keep going past end-of-generation tokens.
+    Text:
+      skip_special_tokens: leave special tokens (e.g. `<|im_end|>`) out of the text (default);
+        False writes them in.
     Token restrictions (applied first, in this order):
       logit_bias: {token_id: bias in [-100, 100]} added to the logits (-100 bans, +100 forces).
       allowed_token_ids: only these ids may be sampled.
@@ -132,7 +136,9 @@ class SamplingParams:
     n: int = 1
     stop: tuple[str, ...] = field(default=())
     stop_token_ids: tuple[int, ...] = field(default=())
+    include_stop_str_in_output: bool = False
     ignore_eos: bool = False
+    skip_special_tokens: bool = True
     logprobs: int | None = None
     logprobs_mode: LogprobsMode = "raw"
     prompt_logprobs: int | None = None
@@ -232,8 +238,9 @@ class SamplingParams:
             _fail("stop", "non-empty strings", self.stop)
         for token in self.stop_token_ids:
             _check_int("stop_token_ids", token, 0, 2**31 - 1)
-        if not isinstance(self.ignore_eos, bool):
-            _fail("ignore_eos", "a boolean", self.ignore_eos)
+        for name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, "a boolean", getattr(self, name))
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None:

@@ -149,3 +149,35 @@ def test_bad_prompts_are_rejected(llm):
         llm.generate([[]], GREEDY)
     with pytest.raises(ValueError, match="token ids"):
         llm.generate([10**6], GREEDY)
+
+
+def test_include_stop_str_in_output_keeps_the_stop_string(llm):
+    free = llm.generate(PROMPT, SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True))
+    text = free[0].text
+    stop = text[len(text) // 3 : len(text) // 3 + 3]
+    assert len(stop) == 3
+    cut = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True, stop=(stop,))
+    kept = SamplingParams(
+        max_tokens=16,
+        temperature=0.0,
+        ignore_eos=True,
+        stop=(stop,),
+        include_stop_str_in_output=True,
+    )
+    without, with_stop = llm.generate([PROMPT, PROMPT], [cut, kept])
+    assert without.finish_reason == with_stop.finish_reason == "stop"
+    assert without.text == text[: text.find(stop)]
+    assert with_stop.text == text[: text.find(stop)] + stop
+
+
+def test_skip_special_tokens_false_writes_special_tokens_into_the_text(llm):
+    im_start = 1  # a control token of the tiny vocabulary, forced by the bias
+    forced = dict(max_tokens=3, temperature=0.0, logit_bias={im_start: 100.0}, ignore_eos=True)
+    skipped, written = llm.generate(
+        [PROMPT, PROMPT],
+        [SamplingParams(**forced), SamplingParams(**forced, skip_special_tokens=False)],
+    )
+    assert skipped.token_ids == written.token_ids == [im_start] * 3
+    assert skipped.text == "" and written.text == "<|im_start|>" * 3
+    with pytest.raises(ValueError, match="skip_special_tokens"):
+        SamplingParams(skip_special_tokens="no")  # type: ignore[arg-type]

@@ -494,3 +494,19 @@ def test_string_edge_cases_never_give_a_server_error(client):
     assert error["code"] == "invalid_json" and "nested" in error["message"]
     the_engine_still_serves = client.post("/v1/completions", json=COMPLETION)
     assert the_engine_still_serves.status_code == 200
+
+
+def test_stop_string_and_special_token_fields_are_applied(client):
+    forced = {"prompt": "Hello", "max_tokens": 2, "logit_bias": {"1": 100}, "ignore_eos": True}
+    plain = client.post("/v1/completions", json=forced).json()["choices"][0]["text"]
+    written = client.post("/v1/completions", json=forced | {"skip_special_tokens": False})
+    assert plain == "" and written.json()["choices"][0]["text"] == "<|im_start|>" * 2
+    free = {"prompt": "Hello", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
+    text = client.post("/v1/completions", json=free).json()["choices"][0]["text"]
+    stop = text[4:6]
+    kept = client.post(
+        "/v1/completions", json=free | {"stop": [stop], "include_stop_str_in_output": True}
+    ).json()["choices"][0]
+    assert kept["finish_reason"] == "stop" and kept["text"] == text[: text.find(stop)] + stop
+    bad = _error(client.post("/v1/completions", json=free | {"skip_special_tokens": "no"}), 400)
+    assert bad["param"] == "skip_special_tokens"

@@ -142,7 +142,9 @@ class Engine:
                 params=seq_params,
                 seed=sequence_seed(seed, index),
                 max_len=max_len,
-                detokenizer=IncrementalDetokenizer(self.tokenizer, skip_special=True),
+                detokenizer=IncrementalDetokenizer(
+                    self.tokenizer, skip_special=params.skip_special_tokens
+                ),
                 prompt=prompt,
                 priority=priority,
                 index=index,

@@ -122,9 +122,11 @@ class Request:
             return delta
         # Text is held back until no stop string can begin in it, so a stop string that spans
         # two tokens is always found whole in the pending text.
-        hits = [i for i in (self._pending.find(s) for s in stops) if i >= 0]
+        hits = [(i, -len(s)) for i, s in ((self._pending.find(s), s) for s in stops) if i >= 0]
         if hits:
-            self._pending = self._pending[: min(hits)]
+            at, minus_len = min(hits)  # the earliest match (the longest one there)
+            keep = self.params.include_stop_str_in_output
+            self._pending = self._pending[: at - minus_len if keep else at]
             return self.finish("stop")
         keep = max(len(s) for s in stops) - 1
         delta = self._pending[: max(0, len(self._pending) - keep)]
