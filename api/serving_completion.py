@@ -16,9 +16,18 @@ from starlette.responses import JSONResponse, StreamingResponse
 from jaxserve.api.errors import APIError, bad_request, unsupported
 from jaxserve.api.generation import Job, merged, submit
 from jaxserve.api.protocol import CompletionRequest
-from jaxserve.api.responses import Choice, Envelope, completion_logprobs, new_id, sse, total_usage
+from jaxserve.api.responses import (
+    Choice,
+    Envelope,
+    completion_logprobs,
+    new_id,
+    sse,
+    token_text,
+    total_usage,
+)
 from jaxserve.api.sampling import build_params, check_stream_options
 from jaxserve.api.server_state import Served, ServerState
+from jaxserve.outputs import TokenLogprob
 from jaxserve.text.tokenizer import Tokenizer
 
 HANDLED = frozenset(
@@ -33,6 +42,7 @@ HANDLED = frozenset(
         "best_of",
         "suffix",
         "priority",
+        "prompt_logprobs",
     }
 )
 MAX_PROMPTS = 64
@@ -81,6 +91,9 @@ async def create_completion(
         fixed["logprobs"] = body.logprobs
         if body.echo:
             fixed["prompt_logprobs"] = body.logprobs
+    prompt_k = _prompt_logprobs(body)
+    if prompt_k is not None:
+        fixed["prompt_logprobs"] = max(prompt_k, fixed.get("prompt_logprobs", 0))
     params = build_params(body, handled=HANDLED, fixed=fixed)
     priority = (body.model_extra or {}).get("priority", 0)
     if not isinstance(priority, int) or isinstance(priority, bool):
@@ -93,7 +106,7 @@ async def create_completion(
         merged(streams, request, num_sequences=params.n), started=started, n=params.n
     )
     envelope = Envelope(new_id("completion"), model, state.config.system_fingerprint)
-    view = _View(served, prompts, params.n, bool(body.echo), body.logprobs is not None)
+    view = _View(served, prompts, params.n, bool(body.echo), body.logprobs, prompt_k)
     if body.stream:
         return StreamingResponse(
             state.track(_stream(outputs, envelope, view, include_usage)),
@@ -114,20 +127,36 @@ async def create_completion(
                 "text": text + c.text,
                 "logprobs": view.join(logprobs, more),
                 "finish_reason": c.finish_reason,
+                **view.prompt_logprobs(c),
             }
         )
     usage = total_usage(ordered, params.n)
     return JSONResponse(envelope.wrap("text_completion", choices=result, usage=usage))
 
 
+def _prompt_logprobs(body: CompletionRequest) -> int | None:
+    """vLLM's `prompt_logprobs` extension: top alternatives per prompt token (None: not asked)."""
+    k = (body.model_extra or {}).get("prompt_logprobs")
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= 20):
+        raise bad_request("prompt_logprobs must be an integer in [0, 20]", "prompt_logprobs")
+    return k
+
+
 class _View:
-    """How one request's choices are shown: echoed prompt, logprobs or not."""
+    """How one request's choices are shown: echoed prompt, logprobs or not, prompt logprobs."""
 
     def __init__(
-        self, served: Served, prompts: list[tuple[list[int], str]], n: int, echo: bool, lp: bool
+        self,
+        served: Served,
+        prompts: list[tuple[list[int], str]],
+        n: int,
+        echo: bool,
+        logprobs: int | None,
+        prompt_k: int | None,
     ) -> None:
         self.tokenizer = served.tokenizer
-        self.prompts, self.n, self.echo, self.lp = prompts, n, echo, lp
+        self.prompts, self.n, self.echo = prompts, n, echo
+        self.lp, self.k, self.prompt_k = logprobs is not None, logprobs or 0, prompt_k
 
     def start(self, choice: Choice) -> tuple[str, dict | None]:
         """The echoed prompt text and its logprobs ("" and None without echo)."""
@@ -136,8 +165,31 @@ class _View:
         ids, text = self.prompts[choice.index // self.n]
         if not self.lp:
             return text, None
-        entries = list(zip(ids, choice.prompt_logprobs or [None] * len(ids), strict=True))
+        entries = [
+            (i, None if e is None else TokenLogprob(e.token_id, e.logprob, e.top[: self.k]))
+            for i, e in zip(ids, choice.prompt_logprobs or [None] * len(ids), strict=True)
+        ]
         return text, completion_logprobs(self.tokenizer, entries, 0)[0]
+
+    def prompt_logprobs(self, choice: Choice) -> dict[str, list | None]:
+        """`{"prompt_logprobs": [...]}` as vLLM gives it (when asked): per prompt token, None for
+        the first, else {token id: {"logprob", "decoded_token"}} for the prompt's own token and
+        its top alternatives."""
+        if self.prompt_k is None:
+            return {}
+        shown = []
+        for entry in choice.prompt_logprobs or ():
+            if entry is None:
+                shown.append(None)
+                continue
+            pairs = [(entry.token_id, entry.logprob), *entry.top[: self.prompt_k]]
+            shown.append(
+                {
+                    str(t): {"logprob": lp, "decoded_token": token_text(self.tokenizer, t)[0]}
+                    for t, lp in pairs
+                }
+            )
+        return {"prompt_logprobs": shown}
 
     def tokens(self, ids: list[int], entries: list, offset: int) -> tuple[dict | None, int]:
         if not self.lp:
@@ -157,9 +209,13 @@ async def _stream(
     extra = {"usage": None} if include_usage else {}
     choices: dict[int, Choice] = {}
     offsets: dict[int, int] = {}
+    announced: set[int] = set()
 
     def chunk(index: int, text: str, lp: dict | None, finish: str | None) -> bytes:
         choice = {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
+        if index not in announced:  # a choice's first chunk carries its prompt logprobs
+            announced.add(index)
+            choice.update(view.prompt_logprobs(choices[index]))
         return sse(envelope.wrap("text_completion", choices=[choice], **extra))
 
     try:

@@ -311,3 +311,27 @@ def test_queue_full_is_resource_exhausted(served):
         stub = pb_grpc.GenerationStub(channel)
         code, _ = _status(lambda: stub.Generate(pb.GenerateRequest(text="a")))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_health_watch_streams_each_change_of_the_state(channel, state):
+    health = health_pb2_grpc.HealthStub(channel)
+    call = health.Watch(health_pb2.HealthCheckRequest(service="jaxserve.v1.Generation"))
+    seen = iter(call)
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    try:
+        assert next(seen).status == serving
+        state.draining = True
+        assert next(seen).status == not_serving
+        state.draining = False
+        assert next(seen).status == serving
+    finally:
+        state.draining = False
+        call.cancel()
+    unknown = health.Watch(health_pb2.HealthCheckRequest(service="nope"))
+    try:
+        assert next(iter(unknown)).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+    finally:
+        unknown.cancel()

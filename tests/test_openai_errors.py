@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jaxserve import LLM
+from jaxserve import LLM, SamplingParams
 from jaxserve.api.async_engine import AsyncEngine
 from jaxserve.api.openai_server import Served, ServerConfig, create_app
 from jaxserve.errors import QueueFullError
@@ -510,3 +510,27 @@ def test_stop_string_and_special_token_fields_are_applied(client):
     assert kept["finish_reason"] == "stop" and kept["text"] == text[: text.find(stop)] + stop
     bad = _error(client.post("/v1/completions", json=free | {"skip_special_tokens": "no"}), 400)
     assert bad["param"] == "skip_special_tokens"
+
+
+def test_prompt_logprobs_over_http_match_the_engine(client, llm):
+    """vLLM's `prompt_logprobs` on /v1/completions: per prompt token (None first), its own
+    logprob and its top alternatives, equal to what `LLM.generate` computes; in the first
+    streamed chunk too."""
+    ids = [5, 77, 120, 3, 250, 18]
+    body = {"prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 2}
+    expected = llm.generate(ids, SamplingParams(max_tokens=1, prompt_logprobs=2))[0]
+    shown = client.post("/v1/completions", json=body).json()["choices"][0]["prompt_logprobs"]
+    assert len(shown) == len(ids) and shown[0] is None
+    for token, entry, got in zip(ids[1:], expected.prompt_logprobs[1:], shown[1:], strict=True):
+        assert got[str(token)]["logprob"] == pytest.approx(entry.logprob, abs=1e-5)
+        for alt, lp in entry.top:
+            assert got[str(alt)]["logprob"] == pytest.approx(lp, abs=1e-5)
+        assert len(got) <= 3 and all("decoded_token" in v for v in got.values())
+    with client.stream("POST", "/v1/completions", json=body | {"stream": True}) as r:
+        first = next(json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {"))
+    assert first["choices"][0]["prompt_logprobs"] == shown
+    for bad in (-1, 21, "3", True):
+        error = _error(client.post("/v1/completions", json=body | {"prompt_logprobs": bad}), 400)
+        assert error["param"] == "prompt_logprobs"
+    refused = _error(client.post("/v1/chat/completions", json=CHAT | {"prompt_logprobs": 2}), 400)
+    assert refused["param"] == "prompt_logprobs"
