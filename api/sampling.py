@@ -54,7 +54,6 @@ NOT_YET = frozenset(
         "n_probs",
         "use_beam_search",
         "chat_template",
-        "chat_template_kwargs",
         "continue_final_message",
         "truncate_prompt_tokens",
     }

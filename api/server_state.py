@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from jaxserve.llm import LLM
 
 # (messages, add_generation_prompt) -> prompt text; called with `tools=` (OpenAI's shape) too when
-# `Served.template_tools` says the template renders tools itself.
+# `Served.template_tools` says the template renders tools itself, and with `template_kwargs=`
+# (further template variables, a request's `chat_template_kwargs`).
 RenderChat = Callable[..., str]
 
 
@@ -81,9 +82,13 @@ class Served:
             messages: Sequence[Mapping[str, Any]],
             add_generation_prompt: bool,
             tools: Sequence[Mapping[str, Any]] | None = None,
+            template_kwargs: Mapping[str, Any] | None = None,
         ) -> str:
             return llm.render_chat(
-                list(messages), add_generation_prompt=add_generation_prompt, tools=tools
+                list(messages),
+                add_generation_prompt=add_generation_prompt,
+                tools=tools,
+                template_kwargs=template_kwargs,
             )
 
         template = llm.template

@@ -49,6 +49,7 @@ HANDLED = frozenset(
         "parallel_tool_calls",
         "add_generation_prompt",
         "priority",
+        "chat_template_kwargs",
     }
 )
 
@@ -137,10 +138,15 @@ async def create_chat_completion(
     _check_tools(body, use)
     messages = plain_messages(body.messages)
     add_generation_prompt = body.add_generation_prompt is not False
+    template_kwargs = (body.model_extra or {}).get("chat_template_kwargs")
+    if template_kwargs is not None and not isinstance(template_kwargs, dict):
+        raise bad_request("chat_template_kwargs must be an object", "chat_template_kwargs")
     try:
-        text = chat_prompt(messages, use, served, add_generation_prompt)
+        text = chat_prompt(messages, use, served, add_generation_prompt, template_kwargs)
     except JaxserveError as error:
         raise bad_request(f"The chat template failed: {error}", "messages") from None
+    except ValueError as error:  # a variable the renderer sets itself
+        raise bad_request(str(error), "chat_template_kwargs") from None
     ids = served.tokenizer.encode(text, add_special=False, parse_special=True)
     fixed: dict[str, Any] = {"max_tokens": _max_tokens(body, served, len(ids))}
     if body.top_logprobs is not None and not body.logprobs:

@@ -101,21 +101,27 @@ def history_tool_calls(calls: object, where: str) -> list[dict[str, Any]]:
 
 
 def chat_prompt(
-    messages: list[dict[str, Any]], use: ToolUse, served: Served, add_generation_prompt: bool
+    messages: list[dict[str, Any]],
+    use: ToolUse,
+    served: Served,
+    add_generation_prompt: bool,
+    template_kwargs: Mapping[str, Any] | None = None,
 ) -> str:
-    """The prompt text of `messages` with the request's tools (see the module docstring)."""
+    """The prompt text of `messages` with the request's tools (see the module docstring);
+    `template_kwargs` are further template variables (a request's `chat_template_kwargs`)."""
+    extra = {"template_kwargs": template_kwargs} if template_kwargs else {}
     if served.template_tools:
         for message in messages:
             for call in message.get("tool_calls", ()):
                 call["function"]["arguments"] = _json_or_text(call["function"]["arguments"])
         if use.active:
             tools = [t.openai() for t in use.tools]
-            return served.render_chat(messages, add_generation_prompt, tools=tools)
-        return served.render_chat(messages, add_generation_prompt)
+            return served.render_chat(messages, add_generation_prompt, tools=tools, **extra)
+        return served.render_chat(messages, add_generation_prompt, **extra)
     messages = _written_out(messages, FORMATS[served.tool_format])
     if use.active:
         messages = _with_system(messages, system_prompt(use))
-    return served.render_chat(messages, add_generation_prompt)
+    return served.render_chat(messages, add_generation_prompt, **extra)
 
 
 def _json_or_text(arguments: str) -> Any:

@@ -27,6 +27,11 @@ from jaxserve.text.chat_template import ChatTemplate
 Prompt = str | Sequence[int]
 Message = dict[str, Any]
 
+# Template variables the renderer sets itself; a request's chat_template_kwargs may not.
+RESERVED_TEMPLATE_NAMES = frozenset(
+    {"messages", "add_generation_prompt", "bos_token", "eos_token", "tools"}
+)
+
 
 def _is_single_prompt(prompts: Prompt | Sequence[Prompt]) -> bool:
     return isinstance(prompts, str) or (
@@ -238,14 +243,22 @@ class LLM:
         *,
         add_generation_prompt: bool = True,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
     ) -> str:
-        """The prompt text of `messages`; `tools` (OpenAI's shape) go to the template as is."""
+        """The prompt text of `messages`; `tools` (OpenAI's shape) go to the template as is, and
+        `template_kwargs` as further variables (e.g. `enable_thinking`); a name the renderer
+        sets itself (`messages`, `tools`, ...) is a ValueError."""
+        extra = dict(template_kwargs or {})
+        reserved = sorted(set(extra) & RESERVED_TEMPLATE_NAMES)
+        if reserved:
+            raise ValueError(f"chat_template_kwargs may not set {', '.join(reserved)}")
         return self.template.render(
             list(messages),
             add_generation_prompt=add_generation_prompt,
             bos_token=self.tokenizer.bos_text,
             eos_token=self.tokenizer.eos_text,
             tools=tools,
+            **extra,
         )
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:

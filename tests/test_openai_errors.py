@@ -534,3 +534,29 @@ def test_prompt_logprobs_over_http_match_the_engine(client, llm):
         assert error["param"] == "prompt_logprobs"
     refused = _error(client.post("/v1/chat/completions", json=CHAT | {"prompt_logprobs": 2}), 400)
     assert refused["param"] == "prompt_logprobs"
+
+
+def test_chat_template_kwargs_reach_the_template(client, llm):
+    from jaxserve.text.chat_template import ChatTemplate
+
+    original = llm.template
+    llm.template = ChatTemplate(
+        "{% if greeting %}{{ greeting }} {% endif %}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    try:
+        body = {"messages": MESSAGES, "max_tokens": 1, "temperature": 0}
+        plain = client.post("/v1/chat/completions", json=body).json()["usage"]["prompt_tokens"]
+        greeted = client.post(
+            "/v1/chat/completions",
+            json=body | {"chat_template_kwargs": {"greeting": "Good morning to you"}},
+        ).json()["usage"]["prompt_tokens"]
+        assert greeted > plain
+        assert llm.render_chat(MESSAGES, template_kwargs={"greeting": "Hey"}) == "Hey Hello"
+        for bad in ({"messages": []}, {"tools": 1}, ["x"], "x"):
+            error = _error(
+                client.post("/v1/chat/completions", json=body | {"chat_template_kwargs": bad}), 400
+            )
+            assert error["param"] == "chat_template_kwargs"
+    finally:
+        llm.template = original
