@@ -25,6 +25,7 @@ from jaxserve.api.async_engine import StreamOutput
 from jaxserve.api.errors import APIError, bad_request
 from jaxserve.api.generation import Job, submit
 from jaxserve.api.middleware import key_matches
+from jaxserve.api.reasoning import ReasoningFormat, ReasoningParser, reasoning_format
 from jaxserve.api.responses import token_text
 from jaxserve.api.sampling import params_from_values
 from jaxserve.api.server_state import Served, ServerState
@@ -125,7 +126,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 message = 'constraint cannot be combined with tools (unless tool_choice is "none")'
                 raise bad_request(message, "constraint")
             add = not request.HasField("add_generation_prompt") or request.add_generation_prompt
-            ids = self._render(served, _messages(request), add, use)
+            text, ids = self._render(served, _messages(request), add, use)
+            thinking = reasoning_format(self.state.config.reasoning_parser, text)
             default = max(1, served.max_model_len - len(ids))
             job = self._job(
                 request.sampling,
@@ -135,14 +137,14 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 default_max=default,
                 constraint=constraint | use.constraint(),
             )
-        async for response in self._run(served, job, "messages", context, use):
+        async for response in self._run(served, job, "messages", context, use, thinking):
             yield response
 
     async def Tokenize(self, request: pb.TokenizeRequest, context) -> pb.TokenizeResponse:  # noqa: N802
         async with self._guard(context):
             served = self._start(request.model, None)
             if request.messages:
-                ids = self._render(served, _messages(request), True, ToolUse())
+                _, ids = self._render(served, _messages(request), True, ToolUse())
             else:
                 add = not request.HasField("add_special_tokens") or request.add_special_tokens
                 ids = served.tokenizer.encode(request.text, add_special=add)
@@ -216,12 +218,12 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     @staticmethod
     def _render(
         served: Served, messages: list[dict[str, Any]], add: bool, use: ToolUse
-    ) -> list[int]:
+    ) -> tuple[str, list[int]]:
         try:
             text = chat_prompt(messages, use, served, add)
         except JaxserveError as error:
             raise bad_request(f"The chat template failed: {error}", "messages") from None
-        return served.tokenizer.encode(text, add_special=False, parse_special=True)
+        return text, served.tokenizer.encode(text, add_special=False, parse_special=True)
 
     @staticmethod
     def _job(
@@ -241,20 +243,36 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         return Job(ids, params_from_values(values, fixed), prompt=text, priority=priority)
 
     async def _run(
-        self, served: Served, job: Job, prompt_param: str, context, use: ToolUse | None = None
+        self,
+        served: Served,
+        job: Job,
+        prompt_param: str,
+        context,
+        use: ToolUse | None = None,
+        thinking: ReasoningFormat | None = None,
     ) -> AsyncIterator:
+        """Stream the job's responses; with `thinking`, each sequence's text is split into
+        `reasoning` and `text` as HTTP chat splits it, and tool calls are read from the text."""
         async with self._guard(context):
             retry = self.state.config.retry_after_s
             [stream] = await submit(
                 served.engine, [job], prompt_param=prompt_param, retry_after_s=retry
             )
         texts: dict[int, str] = {}
+        parsers: dict[int, ReasoningParser] = {}
         async with self.state.tracking():
             try:
                 async for out in stream:  # a cancelled call cancels this task: the stream aborts
                     response = self._response(served, out, job.prompt_token_ids)
+                    if thinking is not None:
+                        parser = parsers.setdefault(out.index, thinking.parser())
+                        reasoning, content = parser.feed(out.delta)
+                        if out.finish_reason is not None:
+                            more_reasoning, more_content = parser.finish()
+                            reasoning, content = reasoning + more_reasoning, content + more_content
+                        response.reasoning, response.text = reasoning, content
                     if use is not None and use.active:
-                        texts[out.index] = texts.get(out.index, "") + out.delta
+                        texts[out.index] = texts.get(out.index, "") + response.text
                         if out.finish_reason is not None:
                             _add_tool_calls(response, texts[out.index], use)
                     yield response

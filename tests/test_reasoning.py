@@ -176,3 +176,30 @@ def test_a_prompt_that_opens_the_block(client, engine):
     message = _chat(client).json()["choices"][0]["message"]
     assert message["content"] == "No thinking here."
     assert message.get("reasoning_content") is None
+
+
+@pytest.mark.parametrize("parser", ["think", "none"])
+def test_grpc_chat_splits_reasoning_as_http_does(engine, parser):
+    import grpc
+
+    from jaxserve.api import jaxserve_v1_pb2 as pb
+    from jaxserve.api import jaxserve_v1_pb2_grpc as pb_grpc
+    from jaxserve.api.openai_server import ServerState
+    from tests.http_server import grpc_running
+
+    engine.reply = REPLY
+    served = Served(engine=engine, tokenizer=tokenizer(), render_chat=_render, max_model_len=64)
+    state = ServerState(ServerConfig(model_names=("mock",), reasoning_parser=parser))
+    state.served = served
+    with grpc_running(state) as address, grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GenerationStub(channel)
+        request = pb.ChatRequest(messages=[pb.ChatMessage(role="user", content="hi")])
+        responses = list(stub.Chat(request))
+    reasoning = "".join(r.reasoning for r in responses)
+    text = "".join(r.text for r in responses)
+    if parser == "none":
+        assert text == REPLY and reasoning == ""
+    else:
+        assert reasoning == "The capital of France... is Paris." and text == "Paris."
+        assert all("<" not in r.text for r in responses)
+    assert responses[-1].finish_reason == pb.FINISH_REASON_STOP
