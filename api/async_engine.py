@@ -198,6 +198,9 @@ class AsyncEngine:
                     deliveries = [
                         (self._streams.get(e.output.request_id), _to_stream(e)) for e in events
                     ]
+                    for request_id, error in self.engine.failed.items():
+                        failed = RuntimeError(f"the request failed in the engine: {error}")
+                        deliveries.append((self._streams.pop(request_id, None), failed))
                     for event in events:
                         stream = self._streams.get(event.output.request_id)
                         if event.output.finished and stream is not None:

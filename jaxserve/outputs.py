@@ -30,6 +30,8 @@ class RequestOutput:
     num_cached_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache
     # One entry per prompt position; position 0 has no context and holds None.
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    # Set when the engine failed this request alone (finish_reason "abort"): what went wrong.
+    error: str | None = None
 
     @property
     def finished(self) -> bool:

@@ -138,3 +138,41 @@ def test_a_request_cancelled_while_queued_is_never_run(llm):
     assert reason == "length" and len(ids) == PARAMS.max_tokens
     assert not llm.engine.has_unfinished()
     assert llm.engine.scheduler.pages.num_used == 0
+
+
+def test_a_request_failing_in_the_engine_ends_only_its_own_stream(llm):
+    from tests.test_engine import _RaisingMatcher
+
+    expected = [o.token_ids for o in llm.generate(PROMPTS[:2], PARAMS)]
+    engine = AsyncEngine(llm.engine)
+    add = llm.engine.add_request
+
+    def add_with_a_buggy_matcher(ids, params, **kwargs):
+        request = add(ids, params, **kwargs)
+        if params.regex is not None:
+            request.matcher = _RaisingMatcher(request.matcher, 2)
+        return request
+
+    async def main():
+        buggy = SamplingParams(max_tokens=8, temperature=0.0, regex="[a-z ]+")
+
+        async def failing():
+            with pytest.raises(RuntimeError):
+                async for _ in await engine.generate(PROMPTS[3], buggy):
+                    pass
+            return "failed"
+
+        return await asyncio.gather(
+            _collect(engine, PROMPTS[0]), failing(), _collect(engine, PROMPTS[1])
+        )
+
+    llm.engine.add_request = add_with_a_buggy_matcher
+    try:
+        first, failed, second = asyncio.run(main())
+        assert engine.is_alive
+    finally:
+        llm.engine.add_request = add
+        engine.shutdown()
+    assert failed == "failed"
+    assert [first[0], second[0]] == expected
+    assert llm.engine.scheduler.pages.num_used == 0

@@ -20,6 +20,7 @@ class ScriptedEngine:
         self.active: list[SimpleNamespace] = []
         self.aborted: list[tuple[int, int]] = []
         self.next_id = 0
+        self.failed: dict[int, Exception] = {}  # requests failed alone by the last step
 
     def add_request(self, ids, params, *, prompt=None, priority=0):
         assert params.n == len(self.lengths)

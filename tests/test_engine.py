@@ -181,3 +181,39 @@ def test_skip_special_tokens_false_writes_special_tokens_into_the_text(llm):
     assert skipped.text == "" and written.text == "<|im_start|>" * 3
     with pytest.raises(ValueError, match="skip_special_tokens"):
         SamplingParams(skip_special_tokens="no")  # type: ignore[arg-type]
+
+
+class _RaisingMatcher:
+    """A constraint matcher with a bug: its `after`-th accepted token raises."""
+
+    def __init__(self, inner, after: int) -> None:
+        self.inner, self.after = inner, after
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def accept_token(self, token: int) -> bool:
+        self.after -= 1
+        if self.after < 0:
+            raise RuntimeError("matcher bug")
+        return self.inner.accept_token(token)
+
+
+@pytest.mark.parametrize("after", [0, 3])  # in its prefill step, or in a decode step
+def test_a_request_whose_host_work_raises_fails_alone(llm, after):
+    engine = llm.engine
+    alone = llm.generate(PROMPT, GREEDY)[0].token_ids
+    good = engine.add_request(PROMPT, GREEDY)
+    constrained = SamplingParams(max_tokens=8, temperature=0.0, regex="[a-z ]+")
+    bad = engine.add_request(PROMPT[:6], constrained)
+    bad.matcher = _RaisingMatcher(bad.matcher, after)
+    failed = set()
+    while engine.has_unfinished():
+        events = engine.step()
+        failed |= set(engine.failed)
+        if engine.failed:  # the step that failed it reports nothing else of it
+            assert all(e.output.request_id != bad.request_id for e in events)
+    assert failed == {bad.request_id}
+    assert bad.output.finish_reason == "abort" and "matcher bug" in bad.output.error
+    assert good.output.token_ids == alone and good.output.error is None
+    assert engine.scheduler.pages.num_used == 0

@@ -6,6 +6,7 @@ runner's numpy results back into tokens, text and logprobs.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Sequence
@@ -43,6 +44,8 @@ from jaxserve.sampling.rows import SamplingRow
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.text.detokenizer import IncrementalDetokenizer
 from jaxserve.text.tokenizer import Tokenizer
+
+log = logging.getLogger("jaxserve.engine")
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class Engine:
         self._next_id = 0
         self._rng = random.Random(config.seed)
         self._grammars: GrammarCompiler | None = None
+        # request id -> the error that failed it alone in the last step
+        self.failed: dict[int, Exception] = {}
         words = (runner.config.vocab_size + 31) // 32
         self.grammar_slots = GrammarSlots(runner.grammar_states, words)
 
@@ -214,16 +219,23 @@ class Engine:
         )
 
     def step(self) -> list[StepEvent]:
-        """Schedule, run the device work, and turn its results into per-request events."""
+        """Schedule, run the device work, and turn its results into per-request events.
+
+        A failure in one request's host-side work (its constraint matcher, its sampler inputs,
+        its text) fails that request alone: it is aborted with `output.error` set and listed
+        in `failed`; the step goes on for the others."""
+        self.failed = {}
         out = self.scheduler.schedule()
         events: list[StepEvent] = []
         if out.prefill:
             events += self._run_prefill(out.prefill)
-        if out.decode:
-            events += self._run_decode(out.decode, out.decode_steps)
+        decode = [r for r in out.decode if not r.finished]  # one failed in its prefill
+        if decode:
+            events += self._run_decode(decode, out.decode_steps)
         # Before finished requests free their pages: one that ended in its prefill step still
         # leaves its prompt in the prefix cache.
         self.scheduler.register_computed(self.scheduler.running)
+        events = [e for e in events if e.output.request_id not in self.failed]
         for event in events:
             if event.output.finished:
                 request = self._requests.pop((event.output.request_id, event.output.index))
@@ -248,8 +260,32 @@ class Engine:
             prompt_targets=r.prompt_token_ids[start + 1 : end + 1] if wants else (),
         )
 
+    def _fail(self, request: Request, error: Exception) -> None:
+        """Abort `request` (all its sequences) because its own host-side work raised."""
+        log.error("request %d failed: %r", request.request_id, error, exc_info=error)
+        self.failed[request.request_id] = error
+        for seq in request.group:
+            seq.output.error = f"{type(error).__name__}: {error}"
+        self.abort(request)
+
+    def _each(self, requests, fn) -> list:
+        """`fn(r)` for each request whose work does not raise; one that raises is failed."""
+        done = []
+        for request in requests:
+            key = request.request if isinstance(request, PrefillChunk) else request
+            if key.finished:
+                continue
+            try:
+                done.append((request, fn(request)))
+            except Exception as error:  # a bug in this request's own state: fail it alone
+                self._fail(key, error)
+        return done
+
     def _run_prefill(self, chunks: list[PrefillChunk]) -> list[StepEvent]:
-        rows = [self._prefill_row(c) for c in chunks]
+        built = self._each(chunks, self._prefill_row)
+        if not built:
+            return []
+        chunks, rows = [c for c, _ in built], [row for _, row in built]
         out = self.runner.prefill(rows)
         for i, (c, row) in enumerate(zip(chunks, rows, strict=True)):
             k = c.request.params.prompt_logprobs
@@ -258,57 +294,65 @@ class Engine:
                 top = top_alternatives(p.top_ids[i, j], p.top_logprobs[i, j], k)
                 entry = TokenLogprob(target, float(p.chosen[i, j]), top)
                 c.request.output.prompt_logprobs.append(entry)
-        events = []
-        for i, c in enumerate(chunks):
-            request = c.request
-            request.num_computed = c.start + c.num_tokens
-            if not c.is_last or request.output.token_ids:
-                continue  # more prompt to go, or recomputing after a preemption
-            self.stats.on_first_token(request)
-            if request.params.max_tokens == 0:
-                events.append(StepEvent(request.output, request.finish("length"), ()))
-                continue
-            token = int(out.token_ids[i])
-            request.mirostat_mu = float(out.mirostat_mu[i])
-            lp = token_logprob(request, token, out.logprobs[i], out.top_ids[i], out.top_logprobs[i])
-            delta = record_token(request, token, lp, eos_ids=self.tokenizer.eos_ids)
-            events.append(StepEvent(request.output, delta, (token,)))
-        return events
+        index = {id(c): i for i, c in enumerate(chunks)}
+        return [
+            e
+            for _, e in self._each(chunks, lambda c: self._prefilled(c, out, index[id(c)]))
+            if e is not None
+        ]
+
+    def _prefilled(self, c: PrefillChunk, out, i: int) -> StepEvent | None:
+        request = c.request
+        request.num_computed = c.start + c.num_tokens
+        if not c.is_last or request.output.token_ids:
+            return None  # more prompt to go, or recomputing after a preemption
+        self.stats.on_first_token(request)
+        if request.params.max_tokens == 0:
+            return StepEvent(request.output, request.finish("length"), ())
+        token = int(out.token_ids[i])
+        request.mirostat_mu = float(out.mirostat_mu[i])
+        lp = token_logprob(request, token, out.logprobs[i], out.top_ids[i], out.top_logprobs[i])
+        delta = record_token(request, token, lp, eos_ids=self.tokenizer.eos_ids)
+        return StepEvent(request.output, delta, (token,))
 
     def _run_decode(self, requests: list[Request], max_tokens: int) -> list[StepEvent]:
         """Decode up to `max_tokens` tokens per row. The device call always has the configured
         number of steps (one compiled shape); rows stop on device after their `remaining`."""
         in_use = {r.matcher.grammar for r in requests if r.matcher is not None}
-        rows = [self._decode_row(r, in_use, max_tokens) for r in requests]
+        built = self._each(requests, lambda r: self._decode_row(r, in_use, max_tokens))
+        if not built:
+            return []
+        requests, rows = [r for r, _ in built], [row for _, row in built]
         num_steps = self.scheduler.config.decode_steps
         slots = self.grammar_slots
         if slots.dirty:
             self.runner.load_grammar_tables(slots.byte_next, slots.masks, slots.complete)
             slots.dirty = False
         out = self.runner.decode(rows, num_steps=num_steps)
+        index = {id(r): i for i, r in enumerate(requests)}
+        return [e for _, e in self._each(requests, lambda r: self._decoded(r, out, index[id(r)]))]
+
+    def _decoded(self, request: Request, out, i: int) -> StepEvent:
         eos_ids = self.tokenizer.eos_ids
-        events = []
-        for i, request in enumerate(requests):
-            delta, new = "", []
-            free = runs_free(request)
-            for j in range(int(out.num_generated[i])):
-                token = int(out.token_ids[i, j])
-                if free and not request.matcher.accept_token(token):
-                    break  # a free draw the trigger's constraint forbids: redrawn masked next step
-                lp = token_logprob(
-                    request, token, out.logprobs[i, j], out.top_ids[i, j], out.top_logprobs[i, j]
-                )
-                accepted = True if free else None
-                delta += record_token(request, token, lp, eos_ids=eos_ids, accepted=accepted)
-                if free and not request.matcher.is_free():
-                    break  # later draws ignored the mask that now applies
-                new.append(token)
-                if request.finished:
-                    break  # anything generated past a stop string is dropped
-            request.num_computed = request.num_tokens - 1
-            request.mirostat_mu = float(out.mirostat_mu[i])
-            events.append(StepEvent(request.output, delta, tuple(new)))
-        return events
+        delta, new = "", []
+        free = runs_free(request)
+        for j in range(int(out.num_generated[i])):
+            token = int(out.token_ids[i, j])
+            if free and not request.matcher.accept_token(token):
+                break  # a free draw the trigger's constraint forbids: redrawn masked next step
+            lp = token_logprob(
+                request, token, out.logprobs[i, j], out.top_ids[i, j], out.top_logprobs[i, j]
+            )
+            accepted = True if free else None
+            delta += record_token(request, token, lp, eos_ids=eos_ids, accepted=accepted)
+            if free and not request.matcher.is_free():
+                break  # later draws ignored the mask that now applies
+            new.append(token)
+            if request.finished:
+                break  # anything generated past a stop string is dropped
+        request.num_computed = request.num_tokens - 1
+        request.mirostat_mu = float(out.mirostat_mu[i])
+        return StepEvent(request.output, delta, tuple(new))
 
     def _decode_row(
         self, request: Request, in_use: set[CompiledGrammar], max_tokens: int
