@@ -10,6 +10,7 @@ steps.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from jaxserve.outputs import FinishReason, TokenLogprob
 from jaxserve.sampling_params import SamplingParams
 
 EMBED_BATCH = 16  # inputs embedded per engine-loop turn
+log = logging.getLogger("jaxserve.api")
 
 if TYPE_CHECKING:  # host-only module: the engine (and jax) is imported by whoever builds it
     from jaxserve.engine import Engine, StepEvent
@@ -213,11 +215,13 @@ class AsyncEngine:
                         try:
                             loop.call_soon_threadsafe(queue.put_nowait, output)
                         except RuntimeError:  # the caller's event loop is closed
-                            self.abort_soon(output.request_id)
+                            if isinstance(output, StreamOutput):
+                                self.abort_soon(output.request_id)
                 if not busy and not self._embeds and not self._adds:
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
         except BaseException as error:  # surface the failure to every open stream
+            log.critical("the engine loop stopped; /health now answers 503", exc_info=error)
             self._error = error
             with self._lock:
                 streams, self._streams = list(self._streams.values()), {}

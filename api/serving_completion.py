@@ -28,6 +28,7 @@ from jaxserve.api.responses import (
 from jaxserve.api.sampling import build_params, check_stream_options
 from jaxserve.api.server_state import Served, ServerState
 from jaxserve.outputs import TokenLogprob
+from jaxserve.text.fim import fim_prompt, fim_tokens
 from jaxserve.text.tokenizer import Tokenizer
 
 HANDLED = frozenset(
@@ -80,12 +81,12 @@ async def create_completion(
     served = state.ready()
     model = state.check_model(body.model)
     include_usage = check_stream_options(body)
-    if body.suffix:
-        raise unsupported("suffix")
     n = body.n or 1
     if body.best_of is not None and body.best_of != n:
         raise unsupported("best_of", "must equal n (best-of selection is not supported yet)")
     prompts = prompts_of(body, served.tokenizer)
+    if body.suffix:
+        prompts = _fill_in_the_middle(prompts, body, served.tokenizer)
     fixed: dict[str, Any] = {"max_tokens": 16 if body.max_tokens is None else body.max_tokens}
     if body.logprobs is not None:
         fixed["logprobs"] = body.logprobs
@@ -132,6 +133,21 @@ async def create_completion(
         )
     usage = total_usage(ordered, params.n)
     return JSONResponse(envelope.wrap("text_completion", choices=result, usage=usage))
+
+
+def _fill_in_the_middle(
+    prompts: list[tuple[list[int], str]], body: CompletionRequest, tokenizer: Tokenizer
+) -> list[tuple[list[int], str]]:
+    """Each prompt as a FIM prompt around `suffix` (`jaxserve.text.fim`)."""
+    tokens = fim_tokens(tokenizer)
+    if tokens is None:
+        raise unsupported(
+            "suffix", "needs a model with fill-in-the-middle tokens; this one has none"
+        )
+    if body.echo:
+        raise bad_request("suffix cannot be combined with echo", "suffix")
+    assert body.suffix is not None
+    return [(fim_prompt(tokenizer, ids, body.suffix, tokens), text) for ids, text in prompts]
 
 
 def _prompt_logprobs(body: CompletionRequest) -> int | None:

@@ -176,3 +176,32 @@ def test_a_request_failing_in_the_engine_ends_only_its_own_stream(llm):
     assert failed == "failed"
     assert [first[0], second[0]] == expected
     assert llm.engine.scheduler.pages.num_used == 0
+
+
+def test_a_dead_engine_loop_says_why_and_fails_every_stream(tiny_gguf, caplog):
+    """A failure outside any one request (here the device step itself) stops the loop: every
+    open stream ends with an error, the log says why, and `is_alive` turns False (/health 503)."""
+    llm = LLM(str(tiny_gguf), weights="f32", max_num_seqs=4, decode_steps=4, max_model_len=64)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("device lost")
+
+    llm.engine.runner.decode = broken
+    engine = AsyncEngine(llm.engine)
+
+    async def main():
+        with pytest.raises(RuntimeError):
+            async for _ in await engine.generate(PROMPTS[0], PARAMS):
+                pass
+
+    try:
+        with caplog.at_level("CRITICAL", logger="jaxserve.api"):
+            asyncio.run(main())
+            deadline = time.monotonic() + 10
+            while engine.is_alive and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        engine.shutdown()
+    assert not engine.is_alive
+    assert any("engine loop stopped" in r.getMessage() for r in caplog.records)
+    assert any("device lost" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
