@@ -7,7 +7,6 @@ HTTP statuses map onto gRPC codes: 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 40
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,7 +14,6 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -24,6 +22,7 @@ from jaxserve.api import jaxserve_v1_pb2_grpc as pb_grpc
 from jaxserve.api.async_engine import StreamOutput
 from jaxserve.api.errors import APIError, bad_request
 from jaxserve.api.generation import Job, submit
+from jaxserve.api.grpc_health import SERVICE, HealthServicer
 from jaxserve.api.middleware import key_matches
 from jaxserve.api.reasoning import ReasoningFormat, ReasoningParser, reasoning_format
 from jaxserve.api.responses import token_text
@@ -35,7 +34,6 @@ from jaxserve.errors import JaxserveError
 from jaxserve.grammar.tool_parser import parse_tool_calls
 
 log = logging.getLogger("jaxserve.api")
-SERVICE = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -400,55 +398,6 @@ class _Guard:
             log.exception("unhandled error in a gRPC call")  # a bug: no traceback to the client
             await self.context.abort(grpc.StatusCode.INTERNAL, "internal server error")
         return False
-
-
-class HealthServicer(grpc_health.aio.HealthServicer):
-    """grpc.health.v1: grpcio-health-checking's servicer, fed from the shared state (SERVING only
-    when requests can be served, for "" and the generation service). `Check` reads the state;
-    while anyone `Watch`es, a task follows the state and publishes each change to the watchers.
-    """
-
-    FOLLOW_S = 0.1  # how often the state is read while a watcher is connected
-
-    def __init__(self, state: ServerState) -> None:
-        super().__init__()
-        self.state = state
-        self._published: int | None = None
-        self._watchers = 0
-        self._follower: asyncio.Task | None = None
-
-    async def _publish(self) -> None:
-        ok = self.state.health()[0] == 200
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if ok
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        if status != self._published:
-            self._published = status
-            for service in ("", SERVICE):
-                await self.set(service, status)
-
-    async def _follow(self) -> None:
-        while self._watchers:
-            await self._publish()
-            await asyncio.sleep(self.FOLLOW_S)
-
-    async def Check(self, request, context):  # noqa: N802
-        await self._publish()
-        if request.service not in ("", SERVICE):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
-        return await super().Check(request, context)
-
-    async def Watch(self, request, context):  # noqa: N802
-        await self._publish()
-        self._watchers += 1
-        if self._follower is None or self._follower.done():
-            self._follower = asyncio.ensure_future(self._follow())
-        try:
-            await super().Watch(request, context)
-        finally:
-            self._watchers -= 1
 
 
 class _KeyInterceptor(grpc.aio.ServerInterceptor):
