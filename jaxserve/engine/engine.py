@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from jaxserve.engine.admission import (
     check_queue,
     sequence_seed,
 )
-from jaxserve.engine.device import Runner
+from jaxserve.engine.device import DecodeResult, PrefillResult, Runner
 from jaxserve.engine.embed import embed
 from jaxserve.engine.grammar_slots import GrammarSlots
 from jaxserve.engine.page_allocator import PageAllocator
@@ -268,21 +269,22 @@ class Engine:
             seq.output.error = f"{type(error).__name__}: {error}"
         self.abort(request)
 
-    def _each(self, requests, fn) -> list:
-        """`fn(r)` for each request whose work does not raise; one that raises is failed."""
+    def _each(self, items: Sequence, fn: Callable[[int, Any], Any]) -> list:
+        """(item, `fn(i, item)`) for each unfinished request or chunk (i: its position in
+        `items`) whose work does not raise; one that raises is failed."""
         done = []
-        for request in requests:
-            key = request.request if isinstance(request, PrefillChunk) else request
-            if key.finished:
+        for i, item in enumerate(items):
+            request = item.request if isinstance(item, PrefillChunk) else item
+            if request.finished:
                 continue
             try:
-                done.append((request, fn(request)))
+                done.append((item, fn(i, item)))
             except Exception as error:  # a bug in this request's own state: fail it alone
-                self._fail(key, error)
+                self._fail(request, error)
         return done
 
     def _run_prefill(self, chunks: list[PrefillChunk]) -> list[StepEvent]:
-        built = self._each(chunks, self._prefill_row)
+        built = self._each(chunks, lambda _, c: self._prefill_row(c))
         if not built:
             return []
         chunks, rows = [c for c, _ in built], [row for _, row in built]
@@ -294,14 +296,10 @@ class Engine:
                 top = top_alternatives(p.top_ids[i, j], p.top_logprobs[i, j], k)
                 entry = TokenLogprob(target, float(p.chosen[i, j]), top)
                 c.request.output.prompt_logprobs.append(entry)
-        index = {id(c): i for i, c in enumerate(chunks)}
-        return [
-            e
-            for _, e in self._each(chunks, lambda c: self._prefilled(c, out, index[id(c)]))
-            if e is not None
-        ]
+        done = self._each(chunks, lambda i, c: self._prefilled(c, out, i))
+        return [e for _, e in done if e is not None]
 
-    def _prefilled(self, c: PrefillChunk, out, i: int) -> StepEvent | None:
+    def _prefilled(self, c: PrefillChunk, out: PrefillResult, i: int) -> StepEvent | None:
         request = c.request
         request.num_computed = c.start + c.num_tokens
         if not c.is_last or request.output.token_ids:
@@ -319,7 +317,7 @@ class Engine:
         """Decode up to `max_tokens` tokens per row. The device call always has the configured
         number of steps (one compiled shape); rows stop on device after their `remaining`."""
         in_use = {r.matcher.grammar for r in requests if r.matcher is not None}
-        built = self._each(requests, lambda r: self._decode_row(r, in_use, max_tokens))
+        built = self._each(requests, lambda _, r: self._decode_row(r, in_use, max_tokens))
         if not built:
             return []
         requests, rows = [r for r, _ in built], [row for _, row in built]
@@ -329,10 +327,9 @@ class Engine:
             self.runner.load_grammar_tables(slots.byte_next, slots.masks, slots.complete)
             slots.dirty = False
         out = self.runner.decode(rows, num_steps=num_steps)
-        index = {id(r): i for i, r in enumerate(requests)}
-        return [e for _, e in self._each(requests, lambda r: self._decoded(r, out, index[id(r)]))]
+        return [e for _, e in self._each(requests, lambda i, r: self._decoded(r, out, i))]
 
-    def _decoded(self, request: Request, out, i: int) -> StepEvent:
+    def _decoded(self, request: Request, out: DecodeResult, i: int) -> StepEvent:
         eos_ids = self.tokenizer.eos_ids
         delta, new = "", []
         free = runs_free(request)
