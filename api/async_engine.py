@@ -179,9 +179,7 @@ class AsyncEngine:
         self._stopped = True
         self._wake.set()
         self._thread.join(timeout=10)
-        while self._adds:  # arrived after the loop's last turn
-            _, loop, _, future = self._adds.popleft()
-            _settle(loop, future, error=RuntimeError("the engine has stopped"))
+        self._fail_adds(RuntimeError("the engine has stopped"))  # arrived after its last turn
         # The leader of several processes releases its followers once its engine has stopped.
         mirror = getattr(getattr(self.engine, "runner", None), "mirror", None)
         if mirror is not None and not self._thread.is_alive():
@@ -227,16 +225,20 @@ class AsyncEngine:
                 streams, self._streams = list(self._streams.values()), {}
             for loop, queue, _ in streams:
                 loop.call_soon_threadsafe(queue.put_nowait, error)
-            while self._adds:
-                _, loop, _, future = self._adds.popleft()
-                failed = RuntimeError("the engine loop failed")
-                failed.__cause__ = error
-                _settle(loop, future, error=failed)
+            failed = RuntimeError("the engine loop failed")
+            failed.__cause__ = error
+            self._fail_adds(failed)
             while self._embeds:
                 _, loop, future = self._embeds.popleft()
                 failed = RuntimeError("the engine loop failed")
                 failed.__cause__ = error
                 _settle(loop, future, error=failed)
+
+    def _fail_adds(self, error: BaseException) -> None:
+        """Fail every request still waiting to be queued."""
+        while self._adds:
+            _, loop, _, future = self._adds.popleft()
+            _settle(loop, future, error=error)
 
     def _run_adds(self) -> None:
         """Queue every request that arrived (under the lock); bad input fails its caller only."""
