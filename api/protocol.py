@@ -50,7 +50,13 @@ class _Body(BaseModel):
         return data
 
 
-class _Strict(_Body):
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _StrictBody(_Body):
+    """Top-level bodies without extra fields (nested models are checked with their body)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
@@ -127,7 +133,7 @@ class CompletionRequest(_Common):
     suffix: str | None = None
 
 
-class TokenizeRequest(_Strict):
+class TokenizeRequest(_StrictBody):
     """vLLM's /tokenize: either `prompt` or chat `messages`."""
 
     model: str | None = None
@@ -138,12 +144,12 @@ class TokenizeRequest(_Strict):
     return_token_strs: bool = False
 
 
-class DetokenizeRequest(_Strict):
+class DetokenizeRequest(_StrictBody):
     model: str | None = None
     tokens: list[int]
 
 
-class EmbeddingRequest(_Strict):
+class EmbeddingRequest(_StrictBody):
     model: str | None = None
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"

@@ -28,6 +28,7 @@ from jaxserve.api.responses import (
 from jaxserve.api.sampling import build_params, check_stream_options
 from jaxserve.api.server_state import Served, ServerState
 from jaxserve.outputs import TokenLogprob
+from jaxserve.sampling_params import MAX_LOGPROBS
 from jaxserve.text.fim import fim_prompt, fim_tokens
 from jaxserve.text.tokenizer import Tokenizer
 
@@ -153,8 +154,11 @@ def _fill_in_the_middle(
 def _prompt_logprobs(body: CompletionRequest) -> int | None:
     """vLLM's `prompt_logprobs` extension: top alternatives per prompt token (None: not asked)."""
     k = (body.model_extra or {}).get("prompt_logprobs")
-    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= 20):
-        raise bad_request("prompt_logprobs must be an integer in [0, 20]", "prompt_logprobs")
+    if k is not None and (
+        not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_LOGPROBS
+    ):
+        message = f"prompt_logprobs must be an integer in [0, {MAX_LOGPROBS}]"
+        raise bad_request(message, "prompt_logprobs")
     return k
 
 
