@@ -21,3 +21,10 @@ def check_paged(
     check(q_heads % kv_heads == 0, f"{q_heads} query heads are not a multiple of {kv_heads}")
     check(page_table.ndim == 2, f"page_table must be [B, P], got {page_table.shape}")
     check(page_table.dtype == jax.numpy.int32, f"page_table must be int32, got {page_table.dtype}")
+
+
+def triton_params():
+    """The compiler parameters that select Pallas's Triton backend on GPU (not Mosaic GPU)."""
+    from jax.experimental.pallas import triton as pltriton
+
+    return pltriton.CompilerParams(num_warps=4, num_stages=2)

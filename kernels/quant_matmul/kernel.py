@@ -2,8 +2,9 @@
 
 Grid `(M / block_m, N / block_n)`; each program walks the input axis in `block_k` steps, turning
 one `[block_k, block_n]` weight tile (int8, or int4 unpacked from bytes) into f32 with its
-per-32 scales right before the dot. Runs in interpret mode on CPU; TPU/GPU lowering is untested
-here (no accelerator was available) and the tiles in `tuning.py` are untuned.
+per-32 scales right before the dot. On TPU (Mosaic) and GPU (Triton) the rows are padded to the
+target's tile and the tiles come from `tuning.quant_blocks` (sized to VMEM / shared memory,
+untuned for speed); `interpret=True` runs the same kernel in interpret mode on CPU.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
 
 from jaxserve.kernels.quant_matmul.reference import BLOCK
+from jaxserve.kernels.targets import gpu_budget, tpu_budget
 from jaxserve.kernels.tuning import quant_blocks
-from jaxserve.kernels.validation import check
+from jaxserve.kernels.validation import check, triton_params
 
 
 def _tile(w: jax.Array, scales: jax.Array) -> jax.Array:
@@ -57,14 +60,33 @@ def _int4_kernel(x_ref, w_ref, s_ref, *refs, block_k):
     o_ref[...] = jax.lax.fori_loop(0, k // block_k, body, acc).astype(o_ref.dtype)
 
 
-def _call(kernel, x, w, scales, k, n, bytes_w, interpret, blocks, out):
+def _budget_check(target: str, bm: int, bn: int, bk: int, k: int, w_rows: int) -> None:
+    if target == "tpu":  # x, w, scales and out blocks, each double-buffered
+        nbytes = 2 * (bm * k * 4 + w_rows * bn + (k // BLOCK) * bn * 4 + bm * bn * 4)
+        tpu_budget().check("quant_matmul", nbytes, f"blocks {bm} x {bn}, K {k}")
+    elif target == "gpu":  # two stages of an x tile, a weight tile (as f32) and its scales
+        nbytes = 2 * 4 * (bm * bk + bk * bn + (bk // BLOCK) * bn)
+        gpu_budget().check("quant_matmul", nbytes, f"tiles {bm} x {bn} x {bk}")
+
+
+def _call(kernel, x, w, scales, k, n, bytes_w, target, blocks, out):
+    """`target`: "tpu", "gpu" (Triton) or "interpret"; rows are padded to the target's tile."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
-    bm, bn, bk = blocks or quant_blocks(m, n, k)
-    check(m % bm == 0 and n % bn == 0 and k % bk == 0, f"blocks {bm, bn, bk} vs {m, n, k}")
+    interpret = target == "interpret"
+    if blocks is None:
+        blocks = quant_blocks(m, n, k, target=target)
+    bm, bn, bk = blocks
+    pad = -m % bm
+    if pad:
+        check(not interpret, f"blocks {bm, bn, bk} vs {m, n, k}")
+        x2 = jnp.pad(x2, ((0, pad), (0, 0)))
+    mp = m + pad
+    check(n % bn == 0 and k % bk == 0, f"blocks {bm, bn, bk} vs {m, n, k}")
     check(bk % BLOCK == 0, f"block_k {bk} is not a multiple of {BLOCK}")
     rows_w = w.shape[0]
+    _budget_check(target, bm, bn, bk, k, rows_w)
     out_spec = pl.BlockSpec((bm, bn), lambda i, j: (i, j))
     args = [x2, w, scales]
     in_specs = [
@@ -75,22 +97,35 @@ def _call(kernel, x, w, scales, k, n, bytes_w, interpret, blocks, out):
     if out is not None:
         args.append(out.reshape(m, n).astype(x.dtype))
         in_specs.append(out_spec)
+    params = {"tpu": pltpu.CompilerParams(dimension_semantics=("parallel", "parallel"))}
     result = pl.pallas_call(
         functools.partial(kernel, block_k=bk),
-        out_shape=jax.ShapeDtypeStruct((m, n), x.dtype),
-        grid=(m // bm, n // bn),
+        out_shape=jax.ShapeDtypeStruct((mp, n), x.dtype),
+        grid=(mp // bm, n // bn),
         in_specs=in_specs,
         out_specs=out_spec,
         input_output_aliases={3: 0} if out is not None else {},
         interpret=interpret,
+        compiler_params=params.get(target, triton_params() if target == "gpu" else None),
         cost_estimate=pl.CostEstimate(
-            flops=2 * m * n * k + 2 * k * n * (m // bm),
+            flops=2 * mp * n * k + 2 * k * n * (mp // bm),
             transcendentals=0,
-            bytes_accessed=x2.size * 4 + bytes_w + scales.size * 4 + m * n * 4,
+            bytes_accessed=x2.size * 4 + bytes_w + scales.size * 4 + mp * n * 4,
         ),
         name=kernel.__name__.strip("_"),
     )(*args)
-    return result.reshape(*lead, n)
+    return result[:m].reshape(*lead, n)
+
+
+def _dispatch(kernel, x, w, scales, k, n, bytes_w, blocks, interpret, out):
+    """Interpret mode on any backend, else the TPU or Triton build by lowering platform."""
+    if interpret:
+        return _call(kernel, x, w, scales, k, n, bytes_w, "interpret", blocks, out)
+
+    def on(target):
+        return lambda: _call(kernel, x, w, scales, k, n, bytes_w, target, blocks, None)
+
+    return jax.lax.platform_dependent(tpu=on("tpu"), cuda=on("gpu"), rocm=on("gpu"))
 
 
 def quant_matmul(
@@ -111,7 +146,7 @@ def quant_matmul(
     check(w.dtype == jnp.int8, f"w must be int8, got {w.dtype}")
     check(x.shape[-1] == k, f"x has {x.shape[-1]} inputs, w has {k}")
     check(scales.shape == (k // BLOCK, n), f"scales must be {(k // BLOCK, n)}, got {scales.shape}")
-    return _call(_int8_kernel, x, w, scales, k, n, w.size, interpret, blocks, out)
+    return _dispatch(_int8_kernel, x, w, scales, k, n, w.size, blocks, interpret, out)
 
 
 def quant_matmul_int4(
@@ -130,4 +165,4 @@ def quant_matmul_int4(
     check(packed.dtype == jnp.uint8, f"packed weights must be uint8, got {packed.dtype}")
     check(x.shape[-1] == k, f"x has {x.shape[-1]} inputs, packed w has {k}")
     check(scales.shape == (k // BLOCK, n), f"scales must be {(k // BLOCK, n)}, got {scales.shape}")
-    return _call(_int4_kernel, x, packed, scales, k, n, packed.size, interpret, blocks, out)
+    return _dispatch(_int4_kernel, x, packed, scales, k, n, packed.size, blocks, interpret, out)
