@@ -33,7 +33,7 @@ class Budget:
             )
 
 
-# Per-block shared memory of the GPUs the kernels are sized for (cudaDevAttrMaxSharedMemoryPerBlockOptin).
+# Opt-in shared memory per block of the GPUs the kernels are sized for.
 GPU_SHARED_MEMORY = {"H100": 232448, "H200": 232448, "A100": 166912, "L4": 101376}
 DEFAULT_GPU = "H100"
 
