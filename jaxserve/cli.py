@@ -19,7 +19,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "model",
         help=f"known name ({', '.join(KNOWN_MODELS)}), a .gguf path or a Hugging Face folder",
     )
-    p.add_argument("--weights", choices=("int8", "f32"), default=EngineConfig.weights)
+    p.add_argument(
+        "--weights",
+        choices=("auto", "int8", "bf16", "f32"),
+        default="auto",
+        help="auto: bf16 on TPU/GPU, int8 on CPU",
+    )
     _add_kernels_arg(p)
 
 
@@ -87,7 +92,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from jaxserve.kernels import resolve_mode
+    from jaxserve.kernels import resolve_mode, resolve_weights
     from jaxserve.loading.loader import open_model
     from jaxserve.loading.weights import ModelWeights
 
@@ -102,8 +107,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"{'tensor types':>18}: {types}")
     print(f"{'parameters':>18}: {model_file.num_parameters():,}")
     print(f"{'file size':>18}: {model_file.path.stat().st_size / 2**20:.1f} MiB")
-    weights: ModelWeights = model_file.load_weights(args.weights)
-    print(f"{'memory (' + args.weights + ')':>18}: {weights.nbytes() / 2**20:.1f} MiB")
+    fmt = resolve_weights(args.weights)
+    weights: ModelWeights = model_file.load_weights(fmt)
+    print(f"{'memory (' + fmt + ')':>18}: {weights.nbytes() / 2**20:.1f} MiB")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -156,7 +162,12 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODEL,
         help=f"known name ({', '.join(KNOWN_MODELS)}) or a .gguf path (default {DEFAULT_MODEL})",
     )
-    p.add_argument("--weights", choices=("int8", "f32"), default=EngineConfig.weights)
+    p.add_argument(
+        "--weights",
+        choices=("auto", "int8", "bf16", "f32"),
+        default="auto",
+        help="auto: bf16 on TPU/GPU, int8 on CPU",
+    )
     _add_kernels_arg(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from jaxserve.errors import GGUFError
 
-WeightFormat = Literal["int8", "f32"]
+WeightFormat = Literal["int8", "f32", "bf16"]
 RopeStyle = Literal["interleaved", "neox"]
 
 
@@ -47,8 +47,8 @@ class ModelConfig:
     # Attention and int8 matmuls: pure-jnp references ("reference", XLA; the CPU default),
     # Pallas kernels ("pallas", TPU/GPU) or Pallas in interpret mode ("interpret", CPU tests).
     kernels: str = "reference"
-    # KV cache format (`jaxserve.runtime.kv_cache.KVCache`): "f32" values, or "fixed" (the
-    # fixed-point split the batch-invariant reference attention multiplies exactly).
+    # KV cache format (`jaxserve.runtime.kv_cache.KVCache`): "f32" or "bf16" values, or "fixed"
+    # (the fixed-point split the batch-invariant reference attention multiplies exactly).
     kv_format: str = "f32"
 
     def __post_init__(self) -> None:

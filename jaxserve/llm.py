@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from jaxserve.config import WeightFormat
 from jaxserve.engine import Engine, EngineConfig, SchedulerConfig
 from jaxserve.engine.admission import max_pages_per_row, num_pages_for
-from jaxserve.kernels import resolve_mode
+from jaxserve.kernels import resolve_mode, resolve_weights
 from jaxserve.loading.loader import open_model
 from jaxserve.loading.pull import DEFAULT_MODEL, cache_dir, resolve_model
 from jaxserve.models.build import build_model
@@ -44,7 +44,8 @@ class LLM:
 
     model: a known model name (pulled on first use, e.g. "smollm2-135m"), a path to a `.gguf`, or
         a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json).
-    weights: "int8" (per-32-block scales; the CPU default) or "f32" (exact dequantized weights).
+    weights: "int8" (per-32-block scales), "bf16" or "f32" (exact dequantized weights); "auto":
+        bf16 on TPU/GPU (K/V cached in bf16 too), int8 on CPU.
     max_model_len: context per request (default: the model's, capped at 4096).
     kv_cache_bytes: memory for the paged KV cache (default 512 MiB); the page pool is sized
         from it.
@@ -78,7 +79,7 @@ class LLM:
         self,
         model: str = DEFAULT_MODEL,
         *,
-        weights: WeightFormat = EngineConfig.weights,
+        weights: WeightFormat | Literal["auto"] = "auto",
         max_model_len: int | None = EngineConfig.max_model_len,
         kv_cache_bytes: int = EngineConfig.kv_cache_bytes,
         max_num_seqs: int = SchedulerConfig.max_num_seqs,
@@ -99,7 +100,7 @@ class LLM:
         data_parallel: int = 1,
     ) -> None:
         config = EngineConfig(
-            weights=weights,
+            weights=resolve_weights(weights),
             max_model_len=max_model_len,
             kv_cache_bytes=kv_cache_bytes,
             enable_prefix_caching=enable_prefix_caching,
@@ -123,6 +124,7 @@ class LLM:
         # int8 weights on the reference path keep K/V as the fixed-point split the
         # batch-invariant attention multiplies (`jaxserve.runtime.kv_cache`).
         kv_format = "fixed" if config.weights == "int8" and mode == "reference" else "f32"
+        kv_format = "bf16" if config.weights == "bf16" else kv_format
         file_config = dataclasses.replace(self.model_file.config, kernels=mode, kv_format=kv_format)
         check_heads(file_config, tensor_parallel)
         if process_count() > 1 and self.parallel.num_devices != device_count():
@@ -135,7 +137,9 @@ class LLM:
         self.template = ChatTemplate(
             self.tokenizer.chat_template, architecture=file_config.architecture
         )
-        loaded = self.model_file.load_weights(config.weights, cache=self._converted_cache())
+        loaded = self.model_file.load_weights(
+            config.weights, cache=self._converted_cache(config.weights)
+        )
         self.config, loaded = prepare(file_config, loaded, tensor_parallel)
         max_len = min(config.max_model_len or 4096, self.config.max_position)
         page_bytes = ModelRunner.bytes_per_page(self.config, config.page_size)
@@ -165,8 +169,10 @@ class LLM:
             self.tokenizer, runner, config, scheduler_config, max_model_len=max_len
         )
 
-    def _converted_cache(self) -> Path | None:
+    def _converted_cache(self, weights: WeightFormat) -> Path | None:
         """Pulled models keep their converted weights beside them (a faster next start)."""
+        if weights == "bf16":  # npz has no bfloat16; accelerator hosts convert fast
+            return None
         root = cache_dir().resolve()
         path = self.model_file.path.resolve()
         return path.parent / "converted" if root in path.parents else None

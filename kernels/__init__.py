@@ -2,11 +2,13 @@
 
 `mode`: "reference" runs the pure-jnp twins (XLA; the CPU default), "pallas" the kernels
 compiled for the backend (TPU/GPU), "interpret" the kernels in Pallas interpret mode (CPU tests).
-`resolve_mode("auto")` picks "pallas" on TPU/GPU and "reference" elsewhere.
+`resolve_mode("auto")` picks "pallas" on TPU/GPU and "reference" elsewhere; `resolve_weights`
+picks the weight format the same way (bf16 on accelerators, int8 on CPU).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import jax
@@ -23,15 +25,41 @@ from jaxserve.kernels.quant_matmul import (
 
 KernelMode = Literal["reference", "pallas", "interpret"]
 MODES = ("auto", "reference", "pallas", "interpret")
+# Platforms whose lowering of every kernel above is tested (tests/test_lowering.py: each kernel
+# and the whole prefill and decode steps export for them with `jax.export`).
+LOWERED = ("tpu", "gpu")
+WEIGHTS = ("auto", "int8", "bf16", "f32")
+
+log = logging.getLogger("jaxserve.kernels")
 
 
-def resolve_mode(mode: str) -> KernelMode:
-    """ "auto" -> "pallas" on TPU/GPU, "reference" on CPU; other modes are returned checked."""
+def resolve_mode(mode: str, backend: str | None = None) -> KernelMode:
+    """ "auto" -> "pallas" where the kernels' lowering is tested for the backend (TPU, GPU), else
+    "reference" (one log line says so); "pallas" on another backend is refused."""
     if mode not in MODES:
         raise ValueError(f"kernels must be one of {', '.join(MODES)}, got {mode!r}")
+    backend = backend or jax.default_backend()
     if mode == "auto":
-        return "pallas" if jax.default_backend() in ("tpu", "gpu") else "reference"
+        if backend in LOWERED:
+            return "pallas"
+        log.info("kernels: the XLA reference path on %s (Pallas kernels lower for %s)", backend,
+                 " and ".join(LOWERED))  # fmt: skip
+        return "reference"
+    if mode == "pallas" and backend not in LOWERED:
+        raise ValueError(
+            f"kernels='pallas' runs on {' or '.join(LOWERED)}, not {backend}; "
+            "'interpret' runs the kernels on CPU"
+        )
     return mode  # type: ignore[return-value]
+
+
+def resolve_weights(weights: str, backend: str | None = None) -> str:
+    """ "auto" -> "bf16" on TPU/GPU, "int8" (exact int32 dots, batch-invariant) on CPU."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if weights != "auto":
+        return weights
+    return "bf16" if (backend or jax.default_backend()) in LOWERED else "int8"
 
 
 __all__ = [
@@ -47,4 +75,5 @@ __all__ = [
     "ref_quant_matmul",
     "ref_quant_matmul_int4",
     "resolve_mode",
+    "resolve_weights",
 ]

@@ -63,8 +63,8 @@ class EngineConfig:
     grammar_states: int = 1024  # on-device constraint table capacity (0: host masks only)
 
     def __post_init__(self) -> None:
-        if self.weights not in ("int8", "f32"):
-            raise ValueError(f"weights must be 'int8' or 'f32', got {self.weights!r}")
+        if self.weights not in ("int8", "f32", "bf16"):
+            raise ValueError(f"weights must be 'int8', 'f32' or 'bf16', got {self.weights!r}")
         if self.page_size < 1 or self.kv_cache_bytes < 1:
             raise ValueError("page_size and kv_cache_bytes must be positive")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 import gguf
+import ml_dtypes
 import numpy as np
 
 from jaxserve.config import WeightFormat
@@ -100,13 +101,16 @@ class TensorSource:
 
 
 def as_format(x: np.ndarray, fmt: WeightFormat) -> Weight:
-    """A GGUF `(out, in)` matrix as `(in, out)`: exact (`f32`) or per-32-block int8 (`int8`).
+    """A GGUF `(out, in)` matrix as `(in, out)`: exact (`f32`), bfloat16 (`bf16`, the accelerator
+    default) or per-32-block int8 (`int8`).
 
     Vectors (norm weights) stay f32 as they are.
     """
     if x.ndim < 2:
         return np.ascontiguousarray(x, dtype=np.float32)
     x = x.T
+    if fmt == "bf16":
+        return np.ascontiguousarray(x, dtype=ml_dtypes.bfloat16)
     if fmt == "f32" or x.shape[0] % BLOCK:
         return np.ascontiguousarray(x, dtype=np.float32)
     return quantize_int8(x)

@@ -24,7 +24,8 @@ from jaxserve.runtime.kv_cache import KVCache
 
 
 class Linear(nnx.Module):
-    """`y = x @ W (+ b)` with W `[in, out]` stored f32, or int8 with scales `[in // 32, out]`."""
+    """`y = x @ W (+ b)` with W `[in, out]` stored f32 or bf16 (x cast to it, f32 accumulation),
+    or int8 with scales `[in // 32, out]`."""
 
     def __init__(
         self, weight: Weight, bias: np.ndarray | None = None, *, kernels: str = "reference"
@@ -34,13 +35,17 @@ class Linear(nnx.Module):
             self.w = nnx.Param(jnp.asarray(weight.q))
             self.scales = nnx.Param(jnp.asarray(weight.scales))
         else:
-            self.w = nnx.Param(jnp.asarray(weight, dtype=jnp.float32))
+            dtype = jnp.bfloat16 if weight.dtype == jnp.bfloat16 else jnp.float32
+            self.w = nnx.Param(jnp.asarray(weight, dtype=dtype))
             self.scales = None
         self.bias = None if bias is None else nnx.Param(jnp.asarray(bias, dtype=jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.scales is None:
-            y = jnp.einsum("...i,io->...o", x, self.w[...])
+            w = self.w[...]
+            y = jnp.einsum(
+                "...i,io->...o", x.astype(w.dtype), w, preferred_element_type=jnp.float32
+            )
         elif self.kernels != "reference":
             y = quant_matmul(
                 x, self.w[...], self.scales[...], interpret=self.kernels == "interpret"
@@ -61,7 +66,7 @@ class Embedding(nnx.Module):
     def __call__(self, token_ids: jax.Array) -> jax.Array:
         rows = jnp.moveaxis(jnp.take(self.table.w[...], token_ids, axis=1), 0, -1)  # [*ids, E]
         if self.table.scales is None:
-            return rows
+            return rows.astype(jnp.float32)
         scales = jnp.moveaxis(jnp.take(self.table.scales[...], token_ids, axis=1), 0, -1)
         blocks = rows.reshape(*rows.shape[:-1], -1, BLOCK).astype(jnp.float32)
         return (blocks * scales[..., None]).reshape(rows.shape)

@@ -20,7 +20,8 @@ NULL_PAGE = 0
 class KVCache:
     """Per layer K and V pages, in one of two formats (`ModelConfig.kv_format`):
 
-    - "f32": `k`, `v` are the values (the Pallas kernels and f32 weights read them);
+    - "f32" / "bf16": `k`, `v` are the values (the Pallas kernels and float weights read them;
+      bf16 with bf16 weights, the accelerator default);
     - "fixed": each cached key / value vector is stored once, when written, as the 15-bit
       fixed-point split that `exact_attention` multiplies with integer dots: `k`, `v` hold
       `[hi | lo]` int8 side by side, `k_scale`, `v_scale` one f32 scale per (layer, kv head,
@@ -39,8 +40,9 @@ class KVCache:
     @classmethod
     def zeros(cls, config: ModelConfig, *, num_pages: int, page_size: int) -> KVCache:
         shape = (config.num_layers, config.num_kv_heads, num_pages, page_size, config.head_dim)
-        if config.kv_format == "f32":
-            return cls(k=jnp.zeros(shape, jnp.float32), v=jnp.zeros(shape, jnp.float32))
+        if config.kv_format in ("f32", "bf16"):
+            dtype = jnp.float32 if config.kv_format == "f32" else jnp.bfloat16
+            return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
         packed = (*shape[:-1], 2 * config.head_dim)
         parts = [jnp.zeros(packed, jnp.int8) for _ in range(2)]
         scales = [jnp.ones(shape[:-1], jnp.float32) for _ in range(2)]
@@ -48,14 +50,19 @@ class KVCache:
 
     @staticmethod
     def bytes_per_page(config: ModelConfig, page_size: int) -> int:
-        per_vector = 4 * config.head_dim if config.kv_format == "f32" else 2 * config.head_dim + 4
+        per_vector = {"f32": 4 * config.head_dim, "bf16": 2 * config.head_dim}.get(
+            config.kv_format, 2 * config.head_dim + 4
+        )
         return 2 * config.num_layers * page_size * config.num_kv_heads * per_vector
 
     def write(self, layer: jax.Array, layout: TokenLayout, k: jax.Array, v: jax.Array) -> KVCache:
         """Store k, v [B, T, KH, D] (f32) at `layer`, in each token's (page, slot)."""
         at = (layer, slice(None), layout.write_page, layout.write_slot)
         if not self.is_fixed:
-            return KVCache(k=self.k.at[at].set(k), v=self.v.at[at].set(v))
+            dtype = self.k.dtype
+            return KVCache(
+                k=self.k.at[at].set(k.astype(dtype)), v=self.v.at[at].set(v.astype(dtype))
+            )
         (k, k_scale), (v, v_scale) = pack(k), pack(v)
         return KVCache(
             k=self.k.at[at].set(k),

@@ -40,8 +40,8 @@ def ref_attention(
     kh = k_pages.shape[1]
     # The gather copies whole [S, D] rows and lands keys as [B, KH, P*S, D], the layout the dots
     # want (no transpose).
-    keys = gather_pages(k_pages, layer, page_table)
-    values = gather_pages(v_pages, layer, page_table)
+    keys = gather_pages(k_pages, layer, page_table).astype(jnp.float32)
+    values = gather_pages(v_pages, layer, page_table).astype(jnp.float32)
     qg = q.reshape(b, t, kh, h // kh, d)
     # One query per row (decode): the products are tiny matrices, which XLA CPU runs faster as a
     # fused multiply-and-reduce than as batched dots.
