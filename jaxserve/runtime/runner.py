@@ -256,9 +256,8 @@ class ModelRunner:
         norms = np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
         return (mean / norms).astype(np.float32)
 
-    @mirrored
-    def decode(self, rows: Sequence[DecodeRow], *, num_steps: int) -> DecodeResult:
-        """Up to `num_steps` tokens for each row in one device call (numpy results)."""
+    def decode_batch(self, rows: Sequence[DecodeRow]) -> DecodeBatch:
+        """The padded device batch of decode rows."""
         num_rows = bucket(len(rows), DECODE_ROW_BUCKETS)
         num_pages = bucket(max(len(r.pages) for r in rows), self.page_buckets)
         token_ids = np.zeros(num_rows, np.int32)
@@ -271,13 +270,18 @@ class ModelRunner:
             page_table[i, : len(r.pages)] = r.pages
         sampling, row_inputs = self._sampling([r.sampling for r in rows], num_rows, num_pages)
         arrays = map(self._rows, (token_ids, start, page_table, remaining, grammar_state))
-        batch = DecodeBatch(*arrays, sampling, row_inputs)
+        return DecodeBatch(*arrays, sampling, row_inputs)
+
+    @mirrored
+    def decode(self, rows: Sequence[DecodeRow], *, num_steps: int) -> DecodeResult:
+        """Up to `num_steps` tokens for each row in one device call (numpy results)."""
+        batch = self.decode_batch(rows)
         self.kv, out = self.steps.decode(
             self.params, self.kv, batch, self.key, self.grammar, num_steps=num_steps
         )
         out = DecodeResult(*self._host(out, len(rows)))
         self.num_real_tokens += int(out.num_generated.sum())
-        self.num_padded_tokens += num_rows * int(out.num_generated.max(initial=0))
+        self.num_padded_tokens += batch.token_ids.shape[0] * int(out.num_generated.max(initial=0))
         return out
 
     def _sampling(

@@ -2,7 +2,9 @@
 
 Grid `(rows, V / block_v)`: each program unpacks `block_v / 32` mask words into lanes and selects
 (never multiplies) so a masked token is exactly -inf. The vocabulary is padded to a multiple of
-`block_v` and sliced back. Runs in interpret mode on CPU; TPU/GPU lowering is untested here.
+`block_v` and sliced back. On GPU it runs through Triton; on TPU the XLA reference runs instead
+(the unpack spreads each 32-bit word over 32 lanes, a relayout Mosaic does not lower, and XLA
+fuses unpack and select into one pass anyway); `interpret=True` runs the kernel on CPU.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from jaxserve.kernels.bitmask.reference import ref_apply_bitmask
 from jaxserve.kernels.tuning import bitmask_block_v
-from jaxserve.kernels.validation import check
+from jaxserve.kernels.validation import check, triton_params
 
 
 def _bitmask_kernel(logits_ref, words_ref, inv_t_ref, *refs):
@@ -39,6 +42,17 @@ def apply_bitmask(
     words = -(-v // 32)
     check(bitmask.shape == (b, words), f"bitmask must be {(b, words)}, got {bitmask.shape}")
     check(bitmask.dtype == jnp.int32, f"bitmask must be int32, got {bitmask.dtype}")
+    if interpret:
+        return _call(logits, bitmask, inv_temperature, block_v, out, interpret=True)
+    gpu = lambda: _call(logits, bitmask, inv_temperature, block_v, None, interpret=False)  # noqa: E731
+    return jax.lax.platform_dependent(
+        tpu=lambda: ref_apply_bitmask(logits, bitmask, inv_temperature), cuda=gpu, rocm=gpu
+    )
+
+
+def _call(logits, bitmask, inv_temperature, block_v, out, *, interpret):
+    b, v = logits.shape
+    words = -(-v // 32)
     padded = words * 32
     block_v = block_v or bitmask_block_v(padded)
     check(block_v % 32 == 0 and padded % block_v == 0, f"block_v {block_v} vs vocab {padded}")
@@ -62,6 +76,7 @@ def apply_bitmask(
         out_specs=column,
         input_output_aliases={3: 0} if out is not None else {},
         interpret=interpret,
+        compiler_params=None if interpret else triton_params(),
         cost_estimate=pl.CostEstimate(
             flops=3 * b * padded, transcendentals=0, bytes_accessed=b * padded * 8 + b * words * 4
         ),
