@@ -8,10 +8,10 @@ PORT ?= 8000
 
 .PHONY: install serve generate test test-fast lint format bench
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,reference]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,reference]"
 	touch $@
 
 install: $(BIN)/.installed

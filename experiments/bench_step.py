@@ -2,9 +2,12 @@
 several row counts, straight through the runner (no scheduler, no HTTP).
 
     .venv/bin/python experiments/bench_step.py [--rows 2 8 32 64] [--context 190]
+        [--weights auto|int8|bf16|f32] [--kernels auto|reference|pallas] [--bandwidth BYTES_PER_S]
 
 Decode rows continue `--context` cached tokens (greedy, 8 tokens per call); times are medians of
-`--repeats` calls after one warm-up call per shape, reported per generated token step.
+`--repeats` calls after one warm-up call per shape, reported per generated token step. With
+`--bandwidth` (the device's memory bandwidth), each decode line also gives the step's floor (the
+weights read once a step) and the measured step's ratio to it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import jax
 import numpy as np
 
 from jaxserve import LLM
@@ -36,8 +40,19 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[2, 8, 32, 64])
     parser.add_argument("--context", type=int, default=190)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--weights", default="auto")
+    parser.add_argument("--kernels", default="auto")
+    parser.add_argument("--bandwidth", type=float, default=None)
     args = parser.parse_args()
-    llm = LLM(str(resolve_model(args.model)), max_num_seqs=max(args.rows))
+    llm = LLM(
+        str(resolve_model(args.model)),
+        max_num_seqs=max(args.rows),
+        weights=args.weights,
+        kernels=args.kernels,
+    )
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(llm.engine.runner.params))
+    features = ", ".join(llm.config.features())
+    print(f"{llm.config.name} ({features}): {weight_bytes / 2**20:.0f} MiB of weights", flush=True)
     runner = llm.engine.runner
     rng = np.random.default_rng(0)
     ids = rng.integers(100, 40000, 512).tolist()
@@ -57,7 +72,11 @@ def main() -> None:
         ]
         ms = median_ms(lambda rows=rows: runner.decode(rows, num_steps=steps), args.repeats)
         ms /= steps
-        print(f"decode {b} rows: {ms:.1f} ms/step ({b / ms * 1e3:.0f} tok/s)", flush=True)
+        line = f"decode {b} rows: {ms:.2f} ms/step ({b / ms * 1e3:.0f} tok/s)"
+        if args.bandwidth:
+            floor = weight_bytes / args.bandwidth * 1e3
+            line += f"; weights-read floor {floor:.2f} ms, {floor / ms:.0%} of it"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
