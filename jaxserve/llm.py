@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +38,9 @@ def _is_single_prompt(prompts: Prompt | Sequence[Prompt]) -> bool:
     return isinstance(prompts, str) or (
         len(prompts) > 0 and all(isinstance(t, int) for t in prompts)  # type: ignore[arg-type]
     )
+
+
+log = logging.getLogger("jaxserve")
 
 
 class LLM:
@@ -121,6 +125,12 @@ class LLM:
         self.model_file = open_model(resolve_model(model, quiet=quiet))
         self.parallel = ParallelConfig(tensor_parallel, data_parallel)
         mode = resolve_mode(kernels)
+        if mode == "pallas" and tensor_parallel > 1:  # the kernels are not split by shard_map
+            if kernels != "auto":
+                raise ValueError("kernels='pallas' runs on one device per model replica; "
+                                 "use kernels='reference' with tensor_parallel > 1")  # fmt: skip
+            log.info("kernels: the XLA reference path under tensor parallel")
+            mode = "reference"
         # int8 weights on the reference path keep K/V as the fixed-point split the
         # batch-invariant attention multiplies (`jaxserve.runtime.kv_cache`).
         kv_format = "fixed" if config.weights == "int8" and mode == "reference" else "f32"
