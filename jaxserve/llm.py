@@ -19,6 +19,7 @@ from jaxserve.loading.pull import DEFAULT_MODEL, cache_dir, resolve_model
 from jaxserve.models.build import build_model
 from jaxserve.outputs import RequestOutput
 from jaxserve.runtime.distributed import Broadcaster, device_count, is_leader, process_count
+from jaxserve.runtime.kv_cache import kv_format_for
 from jaxserve.runtime.parallel import ParallelConfig, check_heads, make_mesh, prepare
 from jaxserve.runtime.runner import ModelRunner, enable_compilation_cache
 from jaxserve.sampling.chain import LogitsHook
@@ -131,10 +132,7 @@ class LLM:
                                  "use kernels='reference' with tensor_parallel > 1")  # fmt: skip
             log.info("kernels: the XLA reference path under tensor parallel")
             mode = "reference"
-        # int8 weights on the reference path keep K/V as the fixed-point split the
-        # batch-invariant attention multiplies (`jaxserve.runtime.kv_cache`).
-        kv_format = "fixed" if config.weights == "int8" and mode == "reference" else "f32"
-        kv_format = "bf16" if config.weights == "bf16" else kv_format
+        kv_format = kv_format_for(config.weights, mode)
         file_config = dataclasses.replace(self.model_file.config, kernels=mode, kv_format=kv_format)
         check_heads(file_config, tensor_parallel)
         if process_count() > 1 and self.parallel.num_devices != device_count():

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+NO_WINDOW = 2**30  # the window of a layer without one: every earlier key is visible
+
 
 def attend_pages(
     q: jax.Array,

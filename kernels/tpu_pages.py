@@ -29,10 +29,14 @@ def page_scratch(pages_per_block: int, page_size: int, head_dim: int, dtype) -> 
     return [buf, buf, pltpu.SemaphoreType.DMA((2,))]
 
 
+def vmem_lanes(width: int) -> int:
+    """A last dimension as VMEM holds it: padded to whole 128-lane tiles."""
+    return -(-width // 128) * 128
+
+
 def scratch_bytes(pages_per_block: int, page_size: int, head_dim: int, itemsize: int) -> int:
-    """VMEM of the double buffers (lanes padded to 128, as VMEM tiles are)."""
-    lanes = -(-head_dim // 128) * 128
-    return 2 * 2 * pages_per_block * page_size * lanes * itemsize
+    """VMEM of the double buffers."""
+    return 2 * 2 * pages_per_block * page_size * vmem_lanes(head_dim) * itemsize
 
 
 @dataclass(frozen=True)

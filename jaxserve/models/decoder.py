@@ -16,12 +16,10 @@ import numpy as np
 from flax import nnx
 
 from jaxserve.config import ModelConfig, rope_inv_freq
+from jaxserve.kernels.online_softmax import NO_WINDOW
 from jaxserve.loading.weights import ModelWeights
 from jaxserve.models.layers import Embedding, Linear, RMSNorm
 from jaxserve.runtime.kv_cache import KVCache, TokenLayout
-
-# The window a global layer is given: larger than any position.
-NO_WINDOW = 2**30
 
 
 def layer_schedule(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,15 @@ from jaxserve.kernels.paged_attention.exact import pack
 NULL_PAGE = 0
 
 
+def kv_format_for(weights: str, kernels: str) -> str:
+    """The cache format the engine keeps for a weight format and kernel mode: int8 weights on
+    the reference path cache the fixed-point split the batch-invariant attention multiplies,
+    bf16 weights cache bf16, anything else f32."""
+    if weights == "int8" and kernels == "reference":
+        return "fixed"
+    return "bf16" if weights == "bf16" else "f32"
+
+
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class KVCache:

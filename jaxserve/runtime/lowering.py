@@ -23,7 +23,7 @@ from jaxserve.config import ModelConfig, WeightFormat
 from jaxserve.engine.rows import DecodeRow, PrefillRow
 from jaxserve.loading.weights import ModelWeights
 from jaxserve.models.build import build_model, read_weights
-from jaxserve.runtime.kv_cache import NULL_PAGE
+from jaxserve.runtime.kv_cache import NULL_PAGE, kv_format_for
 from jaxserve.runtime.runner import ModelRunner
 from jaxserve.sampling.rows import SamplingRow
 
@@ -76,10 +76,7 @@ def lowering_runner(
     max_pages_per_row: int = 256,
 ) -> ModelRunner:
     """A runner over zero weights, with the cache format the engine picks for `weights`."""
-    kv_format = {"bf16": "bf16", "f32": "f32"}.get(weights, "f32")
-    if weights == "int8" and kernels == "reference":
-        kv_format = "fixed"
-    config = dataclasses.replace(config, kernels=kernels, kv_format=kv_format)
+    config = dataclasses.replace(config, kernels=kernels, kv_format=kv_format_for(weights, kernels))
     return ModelRunner(
         build_model(config, zero_weights(config, weights)),
         config,

@@ -19,12 +19,10 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from jaxserve.kernels.online_softmax import attend_pages
+from jaxserve.kernels.online_softmax import NO_WINDOW, attend_pages
 from jaxserve.kernels.paged_attention.tpu import paged_attention_tpu
 from jaxserve.kernels.targets import gpu_budget
 from jaxserve.kernels.validation import check, check_paged, triton_params
-
-NO_WINDOW = 2**30
 
 
 def _decode_kernel(

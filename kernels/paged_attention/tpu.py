@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from jaxserve.kernels.online_softmax import NO_WINDOW
 from jaxserve.kernels.targets import tpu_budget
 from jaxserve.kernels.tpu_pages import (
     PageStream,
@@ -24,11 +25,10 @@ from jaxserve.kernels.tpu_pages import (
     scratch_bytes,
     softmax_step,
     stream_blocks,
+    vmem_lanes,
 )
 from jaxserve.kernels.tuning import tpu_pages_per_block
 from jaxserve.kernels.validation import check, check_paged
-
-NO_WINDOW = 2**30
 
 
 def _kernel(
@@ -84,7 +84,7 @@ def paged_attention_tpu(
     scale = d**-0.5 if scale is None else scale
     window = jnp.int32(NO_WINDOW) if window is None else window
     if not interpret:
-        lanes = -(-d // 128) * 128
+        lanes = vmem_lanes(d)
         blocks = 2 * 2 * gp * lanes * 4  # q and out blocks, double-buffered
         scratch = scratch_bytes(ppb, page_size, d, k_pages.dtype.itemsize)
         tpu_budget().check(

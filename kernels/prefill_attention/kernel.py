@@ -20,13 +20,11 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from jaxserve.kernels.online_softmax import attend_pages
+from jaxserve.kernels.online_softmax import NO_WINDOW, attend_pages
 from jaxserve.kernels.prefill_attention.tpu import prefill_attention_tpu
 from jaxserve.kernels.targets import gpu_budget
 from jaxserve.kernels.tuning import prefill_block_q
 from jaxserve.kernels.validation import check, check_paged, triton_params
-
-NO_WINDOW = 2**30
 
 
 def _prefill_kernel(

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from jaxserve.kernels.online_softmax import NO_WINDOW
 from jaxserve.kernels.targets import tpu_budget
 from jaxserve.kernels.tpu_pages import (
     PageStream,
@@ -25,11 +26,10 @@ from jaxserve.kernels.tpu_pages import (
     scratch_bytes,
     softmax_step,
     stream_blocks,
+    vmem_lanes,
 )
 from jaxserve.kernels.tuning import tpu_block_q, tpu_pages_per_block
 from jaxserve.kernels.validation import check, check_paged
-
-NO_WINDOW = 2**30
 
 
 def _kernel(
@@ -92,7 +92,7 @@ def prefill_attention_tpu(
     scale = d**-0.5 if scale is None else scale
     window = jnp.int32(NO_WINDOW) if window is None else window
     if not interpret:
-        lanes = -(-d // 128) * 128
+        lanes = vmem_lanes(d)
         rows = g * block_q
         # q and out blocks double-buffered, the online-softmax state, one block of scores
         blocks = 2 * 2 * rows * lanes * 4 + rows * (lanes + 256) * 4 + rows * ppb * page_size * 4
