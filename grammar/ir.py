@@ -69,6 +69,7 @@ class Grammar:
 
     rules: Mapping[str, Node] = field(hash=False)
     start: str = "root"
+    ignored: tuple[str, ...] = field(default=(), compare=False)  # JSON Schema annotations dropped
 
     def __post_init__(self) -> None:
         if self.start not in self.rules:

@@ -1,7 +1,9 @@
 """`format` values as languages over decoded characters (what the string holds, unescaped).
 
 date, time, date-time (real calendar; second 60 only at 23:59:60 UTC), duration, uuid, ipv4,
-ipv6, email, uri, uri-reference, json-pointer, relative-json-pointer; others are refused.
+ipv6, email, hostname (labels; the 253-character total is not checked), uri, uri-reference,
+json-pointer, relative-json-pointer; others are refused here (`json_dialects` decides which
+reach this module).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def _build(name: str, cache: dict[str, Node]) -> Node:
         return seq(natural(0, None), alt(lit("#"), format_node("json-pointer", cache)))
     if name == "email":
         return _email(format_node("ipv6", cache))
-    builders = {"date": _date, "time": _time, "ipv4": _ipv4, "uuid": _uuid}
+    builders = {"date": _date, "time": _time, "ipv4": _ipv4, "uuid": _uuid, "hostname": _hostname}
     builders |= {"json-pointer": _json_pointer, "duration": _duration}
     if name not in builders:
         raise refuse(f"'format' {name!r} is not supported")
@@ -152,6 +154,14 @@ def _duration() -> Node:
     month = seq(n, lit("M"), opt(day))
     year = seq(n, lit("Y"), opt(month))
     return seq(lit("P"), alt(seq(alt(day, month, year), opt(time)), time, seq(n, lit("W"))))
+
+
+def _hostname() -> Node:
+    """RFC 1123 names: dot-separated labels of 1-63 letters, digits and inner hyphens."""
+    alnum = _set(b"", (0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A))
+    inner = _set(b"-", (0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A))
+    label = seq(alnum, opt(seq(Repeat(inner, 0, 61), alnum)))
+    return seq(label, star(seq(lit("."), label)))
 
 
 def _ipv4() -> Node:

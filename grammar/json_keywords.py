@@ -26,7 +26,7 @@ ANNOTATIONS = frozenset(
     {
         "title", "description", "default", "examples", "$comment", "deprecated", "readOnly",
         "writeOnly", "contentMediaType", "contentEncoding", "contentSchema", "$schema", "$id",
-        "$anchor", "$dynamicAnchor", "$defs", "definitions",
+        "$anchor", "$dynamicAnchor", "$recursiveAnchor", "$vocabulary", "$defs", "definitions",
         "discriminator", "example", "externalDocs", "xml",  # OpenAPI annotations
     }
 )  # fmt: skip
@@ -41,13 +41,6 @@ HANDLED = frozenset(
         "unevaluatedItems",
     }
 )  # fmt: skip
-DIALECTS = {
-    "https://json-schema.org/draft/2020-12/schema": False,
-    "https://json-schema.org/draft/2019-09/schema": False,
-    "http://json-schema.org/draft-07/schema": True,  # True: `$ref` siblings are ignored there
-    "http://json-schema.org/draft-06/schema": True,
-    "http://json-schema.org/draft-04/schema": True,
-}
 TYPE_KINDS = {
     "null": {"null"},
     "boolean": {"boolean"},
@@ -69,12 +62,9 @@ def refuse(message: str) -> UnsupportedConstraintError:
 
 
 def drop_trivial(s: dict) -> dict | bool:
-    """Check keywords; drop the applicators whose effect here is nil, refuse the others."""
-    if "$schema" in s:
-        dialect(s["$schema"])
-    for k in s:
-        if k not in HANDLED and k not in ANNOTATIONS:
-            raise refuse(f"unsupported keyword {k!r}")
+    """Drop the applicators whose effect here is nil, refuse the others.
+
+    `s` holds only handled keywords and annotations (`Dialect.prepare` dropped the rest)."""
     out = dict(s)
     if "not" in out:
         v = out.pop("not")
@@ -101,22 +91,16 @@ def drop_trivial(s: dict) -> dict | bool:
         raise refuse("'patternProperties' with 'additionalProperties' is not supported")
     for k in ("patternProperties", "dependentRequired", "dependentSchemas"):
         v = out.pop(k, {})
-        if not isinstance(v, dict) or any(
-            x not in (True, [], {}) and (not isinstance(x, dict) or validates(x))
-            for x in v.values()
+        if not isinstance(v, dict):
+            raise refuse(f"{k!r} must be an object")
+        v = {n: x for n, x in v.items() if not (x in (True, []) or x == {})}
+        if k == "patternProperties" and any(
+            not isinstance(x, dict) or validates(x) for x in v.values()
         ):
             raise refuse(f"{k!r} is not supported")
+        if v and k != "patternProperties":
+            out[k] = v
     return out
-
-
-def dialect(uri: Any) -> bool:
-    """Whether `$schema` names a pre-2019 dialect; refuse dialects we do not know."""
-    if uri is None:
-        return False
-    key = uri.rstrip("#") if isinstance(uri, str) else None
-    if key not in DIALECTS:
-        raise refuse(f"$schema {uri!r} is not a supported dialect")
-    return DIALECTS[key]
 
 
 def nullable(s: dict) -> dict:
@@ -184,23 +168,48 @@ def value_kind(v: Any) -> str:
     raise refuse(f"{v!r} is not a JSON value")
 
 
-def pointer(ref: Any) -> list[str]:
+def pointer(ref: Any) -> list[str] | str:
+    """The JSON pointer tokens of a `#/...` reference, or the name of a `#name` anchor."""
     if not isinstance(ref, str) or not ref.startswith("#"):
         raise refuse(f"$ref {ref!r}: only references inside the document ('#...') are supported")
     fragment = unquote(ref[1:])
     if not fragment:
         return []
     if not fragment.startswith("/"):
-        raise refuse(f"$ref {ref!r}: anchors are not supported")
+        return fragment
     return [t.replace("~1", "/").replace("~0", "~") for t in fragment[1:].split("/")]
 
 
-def has_nested_id(s: Any, top: bool = True) -> bool:
+DATA = frozenset({"enum", "const", "default", "examples", "example"})  # JSON values, not schemas
+
+
+def has_nested_id(s: Any, keys: tuple[str, ...] = ("$id",), top: bool = True) -> bool:
+    """Does a subschema below the root set a base URI (an id that is not just a fragment)?"""
     if isinstance(s, dict):
-        if not top and isinstance(s.get("$id"), str):
+        ids = [s.get(k) for k in keys]
+        if not top and any(isinstance(i, str) and not i.startswith("#") for i in ids):
             return True
-        return any(has_nested_id(v, False) for v in s.values())
-    return isinstance(s, list) and any(has_nested_id(v, False) for v in s)
+        return any(has_nested_id(v, keys, False) for k, v in s.items() if k not in DATA)
+    return isinstance(s, list) and any(has_nested_id(v, keys, False) for v in s)
+
+
+def anchors(s: Any, keys: tuple[str, ...], out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`$anchor` names (and fragment ids, `{"$id": "#name"}`) -> their subschemas."""
+    out = {} if out is None else out
+    if isinstance(s, dict):
+        names = [s.get("$anchor")] + [
+            s[k][1:] for k in keys if isinstance(s.get(k), str) and s[k].startswith("#")
+        ]
+        for name in names:
+            if isinstance(name, str) and name:
+                out.setdefault(name, s)
+        for k, v in s.items():
+            if k not in DATA:
+                anchors(v, keys, out)
+    elif isinstance(s, list):
+        for v in s:
+            anchors(v, keys, out)
+    return out
 
 
 def finds(s: Any, key: str) -> bool:

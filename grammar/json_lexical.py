@@ -7,8 +7,6 @@ Escapes are those json.dumps writes (`escape`), or any JSON allows (`json_char_s
 from __future__ import annotations
 
 import json
-import math
-from fractions import Fraction
 
 from .ir import (
     EMPTY,
@@ -24,10 +22,9 @@ from .ir import (
     opt,
     plus,
     seq,
-    star,
     subtract,
 )
-from .json_keywords import decimal_value, plain_decimal, refuse
+from .json_keywords import plain_decimal
 
 ALL_CHARS = ((0, MAX_CODE_POINT),)
 SHORT_ESCAPES = {0x22: '\\"', 0x5C: "\\\\", 0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r"}
@@ -35,8 +32,8 @@ SHORT_ESCAPES[0x09] = "\\t"
 NEEDS_ESCAPE = ((0, 0x1F), (0x22, 0x22), (0x5C, 0x5C), SURROGATES)
 DIGIT = chars([(0x30, 0x39)])
 NONZERO = chars([(0x31, 0x39)])
-_BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
-_SIGNS_OUT = {
+BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+SIGNS_OUT = {
     "minimum": {"neg"},
     "exclusiveMinimum": {"neg", "zero"},
     "maximum": {"pos"},
@@ -114,56 +111,45 @@ def integer(lo: int | None, hi: int | None) -> Node:
 
 
 FRAC = seq(lit("."), plus(DIGIT))
-_EXP = seq(
-    chars([(0x45, 0x45), (0x65, 0x65)]), opt(chars([(0x2B, 0x2B), (0x2D, 0x2D)])), plus(DIGIT)
-)
+INT64 = (-(2**63), 2**63 - 1)  # integers without bounds, unless unlimited
+MAX_DIGITS = 20  # other numbers without bounds: digits before and after the point, unless unlimited
+MAX_EXPONENT_DIGITS = 3
 
 
-def number_syntax() -> Node:
-    return seq(opt(lit("-")), alt(lit("0"), seq(NONZERO, star(DIGIT))), opt(FRAC), opt(_EXP))
+def number_syntax(limited: bool = False) -> Node:
+    """Any JSON number; `limited`: at most MAX_DIGITS digits before and after the point."""
+    int_digits = MAX_DIGITS - 1 if limited else None
+    frac = seq(lit("."), Repeat(DIGIT, 1, MAX_DIGITS if limited else None))
+    integer_part = alt(lit("0"), seq(NONZERO, Repeat(DIGIT, 0, int_digits)))
+    return seq(opt(lit("-")), integer_part, opt(frac), opt(_exponent(limited)))
 
 
-def _signed_number(signs: set[str]) -> Node:
+def _exponent(limited: bool) -> Node:
+    sign = opt(chars([(0x2B, 0x2B), (0x2D, 0x2D)]))
+    count = Repeat(DIGIT, 1, MAX_EXPONENT_DIGITS if limited else None)
+    return seq(chars([(0x45, 0x45), (0x65, 0x65)]), sign, count)
+
+
+def signed_number(signs: set[str], limited: bool) -> Node:
     """JSON numbers whose value is negative / zero / positive as `signs` allows."""
     if signs == {"neg", "zero", "pos"}:
-        return number_syntax()
+        return number_syntax(limited)
+    n = MAX_DIGITS if limited else None
+    frac = seq(lit("."), Repeat(DIGIT, 1, n))
     nonzero = alt(
-        seq(NONZERO, star(DIGIT), opt(FRAC)), seq(lit("0."), star(lit("0")), NONZERO, star(DIGIT))
-    )
+        seq(NONZERO, Repeat(DIGIT, 0, None if n is None else n - 1), opt(frac)),
+        seq(lit("0."), Repeat(lit("0"), 0, None if n is None else n - 1), NONZERO,
+            Repeat(DIGIT, 0, None if n is None else n - 1)),
+    )  # fmt: skip
+    exp = opt(_exponent(limited))
     parts = []
     if "pos" in signs:
-        parts.append(seq(nonzero, opt(_EXP)))
+        parts.append(seq(nonzero, exp))
     if "neg" in signs:
-        parts.append(seq(lit("-"), nonzero, opt(_EXP)))
+        parts.append(seq(lit("-"), nonzero, exp))
     if "zero" in signs:
-        parts.append(seq(opt(lit("-")), lit("0"), opt(seq(lit("."), plus(lit("0")))), opt(_EXP)))
+        parts.append(seq(opt(lit("-")), lit("0"), opt(seq(lit("."), Repeat(lit("0"), 1, n))), exp))
     return alt(*parts)
-
-
-def bounded_number(s: dict, *, fractional: bool) -> Node:
-    """The numbers valid under `s`'s `multipleOf` and bounds (integers only unless `fractional`)."""
-    if "multipleOf" in s:
-        m = Fraction(decimal_value(s["multipleOf"], "multipleOf"))
-        if m <= 0 or (1 / m).denominator != 1:
-            raise refuse("'multipleOf' is supported only when every integer satisfies it")
-        if fractional and m != 1:
-            raise refuse("'multipleOf' other than 1 on non-integer numbers")
-        fractional = False  # multipleOf 1: integers only
-    bounds = {k: Fraction(decimal_value(s[k], k)) for k in _BOUNDS if k in s}
-    if not fractional:
-        los = [math.ceil(v) for k, v in bounds.items() if k == "minimum"]
-        los += [math.floor(v) + 1 for k, v in bounds.items() if k == "exclusiveMinimum"]
-        his = [math.floor(v) for k, v in bounds.items() if k == "maximum"]
-        his += [math.ceil(v) - 1 for k, v in bounds.items() if k == "exclusiveMaximum"]
-        lo = max(los) if los else None
-        hi = min(his) if his else None
-        return integer(lo, hi)
-    signs = {"neg", "zero", "pos"}
-    for k, v in bounds.items():
-        if v != 0:
-            raise refuse(f"{k!r} on non-integer numbers is supported only for 0")
-        signs -= _SIGNS_OUT[k]
-    return _signed_number(signs)
 
 
 def number_literal(v: int | float) -> Node:

@@ -6,13 +6,16 @@ keyword that cannot be merged exactly. Merged `properties` keep the first schema
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
+from .json_dialects import Dialect
 from .json_keywords import (
     ALL_KINDS,
     ANNOTATIONS,
     MAX_DEPTH,
     UNEVALUATED,
+    anchors,
     canonical,
     nullable,
     number_value,
@@ -30,18 +33,37 @@ from .json_keywords import (
 _JOINT_OBJECT = frozenset({"properties", "additionalProperties"})
 _JOINT_ARRAY = frozenset({"prefixItems", "items"})
 _JOINT = _JOINT_OBJECT | _JOINT_ARRAY
+MAX_DEPENDENCIES = 6  # dependentRequired/dependentSchemas names: 2^n branches
 
 
 class SchemaMerger:
     """Merges within one schema document (`$ref` targets resolve inside `schema`)."""
 
-    def __init__(self, schema: Any, *, legacy: bool) -> None:
+    def __init__(self, schema: Any, dialect: Dialect) -> None:
         self.schema = schema
-        self.legacy = legacy  # a pre-2019 `$schema`: `$ref` siblings are refused
+        self.dialect = dialect
+        self.id_keys = dialect.id_keys
+        self.anchors = anchors(schema, self.id_keys)
+        base = next((schema.get(k) for k in self.id_keys if isinstance(schema, dict)
+                     and isinstance(schema.get(k), str)), None)  # fmt: skip
+        self.base = base.split("#")[0] if base else None
+
+    def local(self, ref: Any) -> Any:
+        """`ref` as a reference inside the document (the root's own URI stripped)."""
+        if isinstance(ref, str) and self.base and ref.startswith(self.base):
+            rest = ref[len(self.base) :]
+            if rest == "" or rest.startswith("#"):
+                return rest or "#"
+        return ref
 
     def resolve(self, ref: Any) -> Any:
+        tokens = pointer(self.local(ref))
+        if isinstance(tokens, str):
+            if tokens not in self.anchors:
+                raise refuse(f"$ref {ref!r}: no such anchor in the document")
+            return self.anchors[tokens]
         target = self.schema
-        for token in pointer(ref):
+        for token in tokens:
             if isinstance(target, dict) and token in target:
                 target = target[token]
             elif isinstance(target, list) and token.isdigit() and int(token) < len(target):
@@ -50,13 +72,20 @@ class SchemaMerger:
                 raise refuse(f"$ref {ref!r} does not resolve inside the document")
         return target
 
+    def inline(self, s: Any) -> Any:
+        """A schema that is only a `$ref`, replaced by its target (one level)."""
+        s = self.dialect.prepare(s)
+        if isinstance(s, dict) and "$ref" in s and not set(s) - ANNOTATIONS - {"$ref"}:
+            return self.resolve(s["$ref"])
+        return s
+
     # ---- merging (allOf, $ref siblings, anyOf/oneOf siblings) ----------------------------------
 
     def merge_all(self, s: dict, depth: int) -> dict | bool:
         branches = s["allOf"]
         if not isinstance(branches, list) or not branches:
             raise refuse("'allOf' must be a non-empty array")
-        out: dict | bool = {k: v for k, v in s.items() if k != "allOf"}
+        out: dict | bool = self.dialect.mark({k: v for k, v in s.items() if k != "allOf"})
         for b in branches:
             out = self.merge(out, b, depth + 1)
         return out
@@ -71,11 +100,9 @@ class SchemaMerger:
             return b if a is True else a
         if not isinstance(a, dict) or not isinstance(b, dict):
             raise refuse("a schema must be an object or a boolean")
-        a, b = unevaluated(nullable(a)), unevaluated(nullable(b))
+        a, b = (unevaluated(nullable(self.dialect.prepare(x))) for x in (a, b))
         if any(k in x for x in (a, b) for k in UNEVALUATED):
             raise refuse("'unevaluatedProperties'/'unevaluatedItems' beside applicators")
-        if self.legacy and any("$ref" in x and len(set(x) - ANNOTATIONS) > 1 for x in (a, b)):
-            raise refuse("$ref with sibling keywords under a pre-2019 $schema")
         if "allOf" in a or "allOf" in b:
             x = self.merge_all(a, depth) if "allOf" in a else a
             y = self.merge_all(b, depth) if "allOf" in b else b
@@ -115,7 +142,7 @@ class SchemaMerger:
                 for i in range(max(len(pa), len(pb)))
             ]
             out["items"] = self.merge(xa, xb, depth + 1)
-        return out
+        return self.dialect.mark(out)
 
     def _merge_keyword(self, k: str, u: Any, v: Any, depth: int) -> Any:
         if k == "type":
@@ -141,11 +168,38 @@ class SchemaMerger:
             return u
         raise refuse(f"cannot merge two different {k!r} (allOf/$ref siblings)")
 
+    def dependent(self, s: dict) -> list[Any]:
+        """`dependentRequired`/`dependentSchemas` as disjoint schemas, one per choice of which
+        named properties are present (objects), plus one for the non-object values."""
+        req = s.get("dependentRequired", {})
+        sub = s.get("dependentSchemas", {})
+        names = list(dict.fromkeys([*req, *sub]))
+        if len(names) > MAX_DEPENDENCIES:
+            raise refuse(f"more than {MAX_DEPENDENCIES} 'dependentRequired'/'dependentSchemas'")
+        base = {k: v for k, v in s.items() if k not in ("dependentRequired", "dependentSchemas")}
+        kinds = schema_kinds(base)
+        out: list[Any] = []
+        if kinds - {"object"}:
+            out.append(self.merge(base, {"type": type_names(kinds - {"object"})}, 0))
+        if "object" not in kinds:
+            return out
+        for present in itertools.product((False, True), repeat=len(names)):
+            x: Any = self.merge(base, {"type": "object"}, 0)
+            for name, here in zip(names, present, strict=True):
+                if not here:
+                    x = self.merge(x, {"properties": {name: False}}, 0)
+                    continue
+                x = self.merge(x, {"required": [name, *string_list(req.get(name, []), name)]}, 0)
+                x = self.merge(x, sub.get(name, True), 0)
+            out.append(x)
+        return out
+
     # ---- oneOf disjointness (a sufficient test) ------------------------------------------------
 
     def view(self, s: Any) -> Any:
         """`s` with top-level `$ref`/`allOf` merged in (True when that nests too deep)."""
         for _ in range(MAX_DEPTH):
+            s = self.dialect.prepare(s)
             if not isinstance(s, dict) or ("$ref" not in s and "allOf" not in s):
                 return s
             if "$ref" in s:

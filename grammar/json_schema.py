@@ -60,6 +60,8 @@ from .ir import (
 )
 from .json_automata import length_range
 from .json_checks import check_left_recursion, productive_rules
+from .json_decimal import bounded_number
+from .json_dialects import Dialect
 from .json_keywords import (
     ANNOTATIONS,
     MAX_COUNT,
@@ -68,7 +70,6 @@ from .json_keywords import (
     MAX_STATES,
     canonical,
     count_value,
-    dialect,
     drop_trivial,
     finds,
     has_nested_id,
@@ -85,7 +86,6 @@ from .json_keywords import (
     validates,
     value_kind,
 )
-from .json_lexical import bounded_number
 from .json_merge import SchemaMerger
 from .json_rules import JsonRules
 from .regex import regex_node
@@ -123,15 +123,15 @@ class _Compiler:
     """Schema -> rules, one subschema at a time; `$ref` targets become rules of their own."""
 
     def __init__(self, schema: Any, ws: Node) -> None:
-        legacy = dialect(schema.get("$schema")) if isinstance(schema, dict) else False
+        self.dialect = Dialect(schema.get("$schema") if isinstance(schema, dict) else None)
         self.schema = schema
         self.out = JsonRules(ws)
-        self.merger = SchemaMerger(schema, legacy=legacy)
+        self.merger = SchemaMerger(schema, self.dialect)
         self.merged: dict[str, Node] = {}  # `$ref` with siblings, by content -> its rule
 
     def compile(self) -> Grammar:
         if isinstance(self.schema, dict):
-            if has_nested_id(self.schema) and finds(self.schema, "$ref"):
+            if has_nested_id(self.schema, self.merger.id_keys) and finds(self.schema, "$ref"):
                 raise refuse("$id in a subschema changes $ref resolution (not supported)")
         elif not isinstance(self.schema, bool):
             raise refuse("a schema must be an object or a boolean")
@@ -142,7 +142,7 @@ class _Compiler:
         check_left_recursion(rules)
         if not productive_rules(rules)["root"]:
             raise refuse("no JSON value is valid under this schema")
-        return Grammar(dict(rules), "root")
+        return Grammar(dict(rules), "root", ignored=tuple(self.dialect.ignored))
 
     # ---- schemas -------------------------------------------------------------------------------
 
@@ -153,15 +153,15 @@ class _Compiler:
             return NOTHING
         if not isinstance(s, dict):
             raise refuse("a schema must be an object or a boolean")
-        s = drop_trivial(unevaluated(nullable(s)))
+        s = drop_trivial(unevaluated(nullable(self.dialect.prepare(s))))
         if s is False:
             return NOTHING
+        if "dependentRequired" in s or "dependentSchemas" in s:
+            return alt(*(self.node(b) for b in self.merger.dependent(s)))
         if "$ref" in s:
             rest = {k: v for k, v in s.items() if k != "$ref"}
             if not validates(rest):
                 return self.ref(s["$ref"])
-            if self.merger.legacy:
-                raise refuse("$ref with sibling keywords under a pre-2019 $schema")
             return self._merged(s)
         if "allOf" in s:
             return self.node(self.merger.merge_all(s, 0))
@@ -173,10 +173,10 @@ class _Compiler:
         return self._typed(s)
 
     def ref(self, ref: Any) -> Node:
-        tokens = pointer(ref)
+        tokens = pointer(self.merger.local(ref))
         if not tokens:
             return Ref("root")
-        name = "def:" + "/".join(tokens)
+        name = "anchor:" + tokens if isinstance(tokens, str) else "def:" + "/".join(tokens)
         if name not in self.out.rules:
             self.out.rules[name] = NOTHING
             self.out.rules[name] = self.node(self.merger.resolve(ref))
@@ -199,8 +199,8 @@ class _Compiler:
         if not isinstance(branches, list) or not branches:
             raise refuse(f"{key!r} must be a non-empty array")
         rest = {k: v for k, v in s.items() if k != key}
-        if validates(rest):
-            branches = [self.merger.merge(rest, b, 0) for b in branches]
+        if validates(rest):  # the outer keywords first: their properties come first
+            branches = [self.merger.merge(rest, self.merger.inline(b), 0) for b in branches]
         if key == "oneOf":
             branches = [b for b in branches if self.merger.kinds_of(b)]
             for i, j in itertools.combinations(range(len(branches)), 2):
