@@ -11,9 +11,12 @@ from .vocab import TokenVocab
 class CompiledGrammar:
     """Token-level view of an `Automaton`; shared by every matcher of the same (spec, vocab)."""
 
-    def __init__(self, automaton: Automaton, vocab: TokenVocab) -> None:
+    def __init__(
+        self, automaton: Automaton, vocab: TokenVocab, ignored: tuple[str, ...] = ()
+    ) -> None:
         self.automaton = automaton
         self.vocab = vocab
+        self.ignored = ignored  # JSON Schema annotations the compile dropped (unknown keywords)
         self._masks: dict[int, np.ndarray] = {}
 
     def mask(self, state: int) -> np.ndarray:

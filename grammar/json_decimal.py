@@ -64,9 +64,11 @@ def bounded_number(s: dict, *, fractional: bool, limited: bool = False) -> Node:
         los += [math.floor(v) + 1 for k, v in bounds.items() if k == "exclusiveMinimum"]
         his = [math.floor(v) for k, v in bounds.items() if k == "maximum"]
         his += [math.ceil(v) - 1 for k, v in bounds.items() if k == "exclusiveMaximum"]
-        if limited:
-            los, his = [*los, INT64[0]] if not los else los, [*his, INT64[1]] if not his else his
-        return integer(max(los) if los else None, min(his) if his else None)
+        lo, hi = max(los) if los else None, min(his) if his else None
+        if limited:  # an open side is capped unless the other bound is already past the cap
+            lo = INT64[0] if lo is None and (hi is None or hi >= INT64[0]) else lo
+            hi = INT64[1] if hi is None and (lo is None or lo <= INT64[1]) else hi
+        return integer(lo, hi)
     if places is None and all(v == 0 for v in bounds.values()):
         signs = {"neg", "zero", "pos"}
         for k in bounds:
@@ -105,8 +107,10 @@ def decimal_between(lo: Bound, hi: Bound, *, places: int | None, cap: int | None
 
 def _magnitude(lo: tuple[Fraction, bool], hi: Bound, rule: Rule) -> Node:
     """Plain decimals without sign whose value is within lo..hi (0 <= lo)."""
-    limit = None if rule[1] is None else 10 ** rule[1] - 1
     a, a_strict = lo
+    limit = None if rule[1] is None else 10 ** rule[1] - 1
+    if limit is not None and a >= limit:
+        limit = None  # the schema's own bound is past the cap: the open side stays open
     ia, fa = int(a), fraction_digits(a - int(a))
     if hi is None:
         ib, fb, b_strict = limit, None, False

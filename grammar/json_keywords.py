@@ -87,18 +87,17 @@ def drop_trivial(s: dict) -> dict | bool:
         v = out.pop(k, True)
         if not (v is True or (isinstance(v, dict) and not validates(v))):
             raise refuse(f"{k!r} is not supported")
-    if out.get("patternProperties") and out.get("additionalProperties", True) not in (True, {}):
-        raise refuse("'patternProperties' with 'additionalProperties' is not supported")
     for k in ("patternProperties", "dependentRequired", "dependentSchemas"):
         v = out.pop(k, {})
         if not isinstance(v, dict):
             raise refuse(f"{k!r} must be an object")
+        if k == "patternProperties":  # a trivial entry still exempts names from additional*
+            trivial = all(x is True or x == {} for x in v.values())
+            if v and not (trivial and out.get("additionalProperties", True) in (True, {})):
+                out[k] = v
+            continue
         v = {n: x for n, x in v.items() if not (x in (True, []) or x == {})}
-        if k == "patternProperties" and any(
-            not isinstance(x, dict) or validates(x) for x in v.values()
-        ):
-            raise refuse(f"{k!r} is not supported")
-        if v and k != "patternProperties":
+        if v:
             out[k] = v
     return out
 

@@ -33,6 +33,7 @@ from .json_keywords import (
 _JOINT_OBJECT = frozenset({"properties", "additionalProperties"})
 _JOINT_ARRAY = frozenset({"prefixItems", "items"})
 _JOINT = _JOINT_OBJECT | _JOINT_ARRAY
+_OBJECT = _JOINT_OBJECT | {"patternProperties"}
 MAX_DEPENDENCIES = 6  # dependentRequired/dependentSchemas names: 2^n branches
 
 
@@ -122,6 +123,8 @@ class SchemaMerger:
                 out[k] = self._merge_keyword(k, out[k], v, depth)
         if {"type"} & out.keys() and not schema_kinds(out):
             return False
+        if all(_OBJECT & x.keys() for x in (a, b)) and "patternProperties" in a.keys() | b.keys():
+            raise refuse("cannot merge 'patternProperties' with other property keywords")
         if _JOINT_OBJECT & (a.keys() | b.keys()):
             pa, pb = a.get("properties", {}), b.get("properties", {})
             xa, xb = a.get("additionalProperties", True), b.get("additionalProperties", True)

@@ -47,8 +47,9 @@ from .json_lexical import (
 class JsonRules:
     """Rules under construction for one schema; `ws` goes between any two structural tokens."""
 
-    def __init__(self, ws: Node) -> None:
+    def __init__(self, ws: Node, *, limited: bool = True) -> None:
         self.ws = ws
+        self.limited = limited  # numbers without bounds: digits capped (`number_syntax`)
         self.sep = seq(ws, lit(","), ws)
         self.colon = seq(ws, lit(":"), ws)
         self.rules: dict[str, Node] = {}
@@ -79,7 +80,7 @@ class JsonRules:
                 lit("null"),
                 lit("true"),
                 lit("false"),
-                self.shared_rule("json.number", number_syntax),
+                self.shared_rule("json.number", lambda: number_syntax(self.limited)),
                 self.any_string(),
                 self._sequence("[", value, "]"),
                 self._sequence("{", member, "}"),
@@ -234,6 +235,11 @@ class JsonRules:
     def string_product(self, languages: list[Node], lo: int, hi: int | None) -> Node:
         """Strings in every language with lo..hi characters, as right-linear rules."""
         accept, edges = product(languages, lo, hi)
+        return self.dfa_string(accept, edges)
+
+    def dfa_string(self, accept: list[bool], edges: list[list[tuple[Any, int]]]) -> Node:
+        """The strings an automaton over decoded characters accepts, as right-linear rules of
+        JSON string contents (mandatory escapes only)."""
         live = coreachable(accept, edges)
         if not live[0]:
             return NOTHING

@@ -62,6 +62,7 @@ from .json_automata import length_range
 from .json_checks import check_left_recursion, productive_rules
 from .json_decimal import bounded_number
 from .json_dialects import Dialect
+from .json_keys import Dfa, KeyClasses
 from .json_keywords import (
     ANNOTATIONS,
     MAX_COUNT,
@@ -92,13 +93,20 @@ from .regex import regex_node
 
 
 def schema_grammar(
-    schema: dict | bool, *, whitespace: str = "compact", max_whitespace: int = 4
+    schema: dict | bool,
+    *,
+    whitespace: str = "compact",
+    max_whitespace: int = 4,
+    unbounded_numbers: bool = False,
 ) -> Grammar:
     """The JSON texts valid under `schema` (draft 2020-12), in the module's documented spelling.
 
     `whitespace="compact"`: no whitespace outside strings. `"bounded"`: 0..`max_whitespace` of
-    space, tab or newline between any two structural tokens. Raises `UnsupportedConstraintError`
-    (naming the keyword) for what cannot be compiled exactly, `ValueError` for a bad `whitespace`.
+    space, tab or newline between any two structural tokens. Numbers without a bound of their
+    own stay within what parsers read back (integers in the signed 64-bit range, other numbers
+    at most 20 digits each side of the point and a 3-digit exponent) unless `unbounded_numbers`.
+    Raises `UnsupportedConstraintError` (naming the keyword) for what cannot be compiled exactly,
+    `ValueError` for a bad `whitespace`.
     """
     if whitespace == "compact":
         ws: Node = EMPTY
@@ -109,23 +117,30 @@ def schema_grammar(
     else:
         raise ValueError(f"whitespace must be 'compact' or 'bounded', not {whitespace!r}")
     try:
-        return _Compiler(schema, ws).compile()
+        return _Compiler(schema, ws, limited=not unbounded_numbers).compile()
     except RecursionError:
         raise refuse("the schema nests (or refers to itself) too deeply") from None
 
 
-def json_value_grammar(*, whitespace: str = "compact", max_whitespace: int = 4) -> Grammar:
+def json_value_grammar(
+    *, whitespace: str = "compact", max_whitespace: int = 4, unbounded_numbers: bool = False
+) -> Grammar:
     """Any JSON value (the `true` schema)."""
-    return schema_grammar(True, whitespace=whitespace, max_whitespace=max_whitespace)
+    return schema_grammar(
+        True,
+        whitespace=whitespace,
+        max_whitespace=max_whitespace,
+        unbounded_numbers=unbounded_numbers,
+    )
 
 
 class _Compiler:
     """Schema -> rules, one subschema at a time; `$ref` targets become rules of their own."""
 
-    def __init__(self, schema: Any, ws: Node) -> None:
+    def __init__(self, schema: Any, ws: Node, *, limited: bool) -> None:
         self.dialect = Dialect(schema.get("$schema") if isinstance(schema, dict) else None)
         self.schema = schema
-        self.out = JsonRules(ws)
+        self.out = JsonRules(ws, limited=limited)
         self.merger = SchemaMerger(schema, self.dialect)
         self.merged: dict[str, Node] = {}  # `$ref` with siblings, by content -> its rule
 
@@ -237,7 +252,7 @@ class _Compiler:
         if "boolean" in kinds:
             parts.append(alt(lit("true"), lit("false")))
         if kinds & {"integer", "number"}:
-            parts.append(bounded_number(s, fractional="number" in kinds))
+            parts.append(bounded_number(s, fractional="number" in kinds, limited=self.out.limited))
         if "string" in kinds:
             parts.append(self.string(s))
         if "array" in kinds:
@@ -316,9 +331,17 @@ class _Compiler:
         lo = count_value(s, "minProperties", MAX_COUNT) or 0
         hi = count_value(s, "maxProperties", MAX_COUNT)
         names = [*props, *(r for r in required if r not in props)]
+        pattern_props = s.get("patternProperties", {})
+        patterns = [(Dfa.of_node(self._pattern(p)), v) for p, v in pattern_props.items()]
         members: list[tuple[Node, bool]] = []
         for name in names:
-            value = self.node(props[name] if name in props else extra_schema)
+            schema = props[name] if name in props else extra_schema
+            matched = [v for dfa, v in patterns if dfa.accepts(name)]
+            if matched:
+                schema = props.get(name, True)
+                for v in matched:
+                    schema = self.merger.merge(schema, v, 0)
+            value = self.node(schema)
             if isinstance(value, Alt) and not value.items:
                 if name in required:
                     return NOTHING
@@ -326,10 +349,7 @@ class _Compiler:
             key = lit(string_literal(property_key(name)))
             member = self.out.share(seq(key, self.out.colon, value), "member")
             members.append((member, name in required))
-        value = self.node(extra_schema)
-        extra = None
-        if not (isinstance(value, Alt) and not value.items):
-            extra = self.out.share(seq(self.out.key_except(names), self.out.colon, value), "member")
+        extra = self._extra_member(names, patterns, extra_schema)
         if hi is not None and lo > hi:
             return NOTHING
         cap = hi if hi is not None else lo  # member counts above cap are all alike
@@ -360,6 +380,27 @@ class _Compiler:
             parts.append(seq(lit("{"), self.out.ws, lit("}")))
         parts.append(seq(lit("{"), self.out.ws, Ref(state(0, 0, True)), self.out.ws, lit("}")))
         return alt(*parts)
+
+    def _extra_member(self, names: list[str], patterns: list, extra_schema: Any) -> Node | None:
+        """A member whose name is not declared: `patternProperties` by the patterns its name
+        matches, `additionalProperties` when it matches none (None: no such member is valid)."""
+        if not patterns:
+            value = self.node(extra_schema)
+            if isinstance(value, Alt) and not value.items:
+                return None
+            return self.out.share(seq(self.out.key_except(names), self.out.colon, value), "member")
+        classes = KeyClasses([dfa for dfa, _ in patterns], Dfa.of_words(names))
+        options = []
+        for matched, accept in classes.languages().items():
+            schema = extra_schema if not matched else True
+            for i in matched:
+                schema = self.merger.merge(schema, patterns[i][1], 0)
+            value = self.node(schema)
+            if isinstance(value, Alt) and not value.items:
+                continue
+            key = seq(lit('"'), self.out.dfa_string(accept, classes.edges), lit('"'))
+            options.append(seq(key, self.out.colon, value))
+        return self.out.share(alt(*options), "member") if options else None
 
     def _extras(self, extra: Node | None, c: int, first: bool, lo: int, hi: int | None) -> Node:
         """Additional members after c declared ones (first: none yet, so at least one here)."""

@@ -2,14 +2,17 @@
 
 A spec is a mapping with exactly one of `json_schema`, `grammar` (GBNF), `regex`, `choice`
 (list of strings) or `json_object` (true: any JSON value), plus for the JSON kinds an optional
-`whitespace` ("compact", the default, or "bounded"). A `grammar` spec may carry `triggers`
-(non-empty strings): the matcher then lets text through freely until one appears
-(`grammar/lazy.py`); they do not change the compiled grammar, so they are not part of its key.
+`whitespace` ("compact", the default, or "bounded") and `unbounded_numbers` (true: numbers
+without bounds of their own are not capped to the signed 64-bit range / 20 digits). A `grammar`
+spec may carry `triggers` (non-empty strings): the matcher then lets text through freely until
+one appears (`grammar/lazy.py`); they do not change the compiled grammar, so they are not part
+of its key.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -22,13 +25,14 @@ from .ir import ConstraintBudgetError, Grammar, UnsupportedConstraintError, choi
 from .regex import regex_node
 from .vocab import TokenVocab
 
+log = logging.getLogger(__name__)
 KINDS = ("json_schema", "grammar", "regex", "choice", "json_object")
 
 
 def spec_kind(spec: Mapping[str, Any]) -> str:
     """Which constraint `spec` names; ValueError for none, several or unknown keys."""
     kinds = [k for k in KINDS if k in spec]
-    unknown = sorted(set(spec) - set(KINDS) - {"whitespace", "triggers"})
+    unknown = sorted(set(spec) - set(KINDS) - {"whitespace", "triggers", "unbounded_numbers"})
     if unknown:
         raise UnsupportedConstraintError(f"unknown constraint field(s): {unknown}")
     if len(kinds) != 1:
@@ -49,8 +53,14 @@ def build_grammar(spec: Mapping[str, Any]) -> Grammar:
     kind = spec_kind(spec)
     value = spec[kind]
     whitespace = spec.get("whitespace", "compact")
-    if kind != "json_schema" and kind != "json_object" and "whitespace" in spec:
-        raise UnsupportedConstraintError("whitespace applies to json_schema and json_object only")
+    unbounded = spec.get("unbounded_numbers", False)
+    for option in ("whitespace", "unbounded_numbers"):
+        if kind != "json_schema" and kind != "json_object" and option in spec:
+            raise UnsupportedConstraintError(
+                f"{option} applies to json_schema and json_object only"
+            )
+    if not isinstance(unbounded, bool):
+        raise UnsupportedConstraintError("unbounded_numbers must be a boolean")
     if kind == "grammar":
         if not isinstance(value, str):
             raise UnsupportedConstraintError("grammar must be a GBNF string")
@@ -68,7 +78,7 @@ def build_grammar(spec: Mapping[str, Any]) -> Grammar:
     if kind == "json_object":
         if value is not True:
             raise UnsupportedConstraintError("json_object must be true")
-        return json_value_grammar(whitespace=whitespace)
+        return json_value_grammar(whitespace=whitespace, unbounded_numbers=unbounded)
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -76,7 +86,7 @@ def build_grammar(spec: Mapping[str, Any]) -> Grammar:
             raise UnsupportedConstraintError(f"json_schema is not valid JSON: {e}") from None
     if not isinstance(value, dict | bool):
         raise UnsupportedConstraintError("json_schema must be an object or a boolean")
-    return schema_grammar(value, whitespace=whitespace)
+    return schema_grammar(value, whitespace=whitespace, unbounded_numbers=unbounded)
 
 
 def spec_key(spec: Mapping[str, Any]) -> str:
@@ -117,7 +127,9 @@ class GrammarCompiler:
         deadline = time.monotonic() + self.budget_s
         grammar = build_grammar(spec)
         automaton = Automaton(grammar, deadline=deadline)
-        compiled = CompiledGrammar(automaton, self.vocab)
+        compiled = CompiledGrammar(automaton, self.vocab, grammar.ignored)
+        if grammar.ignored:
+            log.debug("constraint: ignored JSON Schema annotations %s", ", ".join(grammar.ignored))
         compiled.mask(automaton.start)
         automaton.deadline = None
         if time.monotonic() > deadline:
