@@ -98,6 +98,7 @@ def schema_grammar(
     whitespace: str = "compact",
     max_whitespace: int = 4,
     unbounded_numbers: bool = False,
+    property_order: str = "declared",
 ) -> Grammar:
     """The JSON texts valid under `schema` (draft 2020-12), in the module's documented spelling.
 
@@ -105,6 +106,8 @@ def schema_grammar(
     space, tab or newline between any two structural tokens. Numbers without a bound of their
     own stay within what parsers read back (integers in the signed 64-bit range, other numbers
     at most 20 digits each side of the point and a 3-digit exponent) unless `unbounded_numbers`.
+    `property_order="sorted"`: an object's named members in name order instead of declared order
+    (a canonical spelling, e.g. to check instances whose keys were sorted).
     Raises `UnsupportedConstraintError` (naming the keyword) for what cannot be compiled exactly,
     `ValueError` for a bad `whitespace`.
     """
@@ -117,7 +120,13 @@ def schema_grammar(
     else:
         raise ValueError(f"whitespace must be 'compact' or 'bounded', not {whitespace!r}")
     try:
-        return _Compiler(schema, ws, limited=not unbounded_numbers).compile()
+        if property_order not in ("declared", "sorted"):
+            raise ValueError(
+                f"property_order must be 'declared' or 'sorted', not {property_order!r}"
+            )
+        compiler = _Compiler(schema, ws, limited=not unbounded_numbers)
+        compiler.sort_members = property_order == "sorted"
+        return compiler.compile()
     except RecursionError:
         raise refuse("the schema nests (or refers to itself) too deeply") from None
 
@@ -142,7 +151,8 @@ class _Compiler:
         self.schema = schema
         self.out = JsonRules(ws, limited=limited)
         self.merger = SchemaMerger(schema, self.dialect)
-        self.merged: dict[str, Node] = {}  # `$ref` with siblings, by content -> its rule
+        self.merged: dict[str, Node] = {}
+        self.sort_members = False  # `$ref` with siblings, by content -> its rule
 
     def compile(self) -> Grammar:
         if isinstance(self.schema, dict):
@@ -331,6 +341,8 @@ class _Compiler:
         lo = count_value(s, "minProperties", MAX_COUNT) or 0
         hi = count_value(s, "maxProperties", MAX_COUNT)
         names = [*props, *(r for r in required if r not in props)]
+        if self.sort_members:
+            names.sort()
         pattern_props = s.get("patternProperties", {})
         patterns = [(Dfa.of_node(self._pattern(p)), v) for p, v in pattern_props.items()]
         members: list[tuple[Node, bool]] = []
