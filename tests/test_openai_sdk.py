@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import openai
+import pydantic
 import pytest
 
 from jaxserve import LLM, SamplingParams
@@ -245,3 +246,27 @@ def test_chat_with_n_2(client):
     first = two()
     assert two() == first  # seeded: each sequence draws from its own seed, reproducibly
     assert first[0] != first[1]
+
+
+class City(pydantic.BaseModel):
+    name: str
+    country: str
+    population: int
+
+
+def test_parse_structured_output_ends(client):
+    """`parse` with a pydantic model: greedy SmolLM2 would write the population's digits until
+    max_tokens ("1234567890000..."); integers without bounds stay in the signed 64-bit range,
+    so the object closes and parses."""
+    r = client.chat.completions.parse(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me about Paris."}],
+        response_format=City,
+        max_tokens=120,
+        temperature=0,
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    city = choice.message.parsed
+    assert isinstance(city, City) and city.name == "Paris"
+    assert -(2**63) <= city.population < 2**63
