@@ -7,14 +7,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from jaxserve.api.errors import APIError
 from jaxserve.api.generation import EngineLike
 from jaxserve.api.metrics import Metrics
 from jaxserve.api.reasoning import REASONING_PARSERS
-from jaxserve.grammar.tools import tool_format
+from jaxserve.grammar.tools import FORMATS, tool_format
 from jaxserve.text.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -35,7 +35,9 @@ class ServerConfig:
     drain_timeout_s: how long in-flight requests may run after SIGTERM.
     retry_after_s: the Retry-After of a 429 (queue full).
     reasoning_parser: how chat replies are split into `reasoning_content` and `content`
-    (`api/reasoning.py`: "none", "think", "think-open")."""
+    (`api/reasoning.py`: "none", "think", "think-open").
+    tool_call_parser: the tool-call format ("auto": the one the chat template suggests, else a
+    name in `jaxserve.grammar.tools.FORMATS`)."""
 
     model_names: tuple[str, ...]
     api_key: str | None = None
@@ -44,6 +46,7 @@ class ServerConfig:
     retry_after_s: int = 1
     system_fingerprint: str = "fp_jaxserve"
     reasoning_parser: str = "none"
+    tool_call_parser: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.model_names or not all(self.model_names):
@@ -54,6 +57,8 @@ class ServerConfig:
             raise ValueError("drain_timeout_s and retry_after_s must be non-negative")
         if self.reasoning_parser not in REASONING_PARSERS:
             raise ValueError(f"reasoning_parser must be one of {REASONING_PARSERS}")
+        if self.tool_call_parser != "auto" and self.tool_call_parser not in FORMATS:
+            raise ValueError(f"tool_call_parser must be 'auto' or one of {sorted(FORMATS)}")
 
 
 @dataclass(frozen=True)
@@ -107,11 +112,22 @@ class Served:
 class ServerState:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.served: Served | None = None
+        self._served: Served | None = None
         self.load_error: str | None = None
         self.draining = False
         self.in_flight = 0
         self.metrics = Metrics(lambda: self.served.stats() if self.served else None)
+
+    @property
+    def served(self) -> Served | None:
+        return self._served
+
+    @served.setter
+    def served(self, served: Served | None) -> None:
+        parser = self.config.tool_call_parser
+        if served is not None and parser != "auto":
+            served = replace(served, tool_format=parser)
+        self._served = served
 
     def health(self) -> tuple[int, str, str]:
         """(HTTP status, error code, reason) of /health; 200 only when requests can be served."""

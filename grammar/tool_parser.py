@@ -156,7 +156,9 @@ class ToolCallParser:
     def __init__(self, format: str) -> None:
         fmt = FORMATS[format]
         self.format = fmt
-        self._lead = [("lit", fmt.begin), ("ws",)] if fmt.begin else []
+        self._lead = [("alt", (fmt.lead, "")), ("ws",)] if fmt.lead else []
+        self._lead += [("lit", fmt.begin), ("ws",)] if fmt.begin else []
+        self._triggers = [fmt.trigger, *((fmt.lead,) if fmt.lead else ())]
         open_ = [("lit", fmt.open.strip()), ("ws",)] if fmt.open.strip() else []
         self._head = open_ + _OBJECT_HEAD
         self._close = [("ws",), ("lit", "}")]
@@ -165,6 +167,7 @@ class ToolCallParser:
         self._sep = [("ws",), ("lit", fmt.sep.strip()), ("ws",)] if fmt.sep.strip() else []
         self._end = [("ws",), ("lit", fmt.end)] if fmt.end else []
         self.num_calls = 0
+        self._trigger = fmt.trigger  # the one that started the current call
         self._buf = ""
         self._state = "text"
         self._value: _Value | None = None
@@ -194,12 +197,13 @@ class ToolCallParser:
         if not buf:
             return False
         if state == "text":
-            at = buf.find(self.format.trigger)
-            if at < 0:
-                keep = 0 if final else _prefix_overlap(buf, self.format.trigger)
+            found = [(buf.find(t), t) for t in self._triggers if t in buf]
+            if not found:
+                keep = 0 if final else max(_prefix_overlap(buf, t) for t in self._triggers)
                 self._content(buf[: len(buf) - keep], out)
                 self._buf = buf[len(buf) - keep :]
                 return False
+            at, self._trigger = min(found)
             self._content(buf[:at], out)
             self._buf, self._state = buf[at:], "first"
             return True
@@ -236,8 +240,8 @@ class ToolCallParser:
 
     def _mismatch(self, out: list[Event]) -> bool:
         if self._state == "first":  # the trigger did not start a call: it is content
-            self._content(self._buf[: len(self.format.trigger)], out)
-            self._buf = self._buf[len(self.format.trigger) :]
+            self._content(self._buf[: len(self._trigger)], out)
+            self._buf = self._buf[len(self._trigger) :]
         self._state = "end" if self._state == "sep" and self._end else "text"
         return True
 

@@ -1,12 +1,18 @@
 """OpenAI tool calling as a grammar constraint: `tools`, `tool_choice` -> `{"grammar": ...}`.
 
-Three output formats (one call object per call, its `arguments` constrained by the function's
+Output formats (one call object per call, its `arguments` constrained by the function's
 `parameters` JSON Schema and its `name` by the tools' names):
 
   hermes   `<tool_call>\\n{"name": "f", "arguments": {...}}\\n</tool_call>`, blocks joined by "\\n"
-           (Hermes / Qwen / ChatML models)
-  llama3   `{"name": "f", "parameters": {...}}`, calls joined by "; " (Llama 3.x)
-  generic  `{"tool_calls": [{"name": "f", "arguments": {...}}, ...]}` (any other model)
+           (Hermes, Qwen 2.5 / Qwen 3, SmolLM and other ChatML models)
+  llama3   `{"name": "f", "parameters": {...}}`, calls joined by "; ", optionally after
+           `<|python_tag|>` (Llama 3.1+ write it before calls)
+  mistral  `[TOOL_CALLS][{"name": "f", "arguments": {...}}, ...]` (Mistral / Mixtral)
+  generic  `{"tool_calls": [{"name": "f", "arguments": {...}}, ...]}` (templates without tool
+           markup, Gemma 3 among them)
+
+`tool_format(template)` picks one from the chat template; a server's `--tool-call-parser`
+overrides it.
 
 `tool_choice` "required" or a named function constrains the whole output; "auto" gives a lazy
 constraint (`triggers`: free text until the model starts a call, see `grammar/lazy.py`);
@@ -32,6 +38,7 @@ from .ir import (
     UnsupportedConstraintError,
     alt,
     lit,
+    opt,
     seq,
     star,
 )
@@ -51,6 +58,7 @@ class CallFormat:
     sep: str
     end: str
     args_key: str  # "arguments" or "parameters"
+    lead: str = ""  # a marker the model may write before the calls (`<|python_tag|>`)
 
     def call(self, name: str, arguments: str) -> str:
         """One call written in this format (`arguments`: JSON text)."""
@@ -72,7 +80,23 @@ FORMATS: dict[str, CallFormat] = {
         args_key="arguments",
     ),
     "llama3": CallFormat(
-        trigger='{"name"', begin="", open="", close="", sep="; ", end="", args_key="parameters"
+        trigger='{"name"',
+        begin="",
+        open="",
+        close="",
+        sep="; ",
+        end="",
+        args_key="parameters",
+        lead="<|python_tag|>",
+    ),
+    "mistral": CallFormat(
+        trigger="[TOOL_CALLS]",
+        begin="[TOOL_CALLS][",
+        open="",
+        close="",
+        sep=", ",
+        end="]",
+        args_key="arguments",
     ),
     "generic": CallFormat(
         trigger='{"tool_calls"',
@@ -115,8 +139,10 @@ def tool_format(template: str | None) -> str:
     """The call format that suits a chat template (None: the ChatML fallback)."""
     if template is None or "<tool_call>" in template or "<|im_start|>" in template:
         return "hermes"
-    if "<|start_header_id|>" in template:
+    if "<|start_header_id|>" in template or "<|python_tag|>" in template:
         return "llama3"
+    if "[TOOL_CALLS]" in template or "[AVAILABLE_TOOLS]" in template:
+        return "mistral"
     return "generic"
 
 
@@ -222,7 +248,10 @@ def tool_grammar(
     if parallel:
         calls = seq(calls, star(seq(lit(fmt.sep), Ref("call"))))
     rules["root"] = seq(
-        *(lit(s) for s in (fmt.begin,) if s), calls, *(lit(s) for s in (fmt.end,) if s)
+        *(opt(lit(s)) for s in (fmt.lead,) if s),
+        *(lit(s) for s in (fmt.begin,) if s),
+        calls,
+        *(lit(s) for s in (fmt.end,) if s),
     )
     return Grammar(rules, "root")
 
@@ -252,5 +281,6 @@ def tool_constraint(
         "grammar": to_gbnf(tool_grammar(tools, format=format, parallel=parallel_tool_calls))
     }
     if choice == "auto":
-        spec["triggers"] = [FORMATS[format].trigger]
+        fmt = FORMATS[format]
+        spec["triggers"] = [fmt.trigger, *((fmt.lead,) if fmt.lead else ())]
     return spec

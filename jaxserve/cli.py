@@ -143,6 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cors_origins=tuple(args.cors_origin or ()),
         drain_timeout_s=args.drain_timeout,
         reasoning_parser=args.reasoning_parser,
+        tool_call_parser=args.tool_call_parser,
     )
     load = llm_loader(args.model, max_queue=args.max_queue, **llm_kwargs)
     return serve(
@@ -185,6 +186,12 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         default="none",
         help="chat: move <think>...</think> into reasoning_content (think-open: the template "
         "opens the block; think detects that from the prompt)",
+    )
+    p.add_argument(
+        "--tool-call-parser",
+        default="auto",
+        choices=("auto", "hermes", "llama3", "mistral", "generic"),
+        help="how the model writes tool calls (auto: from the chat template)",
     )
     p.add_argument("--max-model-len", type=int, default=EngineConfig.max_model_len)
     p.add_argument("--max-num-seqs", type=int, default=SchedulerConfig.max_num_seqs)

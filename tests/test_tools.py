@@ -190,7 +190,12 @@ def test_the_constraint_accepts_calls_and_refuses_wrong_ones(fmt):
     assert matches(named, call_format.calls([("ping", "{}")])) and not matches(named, good)
     assert not matches(required, "Sure. " + good) and not matches(required, "")
     auto = tool_constraint(tools, "auto", format=fmt)
-    assert auto["triggers"] == [call_format.trigger] and good.startswith(call_format.trigger)
+    lead = [call_format.lead] if call_format.lead else []
+    assert auto["triggers"] == [call_format.trigger, *lead]
+    assert good.startswith(call_format.trigger)
+    if call_format.lead:  # the optional marker before the calls (Llama's <|python_tag|>)
+        assert matches(required, call_format.lead + good)
+        assert parse_tool_calls("Sure. " + call_format.lead + two, fmt)[0] == "Sure."
     assert tool_constraint(tools, "none", format=fmt) is None
 
 
@@ -293,7 +298,8 @@ def _streamed(text: str, fmt: str, step: int) -> tuple[str, list[dict]]:
             calls.append({"name": event.name, "arguments": ""})
         elif isinstance(event, CallDelta):
             calls[event.index]["arguments"] += event.arguments
-    assert not any(isinstance(e, str) and "<tool" in e for e in events)  # markup never leaks
+    markup = ("<tool", "[TOOL_CALLS]", "<|python_tag|>")
+    assert not any(isinstance(e, str) and any(m in e for m in markup) for e in events)
     return content, calls
 
 
@@ -330,3 +336,29 @@ def test_text_that_is_not_a_call_stays_content():
     content, calls = parse_tool_calls(truncated, "hermes")
     assert content is None and calls[0]["function"]["arguments"] == '{"a": '
     assert re.fullmatch(r"call_[0-9a-f]{24}", calls[0]["id"])
+
+
+def test_the_format_of_qwen3_llama31_mistral_gemma3_templates():
+    qwen3 = "{%- if tools %}<|im_start|>system ... <tool_call>\\n{{ tool_call | tojson }}"
+    llama31 = "<|start_header_id|>ipython<|end_header_id|> {{- '<|python_tag|>' }}"
+    mistral = "{%- if tools %}[AVAILABLE_TOOLS]{{ tools|tojson }}[/AVAILABLE_TOOLS]"
+    gemma3 = "{{ '<start_of_turn>' + role + '\\n' }}"
+    assert [tool_format(t) for t in (qwen3, llama31, mistral, gemma3, None)] == [
+        "hermes",
+        "llama3",
+        "mistral",
+        "generic",
+        "hermes",
+    ]
+
+
+def test_mistral_calls_parse_streamed():
+    text = '[TOOL_CALLS][{"name": "ping", "arguments": {}}, {"name": "f", "arguments": {"a": 1}}]'
+    content, calls = parse_tool_calls(text, "mistral")
+    assert content is None
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
+        ("ping", "{}"),
+        ("f", '{"a": 1}'),
+    ]
+    pairs = [{"name": "ping", "arguments": "{}"}, {"name": "f", "arguments": '{"a": 1}'}]
+    assert _streamed(text, "mistral", 3)[1] == pairs

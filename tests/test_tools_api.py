@@ -255,3 +255,17 @@ def test_a_template_without_tools_gets_them_in_a_system_message(fmt):
         _plain_messages(HISTORY), tool_use(TOOLS, "none", None, served), served, True
     )
     assert "You can call" not in unused and "pong" in unused
+
+
+@pytest.mark.parametrize("parser", ["mistral", "llama3", "generic"])
+def test_tool_call_parser_overrides_the_template_format(served, parser):
+    """`--tool-call-parser`: the constraint and the parser of replies follow the named format."""
+    app = create_app(ServerConfig(model_names=("tiny",), tool_call_parser=parser), served)
+    assert app.state.server.served.tool_format == parser
+    with running(app) as url, httpx.Client(base_url=url, timeout=120) as c:
+        choice = _chat(c, tool_choice="required", parallel_tool_calls=False, seed=1)
+    assert choice["finish_reason"] == "tool_calls", choice
+    assert choice["message"]["content"] is None and len(choice["message"]["tool_calls"]) == 1
+    _check_calls(choice["message"]["tool_calls"])
+    with pytest.raises(ValueError, match="tool_call_parser"):
+        ServerConfig(model_names=("tiny",), tool_call_parser="xml")
