@@ -65,7 +65,7 @@ except ImportError:
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests/fixtures/grammar_schemas.json"
-SUITE = ROOT / "../shared/conformance/json-schema-test-suite/tests/draft2020-12"
+SUITE = ROOT / "tests/data/json-schema-test-suite/tests/draft2020-12"
 MODELS = {"smollm2": "smollm2-135m", "gemma3": "gemma3-270m"}
 now = time.perf_counter
 

@@ -26,7 +26,7 @@ from jaxserve.grammar.automaton import Automaton
 from jaxserve.grammar.ir import UnsupportedConstraintError
 from jaxserve.grammar.json_schema import schema_grammar
 
-SUITE = Path(__file__).resolve().parents[1] / "../shared/conformance/json-schema-test-suite"
+SUITE = Path(__file__).resolve().parents[1] / "tests/data/json-schema-test-suite"
 DRAFT = "tests/draft2020-12"
 MAX_REORDERINGS = 200
 
