@@ -76,7 +76,15 @@ def drop_trivial(s: dict) -> dict | bool:
                 raise refuse("'not' {'type': 'integer'} (non-integer numbers) is not supported")
             out["type"] = type_names(schema_kinds(out) - banned)
         elif v is not False:
-            raise refuse("'not' is supported only with a trivial schema or a 'type'")
+            complement = negation(v)
+            if complement is None:
+                raise refuse(
+                    "'not' is supported only with a trivial schema, a 'type', 'required' or "
+                    "one number bound"
+                )
+            if not complement:
+                return False
+            out["allOf"] = [*out.get("allOf", []), {"anyOf": complement}]
     if "if" in out and ("then" in out or "else" in out):
         raise refuse("'if'/'then'/'else' is not supported")
     for k in ("if", "then", "else", "minContains", "maxContains"):  # inert on their own
@@ -289,3 +297,29 @@ def plain_decimal(v: int | float) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("0", "-0") else text
+
+
+NEGATABLE_BOUNDS = {
+    "minimum": "exclusiveMaximum",
+    "exclusiveMinimum": "maximum",
+    "maximum": "exclusiveMinimum",
+    "exclusiveMaximum": "minimum",
+}
+
+
+def negation(s: Any) -> list[Any] | None:
+    """Schemas whose union is exactly what `s` rejects, for simple `s` (else None): `required`
+    (non-objects pass it, so its complement is objects missing a name), one number bound (its
+    complement: the numbers past it)."""
+    if s is True or s is False:
+        return [] if s is True else [True]
+    if not isinstance(s, dict):
+        return None
+    keys = set(s) - ANNOTATIONS
+    if keys == {"required"}:
+        names = string_list(s["required"], "required")
+        return [{"type": "object", "properties": {n: False}} for n in dict.fromkeys(names)]
+    if len(keys) == 1 and next(iter(keys)) in NEGATABLE_BOUNDS:
+        (k,) = keys  # other values pass a number bound: the complement is numbers only
+        return [{"type": "number", NEGATABLE_BOUNDS[k]: number_value(s[k], k)}]
+    return None

@@ -17,6 +17,7 @@ from .json_keywords import (
     UNEVALUATED,
     anchors,
     canonical,
+    negation,
     nullable,
     number_value,
     pointer,
@@ -195,6 +196,21 @@ class SchemaMerger:
                 x = self.merge(x, {"required": [name, *string_list(req.get(name, []), name)]}, 0)
                 x = self.merge(x, sub.get(name, True), 0)
             out.append(x)
+        return out
+
+    def exactly_one(self, branches: list[Any], rest: dict, overlap: tuple[int, int]) -> list:
+        """`oneOf` whose branches may overlap, as disjoint branches: branch i and no other,
+        when every branch's complement is expressible (`negation`); else refuse."""
+        complements = [negation(self.dialect.prepare(b)) for b in branches]
+        if any(c is None for c in complements):
+            i, j = overlap
+            raise refuse(f"'oneOf' branches {i} and {j} may overlap (cannot prove not)")
+        out = []
+        for i, b in enumerate(branches):
+            others = [{"anyOf": c} for j, c in enumerate(complements) if j != i]
+            if any(not o["anyOf"] for o in others):
+                continue  # another branch accepts everything: this one can never be alone
+            out.append(self.merge(self.merge(rest, b, 0), {"allOf": others} if others else {}, 0))
         return out
 
     # ---- oneOf disjointness (a sufficient test) ------------------------------------------------

@@ -228,9 +228,16 @@ class _Compiler:
             branches = [self.merger.merge(rest, self.merger.inline(b), 0) for b in branches]
         if key == "oneOf":
             branches = [b for b in branches if self.merger.kinds_of(b)]
-            for i, j in itertools.combinations(range(len(branches)), 2):
-                if not self.merger.disjoint(branches[i], branches[j]):
-                    raise refuse(f"'oneOf' branches {i} and {j} may overlap (cannot prove not)")
+            overlap = next(
+                (
+                    (i, j)
+                    for i, j in itertools.combinations(range(len(branches)), 2)
+                    if not self.merger.disjoint(branches[i], branches[j])
+                ),
+                None,
+            )
+            if overlap is not None:
+                branches = self.merger.exactly_one(s[key], rest, overlap)
         return alt(*(self.node(b) for b in branches))
 
     def _enum(self, s: dict) -> Node:

@@ -171,3 +171,26 @@ def test_numbers_without_bounds_end() -> None:
     )
     with pytest.raises(UnsupportedConstraintError, match="unbounded_numbers"):
         build_grammar({"regex": "a", "unbounded_numbers": True})
+
+
+def test_not_and_overlapping_one_of_by_complements() -> None:
+    """`not` of `required` or of one bound, and `oneOf` branches that may overlap when each
+    branch's complement is expressible: exactly one branch must hold."""
+    values = [None, True, 0, 1, 1.5, 2, 2.5, 3, 4, 6, "s", [], {}]
+    for names in itertools.chain.from_iterable(itertools.combinations("abc", n) for n in range(4)):
+        for filling in itertools.product([1, "x"], repeat=len(names)):
+            values.append(dict(zip(names, filling, strict=True)))
+    values += [{"x": v} for v in values[:13]]
+    for schema in [
+        {"oneOf": [{"required": ["a"]}, {"required": ["b"]}]},
+        {
+            "properties": {"a": {}, "b": {}, "c": {}},
+            "oneOf": [{"required": ["a"]}, {"required": ["b", "c"]}],
+        },
+        {"not": {"required": ["a", "b"]}},
+        {"properties": {"a": {}}, "not": {"required": ["a"]}},
+        {"oneOf": [{"maximum": 2}, {"maximum": 5}]},
+        {"properties": {"x": {"oneOf": [{"minimum": 1}, {"exclusiveMaximum": 3}]}}},
+        {"oneOf": [{"required": ["a"]}, True]},
+    ]:
+        agrees_with_jsonschema(schema, values)

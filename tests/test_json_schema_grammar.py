@@ -211,7 +211,8 @@ def test_combinators() -> None:
     refuses({"allOf": [{"multipleOf": 2}, {"multipleOf": 3}]}, "multipleOf")
     check({"not": {"type": "null"}}, ["1", '"a"'], ["null"])
     refuses({"not": {}}, "no JSON value")
-    refuses({"not": {"minimum": 3}}, "not")
+    check({"not": {"minimum": 3}}, ["2.5", "-1"], ["3", "4", '"s"', "null"])
+    refuses({"not": {"minimum": 3, "maximum": 5}}, "not")
     refuses({"if": {"type": "string"}, "then": {"minLength": 1}}, "if")
 
 
