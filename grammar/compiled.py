@@ -7,6 +7,8 @@ import numpy as np
 from .automaton import DEAD, Automaton
 from .vocab import TokenVocab
 
+SPARSE_LIMIT = 4096  # first visits walk only the tokens whose first byte can follow, up to this
+
 
 class CompiledGrammar:
     """Token-level view of an `Automaton`; shared by every matcher of the same (spec, vocab)."""
@@ -23,8 +25,16 @@ class CompiledGrammar:
         """int32 bitmask `[words]` of the tokens allowed in `state` (stop ids iff accepting)."""
         cached = self._masks.get(state)
         if cached is None:
-            self.successors(state)
-            cached = self._masks[state]
+            ids = self.vocab.allowed_ids(self.automaton, state, SPARSE_LIMIT)
+            if ids is None:
+                self.successors(state)
+                return self._masks[state]
+            if self.automaton.accepting[state] or not ids.size:
+                ids = np.concatenate([ids, self.vocab.stop_ids])
+            cached = np.zeros(self.vocab.words, np.uint32)
+            np.bitwise_or.at(cached, ids >> 5, np.left_shift(1, ids & 31).astype(np.uint32))
+            cached = cached.view(np.int32)
+            self._masks[state] = cached
         return cached
 
     def successors(self, state: int) -> np.ndarray:

@@ -52,6 +52,10 @@ class TokenVocab:
         self.whole_utf8 = np.array([_is_utf8(token_bytes[t]) for t in self.order], bool)
         # tokens longer than i are rows [0, longer[i]) of the sorted order
         self.longer = np.array([(self.lengths > i).sum() for i in range(longest)], np.int64)
+        # rows of `order` by first byte: rows_by_first[first_start[b]:first_start[b + 1]]
+        first = self.columns[0] if longest else np.zeros(0, np.uint8)
+        self.rows_by_first = np.argsort(first, kind="stable")
+        self.first_start = np.concatenate([[0], np.cumsum(np.bincount(first, minlength=256))])
         self.key = (tuple(token_bytes), tuple(self.stop_ids.tolist()), self.width)
 
     @classmethod
@@ -60,6 +64,20 @@ class TokenVocab:
         size = tokenizer.vocab_size  # type: ignore[attr-defined]
         data = [tokenizer.token_bytes(i) for i in range(size)]  # type: ignore[attr-defined]
         return cls(data, tokenizer.eos_ids, width=width)  # type: ignore[attr-defined]
+
+    def allowed_ids(self, automaton: Automaton, state: int, limit: int) -> np.ndarray | None:
+        """The ids of the tokens allowed in `state`, walking only those whose first byte can
+        follow; None when more than `limit` tokens start so (`next_states` is faster then)."""
+        automaton.fill_rows([state])
+        live = np.flatnonzero(automaton.table[state] != DEAD)
+        starts, ends = self.first_start[live], self.first_start[live + 1]
+        if int((ends - starts).sum()) > limit:
+            return None
+        parts = [self.rows_by_first[a:b] for a, b in zip(starts, ends, strict=True)]
+        rows = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        cur = automaton.table[state][self.columns[0][rows]].astype(np.int32)
+        cur = self._walk_on(automaton, cur, rows, np.arange(rows.size))
+        return self.order[rows[cur != DEAD]]
 
     def next_states(self, automaton: Automaton, state: int) -> np.ndarray:
         """The state after each token from `state`, `[size]` int32 (DEAD for disallowed)."""
@@ -79,12 +97,23 @@ class TokenVocab:
                 inside |= (stray == 0) & self.whole_utf8
             cur[inside] = state
             live &= ~inside
-        idx = np.flatnonzero(live)
+        cur = self._walk_on(automaton, cur, None, np.flatnonzero(live))
+        out = np.zeros(self.size, np.int32)
+        out[self.order] = cur
+        return out
+
+    def _walk_on(
+        self, automaton: Automaton, cur: np.ndarray, rows: np.ndarray | None, idx: np.ndarray
+    ) -> np.ndarray:
+        """Walk tokens on after their first byte: `cur[idx]` is the state of the token at row
+        `rows[idx]` of `order` (`rows` None: row `idx`); rows ascending."""
         for i in range(1, self.columns.shape[0]):
-            idx = idx[: np.searchsorted(idx, self.longer[i])]
+            at = idx if rows is None else rows[idx]
+            keep = np.searchsorted(at, self.longer[i])
+            idx, at = idx[:keep], at[:keep]
             if not idx.size:
                 break
-            flat = cur[idx].astype(np.int64) * 256 + self.columns[i][idx]
+            flat = cur[idx].astype(np.int64) * 256 + self.columns[i][at]
             nxt = automaton.table.ravel()[flat]
             missing = nxt < 0
             if missing.any():
@@ -92,9 +121,7 @@ class TokenVocab:
                 nxt = automaton.table.ravel()[flat]
             cur[idx] = nxt
             idx = idx[nxt != DEAD]
-        out = np.zeros(self.size, np.int32)
-        out[self.order] = cur
-        return out
+        return cur
 
     def pack(self, allowed: np.ndarray) -> np.ndarray:
         """Bool `[size]` -> int32 bitmask `[words]` (bit i of word w = token 32*w+i)."""
