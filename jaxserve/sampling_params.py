@@ -102,6 +102,11 @@ class SamplingParams:
     grammar_triggers: with `grammar`, a lazy constraint: the text is free until one of these
       strings is generated; from its first character on, the output must follow the grammar
       (tool calls with tool_choice "auto").
+    token_healing: back the prompt's last token off and make the output start with its text, so
+      a prompt cut inside a word (or after `http:`) continues as the model would have tokenized
+      the whole; the output text then begins with the removed characters. Not with a
+      constraint; prompts whose last token is a control token or a partial UTF-8 character are
+      left as they are.
     """
 
     max_tokens: int = 16
@@ -148,6 +153,7 @@ class SamplingParams:
     regex: str | None = None
     choice: tuple[str, ...] | None = None
     grammar_triggers: tuple[str, ...] = ()
+    token_healing: bool = False
 
     def __post_init__(self) -> None:
         if self.choice is not None:
@@ -238,7 +244,12 @@ class SamplingParams:
             _fail("stop", "non-empty strings", self.stop)
         for token in self.stop_token_ids:
             _check_int("stop_token_ids", token, 0, 2**31 - 1)
-        for name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
+        for name in (
+            "ignore_eos",
+            "include_stop_str_in_output",
+            "skip_special_tokens",
+            "token_healing",
+        ):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, "a boolean", getattr(self, name))
         for name in ("logprobs", "prompt_logprobs"):
@@ -265,6 +276,8 @@ class SamplingParams:
             not self.choice or any(not isinstance(c, str) or not c for c in self.choice)
         ):
             _fail("choice", "a non-empty list of non-empty strings", self.choice)
+        if self.token_healing and named:
+            _fail("token_healing", f"not combined with {named[0]}", True)
         if self.grammar_triggers:
             if self.grammar is None:
                 _fail("grammar_triggers", "given only with grammar", self.grammar_triggers)

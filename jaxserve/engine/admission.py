@@ -4,7 +4,7 @@ context and the KV pool before anything is queued; every error names what was wr
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from jaxserve.errors import ContextLengthError, QueueFullError
 from jaxserve.sampling.rows import NUM_STOP_IDS
@@ -94,3 +94,22 @@ def num_pages_for(kv_cache_bytes: int, page_bytes: int) -> int:
 
 def max_pages_per_row(max_model_len: int, page_size: int) -> int:
     return math.ceil(max_model_len / page_size)
+
+
+def healed_prompt(ids: list[int], token_bytes: Callable[[int], bytes]) -> tuple[list[int], str]:
+    """Token healing: the prompt without its last token, and a regex the output must then match
+    (that token's text, then anything); ("", unchanged) where the last token cannot be healed."""
+    if len(ids) < 2:
+        return ids, ""
+    try:
+        text = token_bytes(ids[-1]).decode("utf-8")
+    except UnicodeDecodeError:  # a piece of a character: nothing to extend exactly
+        return ids, ""
+    if not text:  # a control token
+        return ids, ""
+    literal = "".join(c if c.isalnum() and c.isascii() else _escape(c) for c in text)
+    return ids[:-1], literal + "[\\s\\S]*"
+
+
+def _escape(c: str) -> str:
+    return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"

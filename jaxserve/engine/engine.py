@@ -20,6 +20,7 @@ from jaxserve.engine.admission import (
     check_embed_inputs,
     check_prompt,
     check_queue,
+    healed_prompt,
     sequence_seed,
 )
 from jaxserve.engine.device import DecodeResult, PrefillResult, Runner
@@ -136,6 +137,9 @@ class Engine:
         )
         check_queue(len(self.scheduler.waiting), params.n, self.scheduler.config.max_waiting)
         compiled = self._compile_constraint(params)
+        if params.token_healing:
+            ids, pattern = healed_prompt(list(ids), self.tokenizer.token_bytes)
+            compiled = self.grammars.compile({"regex": pattern}) if pattern else None
         seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
         group: list[Request] = []
         for index in range(params.n):
