@@ -103,7 +103,7 @@ class Served:
             render_chat=render,
             max_model_len=llm.engine.max_model_len,
             stats=llm.engine.stats.snapshot,
-            tool_format=tool_format(None if template.is_fallback else template.source),
+            tool_format=tool_format(template.source),  # the architecture's template too
             template_tools=template.reads("tools"),
             embedding_size=llm.config.hidden_size,
         )

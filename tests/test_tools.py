@@ -362,3 +362,12 @@ def test_mistral_calls_parse_streamed():
     ]
     pairs = [{"name": "ping", "arguments": "{}"}, {"name": "f", "arguments": '{"a": 1}'}]
     assert _streamed(text, "mistral", 3)[1] == pairs
+
+
+def test_gemma3_without_an_embedded_template_gets_the_generic_format():
+    """The Gemma 3 GGUF carries no chat template: its architecture's template is used, and its
+    tools go in the generic JSON format, not ChatML's <tool_call>."""
+    from jaxserve.text.chat_template import ChatTemplate
+
+    assert tool_format(ChatTemplate(None, architecture="gemma3").source) == "generic"
+    assert tool_format(ChatTemplate(None).source) == "hermes"  # ChatML
