@@ -31,14 +31,19 @@ class Dfa:
     def of_node(cls, node: Node) -> Dfa:
         """Subset construction of a rule-free node's NFA."""
         nfa = _Nfa(node)
+        return cls.of_nfa(nfa.accept, nfa.moves)
+
+    @classmethod
+    def of_nfa(cls, nfa_accept: list[bool], moves: list[list[tuple[Ranges, int]]]) -> Dfa:
+        """Subset construction of an epsilon-free NFA (state 0 starts)."""
         start = frozenset([0])
         ids = {start: 0}
         order = [start]
         accept, edges = [], []
         for states in order:
-            accept.append(any(nfa.accept[q] for q in states))
+            accept.append(any(nfa_accept[q] for q in states))
             out = []
-            for ranges, targets in _split([m for q in states for m in nfa.moves[q]]):
+            for ranges, targets in _split([m for q in states for m in moves[q]]):
                 if targets not in ids:
                     if len(ids) >= MAX_STATES:
                         raise refuse("'patternProperties' patterns make too large an automaton")
@@ -76,10 +81,11 @@ class Dfa:
 class KeyClasses:
     """The product of the pattern DFAs and the declared names' DFA."""
 
-    def __init__(self, patterns: list[Dfa], declared: Dfa) -> None:
+    def __init__(self, patterns: list[Dfa], declared: Dfa, allowed: Dfa | None = None) -> None:
         if len(patterns) > MAX_PATTERNS:
             raise refuse(f"more than {MAX_PATTERNS} 'patternProperties'")
-        dfas = [*patterns, declared]
+        self.allowed = allowed is not None  # `propertyNames`: a name outside it is no name
+        dfas = [*patterns, *([allowed] if allowed is not None else []), declared]
         start = (0,) * len(dfas)
         ids = {start: 0}
         order: list[tuple[int | None, ...]] = [start]
@@ -107,7 +113,7 @@ class KeyClasses:
 
     def languages(self) -> dict[tuple[int, ...], list[bool]]:
         """Matched pattern indices -> the accepting states of undeclared names matching them."""
-        n = len(self.dfas) - 1
+        n = len(self.dfas) - 1 - self.allowed
         out = {}
         for matched in itertools.chain.from_iterable(
             itertools.combinations(range(n), k) for k in range(n + 1)
@@ -121,6 +127,10 @@ class KeyClasses:
         *pats, declared = qs
         if declared is not None and self.dfas[-1].accept[declared]:
             return None
+        if self.allowed:
+            *pats, allowed = pats
+            if allowed is None or not self.dfas[-2].accept[allowed]:
+                return None
         return tuple(i for i, q in enumerate(pats) if q is not None and self.dfas[i].accept[q])
 
 

@@ -91,7 +91,11 @@ def drop_trivial(s: dict) -> dict | bool:
         out.pop(k, None)
     if "contains" in out:
         raise refuse("'contains' is not supported")
-    for k in ("propertyNames", "unevaluatedProperties", "unevaluatedItems"):
+    if out.get("propertyNames", True) is True or (
+        isinstance(out.get("propertyNames"), dict) and not validates(out["propertyNames"])
+    ):
+        out.pop("propertyNames", None)  # otherwise kept: objects check names against it
+    for k in ("unevaluatedProperties", "unevaluatedItems"):
         v = out.pop(k, True)
         if not (v is True or (isinstance(v, dict) and not validates(v))):
             raise refuse(f"{k!r} is not supported")

@@ -46,6 +46,7 @@ from typing import Any
 
 from .ir import (
     EMPTY,
+    MAX_CODE_POINT,
     NOTHING,
     Alt,
     Grammar,
@@ -57,8 +58,9 @@ from .ir import (
     chars,
     lit,
     seq,
+    star,
 )
-from .json_automata import length_range
+from .json_automata import length_range, product
 from .json_checks import check_left_recursion, productive_rules
 from .json_decimal import bounded_number
 from .json_dialects import Dialect
@@ -352,8 +354,13 @@ class _Compiler:
             names.sort()
         pattern_props = s.get("patternProperties", {})
         patterns = [(Dfa.of_node(self._pattern(p)), v) for p, v in pattern_props.items()]
+        allowed = self._name_language(s["propertyNames"]) if "propertyNames" in s else None
         members: list[tuple[Node, bool]] = []
         for name in names:
+            if allowed is not None and not allowed.accepts(name):
+                if name in required:
+                    return NOTHING
+                continue
             schema = props[name] if name in props else extra_schema
             matched = [v for dfa, v in patterns if dfa.accepts(name)]
             if matched:
@@ -368,7 +375,7 @@ class _Compiler:
             key = lit(string_literal(property_key(name)))
             member = self.out.share(seq(key, self.out.colon, value), "member")
             members.append((member, name in required))
-        extra = self._extra_member(names, patterns, extra_schema)
+        extra = self._extra_member(names, patterns, extra_schema, allowed)
         if hi is not None and lo > hi:
             return NOTHING
         cap = hi if hi is not None else lo  # member counts above cap are all alike
@@ -400,15 +407,18 @@ class _Compiler:
         parts.append(seq(lit("{"), self.out.ws, Ref(state(0, 0, True)), self.out.ws, lit("}")))
         return alt(*parts)
 
-    def _extra_member(self, names: list[str], patterns: list, extra_schema: Any) -> Node | None:
+    def _extra_member(
+        self, names: list[str], patterns: list, extra_schema: Any, allowed: Dfa | None
+    ) -> Node | None:
         """A member whose name is not declared: `patternProperties` by the patterns its name
-        matches, `additionalProperties` when it matches none (None: no such member is valid)."""
-        if not patterns:
+        matches, `additionalProperties` when it matches none (None: no such member is valid);
+        `allowed`: the names `propertyNames` accepts."""
+        if not patterns and allowed is None:
             value = self.node(extra_schema)
             if isinstance(value, Alt) and not value.items:
                 return None
             return self.out.share(seq(self.out.key_except(names), self.out.colon, value), "member")
-        classes = KeyClasses([dfa for dfa, _ in patterns], Dfa.of_words(names))
+        classes = KeyClasses([dfa for dfa, _ in patterns], Dfa.of_words(names), allowed)
         options = []
         for matched, accept in classes.languages().items():
             schema = extra_schema if not matched else True
@@ -420,6 +430,32 @@ class _Compiler:
             key = seq(lit('"'), self.out.dfa_string(accept, classes.edges), lit('"'))
             options.append(seq(key, self.out.colon, value))
         return self.out.share(alt(*options), "member") if options else None
+
+    def _name_language(self, schema: Any) -> Dfa:
+        """The property names `propertyNames` accepts, as a DFA over characters (a schema of
+        strings: type, enum/const, pattern, format, lengths); other schemas are refused."""
+        schema = self.dialect.prepare(schema)
+        if schema is False:
+            return Dfa.of_words([])
+        keys = set(schema) - ANNOTATIONS
+        if keys - {"type", "enum", "const", "pattern", "format", "minLength", "maxLength"}:
+            raise refuse("'propertyNames' is supported with string keywords only")
+        if "string" not in schema_kinds(schema):
+            return Dfa.of_words([])
+        if "enum" in schema or "const" in schema:
+            if keys - {"type", "enum", "const"}:
+                raise refuse("'propertyNames' with 'enum'/'const' and other keywords")
+            values = schema.get("enum", [schema.get("const")])
+            if "const" in schema:
+                values = [v for v in values if v == schema["const"]]
+            return Dfa.of_words(v for v in values if isinstance(v, str))
+        languages = [self._pattern(p) for p in string_tuple(schema.get("pattern", ()), "pattern")]
+        formats = string_tuple(schema.get("format", ()), "format")
+        languages += [self.out.format_language(f) for f in formats]
+        lo = count_value(schema, "minLength", MAX_LENGTH) or 0
+        hi = count_value(schema, "maxLength", MAX_LENGTH)
+        accept, edges = product(languages or [star(chars([(0, MAX_CODE_POINT)]))], lo, hi)
+        return Dfa.of_nfa(accept, edges)
 
     def _extras(self, extra: Node | None, c: int, first: bool, lo: int, hi: int | None) -> Node:
         """Additional members after c declared ones (first: none yet, so at least one here)."""

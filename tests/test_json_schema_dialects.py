@@ -194,3 +194,17 @@ def test_not_and_overlapping_one_of_by_complements() -> None:
         {"oneOf": [{"required": ["a"]}, True]},
     ]:
         agrees_with_jsonschema(schema, values)
+
+
+def test_property_names() -> None:
+    values = [{}, {"a": 1}, {"ab": "s"}, {"abc": 1}, {"zz": 1}, {"x": 1, "xy": 2}, {"é": 1},
+              {"bc": "s", "a": "t"}, 1, "s", None]  # fmt: skip
+    for schema in [
+        {"propertyNames": {"maxLength": 2}},
+        {"propertyNames": {"pattern": "^[a-c]+$"}, "properties": {"ab": {"type": "integer"}}},
+        {"propertyNames": {"enum": ["a", "bc"]}, "additionalProperties": {"type": "string"}},
+        {"propertyNames": False},
+        {"propertyNames": {"pattern": "^x"}, "patternProperties": {"y$": {"type": "integer"}}},
+        {"propertyNames": {"const": "a"}, "required": ["b"]},
+    ]:
+        agrees_with_jsonschema(schema, values)

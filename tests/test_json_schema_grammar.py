@@ -158,7 +158,8 @@ def test_objects() -> None:
     pattern = {"patternProperties": {"^x": {"type": "integer"}}}
     check(pattern, ['{"x1":1}', '{"y":"a"}'], ['{"x":"a"}'])
     check({"dependentRequired": {"a": ["b"]}}, ['{"a":1,"b":2}', '{"b":1}', "3"], ['{"a":1}'])
-    refuses({"propertyNames": {"maxLength": 3}}, "propertyNames")
+    check({"propertyNames": {"maxLength": 1}}, ['{"a":1}', "{}"], ['{"ab":1}'])
+    refuses({"propertyNames": {"minimum": 3}}, "propertyNames")
     refuses({"minProperties": 5000}, "minProperties")
 
 
