@@ -208,3 +208,14 @@ def test_property_names() -> None:
         {"propertyNames": {"const": "a"}, "required": ["b"]},
     ]:
         agrees_with_jsonschema(schema, values)
+
+
+def test_long_max_length() -> None:
+    """maxLength 32767 (common in real schemas) compiles as a counted repeat (a string that
+    long is past the automaton's state budget to walk: edges are checked at small lengths)."""
+    a = Automaton(schema_grammar({"type": "string", "maxLength": 32767}))
+    assert a.accepts('"' + "é" * 2000 + '"') and not a.accepts('"a')
+    short = Automaton(schema_grammar({"type": "string", "maxLength": 300}))
+    assert short.accepts('"' + "é" * 300 + '"') and not short.accepts('"' + "a" * 301 + '"')
+    with pytest.raises(UnsupportedConstraintError, match="maxLength"):
+        schema_grammar({"type": "string", "maxLength": 1_000_000})
