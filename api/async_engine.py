@@ -125,6 +125,11 @@ class AsyncEngine:
     def is_alive(self) -> bool:
         return self._thread.is_alive() and self._error is None
 
+    def warmup_progress(self) -> tuple[int, int]:
+        """(buckets compiled, buckets in all) of a background warm-up; (0, 0) without one."""
+        engine = self.engine
+        return getattr(engine, "warmup_done", 0), getattr(engine, "warmup_total", 0)
+
     async def generate(
         self,
         prompt_token_ids: Sequence[int],
@@ -216,8 +221,11 @@ class AsyncEngine:
                             if isinstance(output, StreamOutput):
                                 self.abort_soon(output.request_id)
                 if not busy and not self._embeds and not self._adds:
-                    self._wake.wait(timeout=0.5)
-                    self._wake.clear()
+                    with self._lock:  # idle: compile the next bucket of a background warm-up
+                        warmed = self.engine.warm_one()
+                    if not warmed:
+                        self._wake.wait(timeout=0.5)
+                        self._wake.clear()
         except BaseException as error:  # surface the failure to every open stream
             log.critical("the engine loop stopped; /health now answers 503", exc_info=error)
             self._error = error

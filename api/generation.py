@@ -37,6 +37,8 @@ class EngineLike(Protocol):
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> np.ndarray: ...
 
+    def warmup_progress(self) -> tuple[int, int]: ...
+
 
 @dataclass(frozen=True)
 class Job:

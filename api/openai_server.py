@@ -115,7 +115,11 @@ def create_app(config: ServerConfig, served: Served | None = None) -> FastAPI:
         status, code, reason = state.health()
         if status != 200:
             return APIError(status, reason, code=code).response()
-        return JSONResponse({"status": reason})
+        body: dict[str, Any] = {"status": reason}
+        done, total = state.served.engine.warmup_progress() if state.served else (0, 0)
+        if total:  # buckets compiled so far; the others compile when idle or on first use
+            body["warmup"] = {"compiled": done, "total": total}
+        return JSONResponse(body)
 
     @app.get("/metrics")
     async def metrics() -> Response:

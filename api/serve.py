@@ -86,7 +86,8 @@ def load_in_background(
 
 
 def llm_loader(model: str, *, max_queue: int | None, **llm_kwargs: Any) -> Callable[[], Served]:
-    """Load `model` with every bucket compiled, then wrap its engine in an AsyncEngine."""
+    """Load `model` and wrap its engine in an AsyncEngine; its buckets compile in the background
+    while the engine is idle (and on first use), so the server answers as soon as it loads."""
 
     def load() -> Served:
         from jaxserve.api.async_engine import AsyncEngine
@@ -94,7 +95,7 @@ def llm_loader(model: str, *, max_queue: int | None, **llm_kwargs: Any) -> Calla
 
         if max_queue is not None:
             llm_kwargs["max_waiting"] = max_queue
-        llm = LLM(model, warmup=True, quiet=False, **llm_kwargs)
+        llm = LLM(model, warmup="background", quiet=False, **llm_kwargs)
         return Served.from_llm(llm, AsyncEngine(llm.engine))
 
     return load

@@ -61,7 +61,9 @@ class LLM:
     max_waiting: queued requests at most; more are refused with `QueueFullError`.
     enable_prefix_caching: reuse cached K/V pages of shared prompt prefixes.
     compilation_cache_dir: persistent XLA cache (default `<model cache>/xla`; "" turns it off).
-    warmup: compile every bucket now (a server does; notebooks compile on first use).
+    warmup: compile every bucket now (True), or "background": one at a time whenever the engine
+        is idle (a server does: it answers at once, and a request compiles the buckets it
+        needs on first use); False: on first use only (notebooks).
     logits_hook: a pure jax function `(logits [B, V], row_state) -> logits` compiled into the
         sampler chain after the token restrictions (logit_bias, allowed ids, bad words,
         min_tokens) and before the ordered stages; `row_state` is a
@@ -95,7 +97,7 @@ class LLM:
         max_waiting: int = SchedulerConfig.max_waiting,
         enable_prefix_caching: bool = EngineConfig.enable_prefix_caching,
         compilation_cache_dir: str | None = EngineConfig.compilation_cache_dir,
-        warmup: bool = False,
+        warmup: bool | str = False,
         seed: int = EngineConfig.seed,
         quiet: bool = True,
         logits_hook: LogitsHook | None = None,
@@ -166,7 +168,11 @@ class LLM:
         self.is_leader = is_leader()
         if process_count() > 1 and self.is_leader:
             runner.mirror = Broadcaster()
-        if warmup and self.is_leader:  # followers run the leader's warm-up as it sends it
+        if warmup not in (True, False, "background"):
+            raise ValueError(f"warmup must be True, False or 'background', not {warmup!r}")
+        if warmup == "background" and process_count() > 1:
+            warmup = True  # followers mirror the leader's steps: warm up before serving
+        if warmup is True and self.is_leader:  # followers run the leader's warm-up as it sends it
             runner.warmup(
                 max_rows=scheduler_config.max_num_seqs,
                 max_prefill_rows=scheduler_config.max_prefill_rows,
@@ -176,6 +182,8 @@ class LLM:
         self.engine = Engine(
             self.tokenizer, runner, config, scheduler_config, max_model_len=max_len
         )
+        if warmup == "background":
+            self.engine.warm_in_background()
 
     def _converted_cache(self, weights: WeightFormat) -> Path | None:
         """Pulled models keep their converted weights beside them (a faster next start)."""

@@ -51,6 +51,9 @@ class MockStream:
 class MockEngine:
     is_alive = True
 
+    def warmup_progress(self) -> tuple[int, int]:
+        return 0, 0
+
     def __init__(self) -> None:
         self.requests: list[tuple[list[int], SamplingParams]] = []
         self.priorities: list[int] = []

@@ -205,3 +205,49 @@ def test_a_dead_engine_loop_says_why_and_fails_every_stream(tiny_gguf, caplog):
     assert not engine.is_alive
     assert any("engine loop stopped" in r.getMessage() for r in caplog.records)
     assert any("device lost" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
+def test_background_warmup_serves_at_once_and_compiles_while_idle(llm, tiny_gguf):
+    """warmup="background" (what `serve` uses): nothing is compiled before serving; a request
+    meanwhile gets the same tokens; the idle engine then compiles every bucket, after which
+    requests compile nothing more, and /health reports the progress."""
+    from fastapi.testclient import TestClient
+
+    from jaxserve.api.openai_server import Served, ServerConfig, create_app
+
+    expected = [o.token_ids for o in llm.generate(PROMPTS, PARAMS)]
+    fresh = LLM(
+        str(tiny_gguf),
+        weights="f32",
+        max_num_seqs=4,
+        decode_steps=4,
+        max_model_len=64,
+        warmup="background",
+        compilation_cache_dir="",
+    )
+    runner = fresh.engine.runner
+    assert fresh.engine.warmup_total > 0 and fresh.engine.warmup_done == 0
+    assert runner.compiled_at_warmup is None
+    engine = AsyncEngine(fresh.engine)
+    try:
+
+        async def main():
+            return await asyncio.gather(*(_collect(engine, p) for p in PROMPTS))
+
+        assert [ids for ids, _, _ in asyncio.run(main())] == expected
+        app = create_app(ServerConfig(model_names=("tiny",)), Served.from_llm(fresh, engine))
+        with TestClient(app) as client:
+            deadline = time.monotonic() + 600
+            while engine.warmup_progress()[0] < fresh.engine.warmup_total:
+                assert time.monotonic() < deadline, engine.warmup_progress()
+                time.sleep(0.2)
+            body = client.get("/health").json()
+        total = fresh.engine.warmup_total
+        assert body == {"status": "ok", "warmup": {"compiled": total, "total": total}}
+        assert runner.compiled_at_warmup == runner.num_compiled()
+        assert [ids for ids, _, _ in asyncio.run(main())] == expected
+        assert runner.num_compiled() == runner.compiled_at_warmup  # no compile after warm-up
+    finally:
+        engine.shutdown()
+    with pytest.raises(ValueError, match="warmup"):
+        LLM(str(tiny_gguf), weights="f32", warmup="later")

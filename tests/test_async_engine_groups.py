@@ -41,6 +41,9 @@ class ScriptedEngine:
         self.active += group
         return group[0]
 
+    def warm_one(self) -> bool:  # no background warm-up here
+        return False
+
     def has_unfinished(self) -> bool:
         return bool(self.active)
 

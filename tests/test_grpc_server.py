@@ -295,6 +295,9 @@ def test_api_key_is_required_except_for_health(served):
 class _FullEngine:
     is_alive = True
 
+    def warmup_progress(self) -> tuple[int, int]:
+        return 0, 0
+
     async def generate(self, *args, **kwargs):
         raise QueueFullError("busy")
 

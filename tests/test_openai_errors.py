@@ -257,6 +257,9 @@ def test_api_key_guards_every_route_but_health(served):
 class _FullEngine:
     is_alive = True
 
+    def warmup_progress(self) -> tuple[int, int]:
+        return 0, 0
+
     async def generate(self, *args, **kwargs):
         raise QueueFullError("4 requests are already waiting")
 
@@ -418,6 +421,9 @@ class _FailingStream:
 class _DyingEngine:
     def __init__(self) -> None:
         self.is_alive = True
+
+    def warmup_progress(self) -> tuple[int, int]:
+        return 0, 0
 
     async def generate(self, ids, params, **kwargs):
         from jaxserve.api.async_engine import StreamOutput

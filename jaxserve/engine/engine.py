@@ -108,6 +108,37 @@ class Engine:
         self.failed: dict[int, Exception] = {}
         words = (runner.config.vocab_size + 31) // 32
         self.grammar_slots = GrammarSlots(runner.grammar_states, words)
+        self._to_warm: list[tuple[str, int, int, int]] = []  # buckets left to compile (idle)
+        self.warmup_total = 0
+        self._warm_started = 0.0
+
+    def warm_in_background(self) -> None:
+        """Compile the engine's buckets one at a time while it is idle (`warm_one`), instead of
+        before serving; a request meanwhile compiles the buckets it needs on first use."""
+        s = self.scheduler.config
+        self._to_warm = self.runner.warmup_shapes(
+            max_rows=s.max_num_seqs, max_prefill_rows=s.max_prefill_rows, max_chunk=s.prefill_chunk
+        )
+        self.warmup_total = len(self._to_warm)
+        self._warm_started = time.perf_counter()
+
+    @property
+    def warmup_done(self) -> int:
+        """Buckets compiled by the background warm-up so far (of `warmup_total`)."""
+        return self.warmup_total - len(self._to_warm)
+
+    def warm_one(self) -> bool:
+        """Compile the next bucket of the background warm-up; False when none is left."""
+        if not self._to_warm:
+            return False
+        self.runner.warm(self._to_warm.pop(0), num_steps=self.scheduler.config.decode_steps)
+        elapsed = time.perf_counter() - self._warm_started
+        log.info(
+            "warm-up: %d/%d shapes compiled (%.0f s)", self.warmup_done, self.warmup_total, elapsed
+        )
+        if not self._to_warm:
+            self.runner.warmed_up()
+        return True
 
     @property
     def grammars(self) -> GrammarCompiler:

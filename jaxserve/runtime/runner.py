@@ -313,6 +313,27 @@ class ModelRunner:
         self, *, max_rows: int, max_prefill_rows: int, max_chunk: int, num_steps: int
     ) -> int:
         """Compile every bucket the engine can use; returns the number of shapes compiled."""
+        shapes = self.warmup_shapes(
+            max_rows=max_rows, max_prefill_rows=max_prefill_rows, max_chunk=max_chunk
+        )
+        started = time.perf_counter()
+        for n, shape in enumerate(shapes, start=1):
+            self.warm(shape, num_steps=num_steps)
+            elapsed = time.perf_counter() - started
+            print(
+                f"\rwarm-up: {n}/{len(shapes)} shapes compiled ({elapsed:.0f} s)",
+                end="",
+                file=sys.stderr,
+            )
+        print(file=sys.stderr)
+        self.warmed_up()
+        return len(shapes)
+
+    def warmup_shapes(
+        self, *, max_rows: int, max_prefill_rows: int, max_chunk: int
+    ) -> list[tuple[str, int, int, int]]:
+        """Every (kind, rows, tokens, pages) bucket the engine can use, small ones first (the
+        shapes short requests need compile early when warming up in the background)."""
         shapes = []
         for rows in DECODE_ROW_BUCKETS[
             : DECODE_ROW_BUCKETS.index(bucket(max_rows, DECODE_ROW_BUCKETS)) + 1
@@ -325,25 +346,23 @@ class ModelRunner:
                 : TOKEN_BUCKETS.index(bucket(max_chunk, TOKEN_BUCKETS)) + 1
             ]:
                 shapes += [("prefill", rows, tokens, pages) for pages in self.page_buckets]
-        started = time.perf_counter()
-        for n, (kind, rows, tokens, pages) in enumerate(shapes, start=1):
-            null = [NULL_PAGE] * pages
-            if kind == "decode":
-                row = DecodeRow(0, 0, null, SamplingRow(), remaining=0)
-                self.decode([row] * rows, num_steps=num_steps)
-            else:
-                self.prefill([PrefillRow([0] * tokens, 0, null, prompt_targets=[0])] * rows)
-                self.steps.pool(*self._pool_args(rows, tokens))
-            elapsed = time.perf_counter() - started
-            print(
-                f"\rwarm-up: {n}/{len(shapes)} shapes compiled ({elapsed:.0f} s)",
-                end="",
-                file=sys.stderr,
-            )
-        print(file=sys.stderr)
+        return sorted(shapes, key=lambda s: (s[3], s[1], s[2]))
+
+    def warm(self, shape: tuple[str, int, int, int], *, num_steps: int) -> None:
+        """Compile one bucket by running it on null pages (nothing is written that is read)."""
+        kind, rows, tokens, pages = shape
+        null = [NULL_PAGE] * pages
+        if kind == "decode":
+            row = DecodeRow(0, 0, null, SamplingRow(), remaining=0)
+            self.decode([row] * rows, num_steps=num_steps)
+        else:
+            self.prefill([PrefillRow([0] * tokens, 0, null, prompt_targets=[0])] * rows)
+            self.steps.pool(*self._pool_args(rows, tokens))
+
+    def warmed_up(self) -> None:
+        """Every bucket is compiled: later compiles count as recompiles (`stats`)."""
         self.compiled_at_warmup = self.num_compiled()
         self.num_real_tokens = self.num_padded_tokens = 0
-        return len(shapes)
 
 
 def enable_compilation_cache(path: str | None) -> None:
