@@ -102,6 +102,9 @@ class SamplingParams:
     grammar_triggers: with `grammar`, a lazy constraint: the text is free until one of these
       strings is generated; from its first character on, the output must follow the grammar
       (tool calls with tool_choice "auto").
+    unbounded_numbers: with json_schema / json_object, numbers without bounds of their own are
+      not capped (by default integers stay in the signed 64-bit range and other numbers within
+      20 digits each side of the point, so a model cannot write digits forever).
     token_healing: back the prompt's last token off and make the output start with its text, so
       a prompt cut inside a word (or after `http:`) continues as the model would have tokenized
       the whole; the output text then begins with the removed characters. Not with a
@@ -153,6 +156,7 @@ class SamplingParams:
     regex: str | None = None
     choice: tuple[str, ...] | None = None
     grammar_triggers: tuple[str, ...] = ()
+    unbounded_numbers: bool = False
     token_healing: bool = False
 
     def __post_init__(self) -> None:
@@ -249,6 +253,7 @@ class SamplingParams:
             "include_stop_str_in_output",
             "skip_special_tokens",
             "token_healing",
+            "unbounded_numbers",
         ):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, "a boolean", getattr(self, name))
@@ -276,6 +281,8 @@ class SamplingParams:
             not self.choice or any(not isinstance(c, str) or not c for c in self.choice)
         ):
             _fail("choice", "a non-empty list of non-empty strings", self.choice)
+        if self.unbounded_numbers and not {"json_schema", "json_object"} & set(named):
+            _fail("unbounded_numbers", "given only with json_schema or json_object", True)
         if self.token_healing and named:
             _fail("token_healing", f"not combined with {named[0]}", True)
         if self.grammar_triggers:
@@ -293,6 +300,8 @@ class SamplingParams:
                 spec = {name: list(value) if name == "choice" else value}
                 if self.grammar_triggers:
                     spec["triggers"] = list(self.grammar_triggers)
+                if self.unbounded_numbers:
+                    spec["unbounded_numbers"] = True
                 return spec
         return None
 

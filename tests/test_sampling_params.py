@@ -98,3 +98,15 @@ def test_wrong_container_types_name_the_field(field, value):
 
 def test_a_single_breaker_string_is_one_breaker():
     assert SamplingParams(dry_sequence_breakers="\n\n").dry_sequence_breakers == ("\n\n",)
+
+
+def test_unbounded_numbers_lifts_the_number_caps_of_json_constraints():
+    from jaxserve.grammar import matches
+
+    capped = SamplingParams(json_schema={"type": "integer"})
+    lifted = SamplingParams(json_schema={"type": "integer"}, unbounded_numbers=True)
+    assert lifted.constraint == {"json_schema": {"type": "integer"}, "unbounded_numbers": True}
+    assert matches(lifted.constraint, "9" * 40) and not matches(capped.constraint, "9" * 40)
+    for bad in ({}, {"regex": "a"}):
+        with pytest.raises(ValueError, match="unbounded_numbers"):
+            SamplingParams(unbounded_numbers=True, **bad)
