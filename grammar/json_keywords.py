@@ -21,6 +21,7 @@ MAX_PREFIX = 100  # prefixItems above: refused
 MAX_LENGTH = 65_535  # minLength/maxLength above: refused (a counted repeat: ~0.1 s to build)
 MAX_STATES = 20_000  # automaton states when combining pattern/format/length, or counting members
 MAX_DEPTH = 32  # nested $ref/allOf merges
+MAX_UNIQUE = 8  # uniqueItems over enum/const items: 2^n subsets
 
 ANNOTATIONS = frozenset(
     {

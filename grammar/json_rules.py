@@ -127,6 +127,33 @@ class JsonRules:
         body = [items[0], *(seq(self.sep, x) for x in items[1:])]
         return seq(lit(open_), self.ws, *body, self.ws, lit(close))
 
+    def unique_array(self, values: list[Any], lo: int, hi: int | None) -> Node:
+        """Arrays of distinct `values` (any order), lo..hi of them: one rule per set used."""
+        literals = [self.literal(v) for v in values]
+        top = len(values) if hi is None else min(hi, len(values))
+        prefix = self.fresh("unique")
+
+        def rule(used: int) -> Node:
+            name = f"{prefix}.{used}"
+            if name not in self.rules:
+                self.rules[name] = NOTHING
+                count = bin(used).count("1")
+                options = [EMPTY] if count >= lo else []
+                if count < top:
+                    options += [
+                        seq(self.sep, lit_, rule(used | 1 << i))
+                        for i, lit_ in enumerate(literals)
+                        if not used >> i & 1
+                    ]
+                self.rules[name] = alt(*options)
+            return Ref(name)
+
+        first = [seq(lit_, rule(1 << i)) for i, lit_ in enumerate(literals)] if top else []
+        parts = [seq(lit("["), self.ws, lit("]"))] if lo == 0 else []
+        if first:
+            parts.append(seq(lit("["), self.ws, alt(*first), self.ws, lit("]")))
+        return alt(*parts)
+
     def matches(self, node: Node, text: str) -> bool:
         """Is `text` in the language of `node` (pending enum rules as intersections)?"""
         try:

@@ -71,6 +71,7 @@ from .json_keywords import (
     MAX_LENGTH,
     MAX_PREFIX,
     MAX_STATES,
+    MAX_UNIQUE,
     canonical,
     count_value,
     drop_trivial,
@@ -318,10 +319,16 @@ class _Compiler:
         hi = count_value(s, "maxItems", MAX_COUNT)
         if s.get("uniqueItems", False) not in (False, True):
             raise refuse("'uniqueItems' must be a boolean")
-        if s.get("uniqueItems") and (hi is None or hi > 1):
-            raise refuse("'uniqueItems' is not supported (beyond maxItems <= 1)")
         if hi is not None and lo > hi:
             return NOTHING
+        if s.get("uniqueItems") and (hi is None or hi > 1):
+            values = None if prefix else self._finite_items(items)
+            if values is None:
+                raise refuse(
+                    f"'uniqueItems' is supported for items of at most {MAX_UNIQUE} enum/const "
+                    "values (or maxItems <= 1)"
+                )
+            return self.out.unique_array(values, lo, hi)
         elems = [self.out.share(self.node(p), "item") for p in prefix]
         item = self.out.share(self.node(items), "item")
 
@@ -338,6 +345,22 @@ class _Compiler:
         if hi != 0:
             parts.append(seq(lit("["), self.out.ws, first, after(1), self.out.ws, lit("]")))
         return alt(*parts)
+
+    def _finite_items(self, items: Any) -> list[Any] | None:
+        """The distinct values `items` allows when it is an enum/const of few values, else None."""
+        items = self.dialect.prepare(items)
+        if not isinstance(items, dict) or set(items) - ANNOTATIONS - {"enum", "const", "type"}:
+            return None
+        if "enum" not in items and "const" not in items:
+            return None
+        values = items.get("enum", [items.get("const")])
+        if not isinstance(values, list):
+            return None
+        if "const" in items:
+            values = [v for v in values if canonical(v) == canonical(items["const"])]
+        kinds = schema_kinds(items)
+        values = list({canonical(v): v for v in values if value_kind(v) in kinds}.values())
+        return values if len(values) <= MAX_UNIQUE else None
 
     # ---- objects -------------------------------------------------------------------------------
 

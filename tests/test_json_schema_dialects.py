@@ -219,3 +219,16 @@ def test_long_max_length() -> None:
     assert short.accepts('"' + "é" * 300 + '"') and not short.accepts('"' + "a" * 301 + '"')
     with pytest.raises(UnsupportedConstraintError, match="maxLength"):
         schema_grammar({"type": "string", "maxLength": 1_000_000})
+
+
+def test_unique_items_of_enum_values() -> None:
+    values = [[], ["a"], ["a", "b"], ["b", "a"], ["a", "a"], ["a", "b", "c"], ["c", "b", "a", "b"],
+              [1, 1.0], [1, True], [None, 2], ["x"], "s", 3]  # fmt: skip
+    for schema in [
+        {"type": "array", "uniqueItems": True, "items": {"enum": ["a", "b", "c"]}},
+        {"uniqueItems": True, "items": {"enum": [1, 1.0, 2, None, True]}, "maxItems": 2},
+        {"uniqueItems": True, "items": {"type": "string", "enum": ["a", 1, "b"]}, "minItems": 2},
+    ]:
+        agrees_with_jsonschema(schema, values)
+    with pytest.raises(UnsupportedConstraintError, match="uniqueItems"):
+        schema_grammar({"uniqueItems": True, "items": {"type": "string"}})
