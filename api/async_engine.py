@@ -142,6 +142,8 @@ class AsyncEngine:
         (`ValueError`, `ContextLengthError`, `QueueFullError`)."""
         if self._error is not None:
             raise RuntimeError("the engine loop has stopped") from self._error
+        if params.constraint is not None:  # compiled here, not on the engine thread
+            await asyncio.to_thread(self.engine.precompile, params)
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         future = loop.create_future()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -117,13 +118,15 @@ class GrammarCompiler:
         self.budget_s = budget_s
         self.cache_size = cache_size
         self._cache: OrderedDict[str, CompiledGrammar] = OrderedDict()
+        self._lock = threading.Lock()  # compiles may run on several threads; the cache is shared
 
     def compile(self, spec: Mapping[str, Any]) -> CompiledGrammar:
         key = spec_key(spec)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
         deadline = time.monotonic() + self.budget_s
         grammar = build_grammar(spec)
         automaton = Automaton(grammar, deadline=deadline)
@@ -134,7 +137,8 @@ class GrammarCompiler:
         automaton.deadline = None
         if time.monotonic() > deadline:
             raise ConstraintBudgetError(f"constraint took longer than {self.budget_s} s to compile")
-        self._cache[key] = compiled
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = compiled
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return compiled

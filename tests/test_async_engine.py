@@ -251,3 +251,35 @@ def test_background_warmup_serves_at_once_and_compiles_while_idle(llm, tiny_gguf
         engine.shutdown()
     with pytest.raises(ValueError, match="warmup"):
         LLM(str(tiny_gguf), weights="f32", warmup="later")
+
+
+def test_constraints_compile_off_the_engine_thread(llm, monkeypatch):
+    """A large schema takes seconds to compile: on the engine thread that would stall every
+    running stream, so `generate` compiles it on a worker thread before queueing."""
+    import jaxserve.grammar.spec as spec
+
+    threads = []
+    build = spec.build_grammar
+
+    def recording(s):
+        threads.append(threading.current_thread().name)
+        return build(s)
+
+    monkeypatch.setattr(spec, "build_grammar", recording)
+    engine = AsyncEngine(llm.engine)
+    params = SamplingParams(max_tokens=6, temperature=0.0, regex="(ab|cd){1,5}")
+    try:
+
+        async def main():
+            ids, text, reason = [], "", None
+            async for out in await engine.generate(PROMPTS[0], params):
+                ids += out.new_token_ids
+                text += out.delta
+                reason = out.finish_reason
+            return ids, text, reason
+
+        _, text, _ = asyncio.run(main())
+    finally:
+        engine.shutdown()
+    assert threads and "jaxserve-engine" not in threads, threads
+    assert text == llm.generate(PROMPTS[0], params)[0].text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -104,6 +105,7 @@ class Engine:
         self._next_id = 0
         self._rng = random.Random(config.seed)
         self._grammars: GrammarCompiler | None = None
+        self._grammars_lock = threading.Lock()  # `precompile` may run on another thread
         # request id -> the error that failed it alone in the last step
         self.failed: dict[int, Exception] = {}
         words = (runner.config.vocab_size + 31) // 32
@@ -140,12 +142,21 @@ class Engine:
             self.runner.warmed_up()
         return True
 
+    def precompile(self, params: SamplingParams) -> None:
+        """Compile the request's constraint now, into the compiler's cache (thread-safe), so that
+        `add_request` finds it there: a server does this off the engine thread, where a large
+        schema's compile would stall every running stream. Raises what `add_request` would."""
+        self._compile_constraint(params)
+
     @property
     def grammars(self) -> GrammarCompiler:
         """Constraint compiler over this tokenizer's vocabulary (built on first use)."""
-        if self._grammars is None:
-            vocab = TokenVocab.from_tokenizer(self.tokenizer, width=self.runner.config.vocab_size)
-            self._grammars = GrammarCompiler(vocab)
+        with self._grammars_lock:
+            if self._grammars is None:
+                width = self.runner.config.vocab_size
+                self._grammars = GrammarCompiler(
+                    TokenVocab.from_tokenizer(self.tokenizer, width=width)
+                )
         return self._grammars
 
     def add_request(
