@@ -80,8 +80,8 @@ def drop_trivial(s: dict) -> dict | bool:
             complement = negation(v)
             if complement is None:
                 raise refuse(
-                    "'not' is supported only with a trivial schema, a 'type', 'required' or "
-                    "one number bound"
+                    "'not' is supported only where the complement is expressible ('type', "
+                    "'required', one number bound, 'properties' of those)"
                 )
             if not complement:
                 return False
@@ -313,18 +313,39 @@ NEGATABLE_BOUNDS = {
 
 
 def negation(s: Any) -> list[Any] | None:
-    """Schemas whose union is exactly what `s` rejects, for simple `s` (else None): `required`
-    (non-objects pass it, so its complement is objects missing a name), one number bound (its
-    complement: the numbers past it)."""
+    """Schemas whose union is exactly what `s` rejects, or None when that is not expressible.
+
+    `s` is a conjunction, so its complement is the union of its keywords' complements, each
+    over the values that keyword constrains: `type` (the other types; not "integer" alone, whose
+    complement holds non-integer numbers), `required` (objects missing a name), one number bound
+    (the numbers past it), `properties` (objects whose property holds a value its schema rejects,
+    recursively)."""
     if s is True or s is False:
         return [] if s is True else [True]
     if not isinstance(s, dict):
         return None
-    keys = set(s) - ANNOTATIONS
-    if keys == {"required"}:
-        names = string_list(s["required"], "required")
-        return [{"type": "object", "properties": {n: False}} for n in dict.fromkeys(names)]
-    if len(keys) == 1 and next(iter(keys)) in NEGATABLE_BOUNDS:
-        (k,) = keys  # other values pass a number bound: the complement is numbers only
-        return [{"type": "number", NEGATABLE_BOUNDS[k]: number_value(s[k], k)}]
-    return None
+    out: list[Any] = []
+    for k in set(s) - ANNOTATIONS:
+        v = s[k]
+        if k == "type":
+            kinds = schema_kinds(s)
+            if "integer" in kinds and "number" not in kinds:
+                return None
+            if ALL_KINDS - kinds:
+                out.append({"type": type_names(set(ALL_KINDS - kinds))})
+        elif k == "required":
+            names = dict.fromkeys(string_list(v, "required"))
+            out += [{"type": "object", "properties": {n: False}} for n in names]
+        elif k in NEGATABLE_BOUNDS:  # other values pass a number bound
+            out.append({"type": "number", NEGATABLE_BOUNDS[k]: number_value(v, k)})
+        elif k == "properties" and isinstance(v, dict):
+            for name, sub in v.items():
+                rejected = negation(sub)
+                if rejected is None:
+                    return None
+                if rejected:
+                    prop = {"anyOf": rejected}
+                    out.append({"type": "object", "required": [name], "properties": {name: prop}})
+        else:
+            return None
+    return out

@@ -201,7 +201,7 @@ class SchemaMerger:
     def exactly_one(self, branches: list[Any], rest: dict, overlap: tuple[int, int]) -> list:
         """`oneOf` whose branches may overlap, as disjoint branches: branch i and no other,
         when every branch's complement is expressible (`negation`); else refuse."""
-        complements = [negation(self.dialect.prepare(b)) for b in branches]
+        complements = [negation(self.inline(b)) for b in branches]
         if any(c is None for c in complements):
             i, j = overlap
             raise refuse(f"'oneOf' branches {i} and {j} may overlap (cannot prove not)")

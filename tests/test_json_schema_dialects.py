@@ -174,8 +174,9 @@ def test_numbers_without_bounds_end() -> None:
 
 
 def test_not_and_overlapping_one_of_by_complements() -> None:
-    """`not` of `required` or of one bound, and `oneOf` branches that may overlap when each
-    branch's complement is expressible: exactly one branch must hold."""
+    """`not` of `required`, of bounds, of types and of `properties` of those, and `oneOf`
+    branches that may overlap when each branch's complement is expressible: exactly one branch
+    must hold (the test objects list keys in the order the schemas declare them)."""
     values = [None, True, 0, 1, 1.5, 2, 2.5, 3, 4, 6, "s", [], {}]
     for names in itertools.chain.from_iterable(itertools.combinations("abc", n) for n in range(4)):
         for filling in itertools.product([1, "x"], repeat=len(names)):
@@ -192,6 +193,22 @@ def test_not_and_overlapping_one_of_by_complements() -> None:
         {"oneOf": [{"maximum": 2}, {"maximum": 5}]},
         {"properties": {"x": {"oneOf": [{"minimum": 1}, {"exclusiveMaximum": 3}]}}},
         {"oneOf": [{"required": ["a"]}, True]},
+        {"oneOf": [{"type": "string"}, {"type": ["string", "null"]}]},
+        {"not": {"properties": {"a": {"type": "number", "minimum": 2}}}},
+        {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["a", "b"],
+                    "properties": {"a": {"type": "string"}, "b": {}, "c": {}},
+                },
+                {
+                    "type": "object",
+                    "required": ["a", "c"],
+                    "properties": {"a": {}, "b": {}, "c": {"maximum": 1}},
+                },
+            ]
+        },
     ]:
         agrees_with_jsonschema(schema, values)
 

@@ -213,7 +213,8 @@ def test_combinators() -> None:
     check({"not": {"type": "null"}}, ["1", '"a"'], ["null"])
     refuses({"not": {}}, "no JSON value")
     check({"not": {"minimum": 3}}, ["2.5", "-1"], ["3", "4", '"s"', "null"])
-    refuses({"not": {"minimum": 3, "maximum": 5}}, "not")
+    check({"not": {"minimum": 3, "maximum": 5}}, ["2.5", "6"], ["3", "5", '"s"'])
+    refuses({"not": {"pattern": "a"}}, "not")
     refuses({"if": {"type": "string"}, "then": {"minLength": 1}}, "if")
 
 
