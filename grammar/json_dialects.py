@@ -19,14 +19,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .json_formats import FORMATS
 from .json_keywords import ANNOTATIONS, HANDLED, refuse
 
-FORMATS = frozenset(
-    {
-        "date", "time", "date-time", "duration", "uuid", "ipv4", "ipv6", "email", "hostname",
-        "uri", "uri-reference", "json-pointer", "relative-json-pointer",
-    }
-)  # fmt: skip
 # formats JSON Schema defines that are not implemented here: refused rather than ignored, since
 # a schema naming them expects them checked
 UNIMPLEMENTED = frozenset(

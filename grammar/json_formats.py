@@ -12,6 +12,13 @@ from .ir import MAX_CODE_POINT, Chars, Node, Repeat, alt, chars, choice, lit, op
 from .json_keywords import refuse
 from .json_lexical import DIGIT, FRAC, digits, fixed_width, natural
 
+FORMATS = frozenset(
+    {
+        "date", "time", "date-time", "duration", "uuid", "ipv4", "ipv6", "email", "hostname",
+        "uri", "uri-reference", "json-pointer", "relative-json-pointer",
+    }
+)  # fmt: skip  # the formats `format_node` builds
+
 
 def format_node(name: str, cache: dict[str, Node]) -> Node:
     """The language of `format` `name`; refuses the formats not listed above.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from typing import Any
 
 from .ir import MAX_CODE_POINT, Node
 from .json_automata import _Nfa
@@ -44,12 +45,7 @@ class Dfa:
             accept.append(any(nfa_accept[q] for q in states))
             out = []
             for ranges, targets in _split([m for q in states for m in moves[q]]):
-                if targets not in ids:
-                    if len(ids) >= MAX_STATES:
-                        raise refuse("'patternProperties' patterns make too large an automaton")
-                    ids[targets] = len(order)
-                    order.append(targets)
-                out.append((ranges, ids[targets]))
+                out.append((ranges, _intern(targets, ids, order)))
             edges.append(out)
         return cls(accept, edges)
 
@@ -100,13 +96,7 @@ class KeyClasses:
                 for label in targets - {None}:
                     i, t = label
                     tuple_[i] = t
-                key = tuple(tuple_)
-                if key not in ids:
-                    if len(ids) >= MAX_STATES:
-                        raise refuse("'patternProperties' patterns make too large an automaton")
-                    ids[key] = len(order)
-                    order.append(key)
-                out.append((ranges, ids[key]))
+                out.append((ranges, _intern(tuple(tuple_), ids, order)))
             self.edges.append(out)
         self.states = order
         self.dfas = dfas
@@ -132,6 +122,16 @@ class KeyClasses:
             if allowed is None or not self.dfas[-2].accept[allowed]:
                 return None
         return tuple(i for i, q in enumerate(pats) if q is not None and self.dfas[i].accept[q])
+
+
+def _intern(key: Any, ids: dict[Any, int], order: list[Any]) -> int:
+    """The state number of `key`, numbering it (and queueing it in `order`) when new."""
+    if key not in ids:
+        if len(ids) >= MAX_STATES:
+            raise refuse("property-name patterns make too large an automaton")
+        ids[key] = len(order)
+        order.append(key)
+    return ids[key]
 
 
 def _within(c: int, ranges: Ranges) -> bool:

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Sequence
 
 from jaxserve.api.async_engine import StreamOutput
+from jaxserve.errors import QueueFullError
 from jaxserve.outputs import TokenLogprob
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.text.tokenizer import GGUFTokenizer, Tokenizer
@@ -89,3 +90,15 @@ def _outputs(ids: list[int], params: SamplingParams):
                 index=i,
                 logprobs=logprobs,
             )
+
+
+class FullEngine:
+    """An engine whose queue is always full: every `generate` raises `QueueFullError`."""
+
+    is_alive = True
+
+    def warmup_progress(self) -> tuple[int, int]:
+        return 0, 0
+
+    async def generate(self, *args, **kwargs):
+        raise QueueFullError("4 requests are already waiting")

@@ -77,3 +77,22 @@ def test_regex_choice_and_gbnf_on_the_real_vocabulary(llm):
 
     for (spec, _), out in zip(specs, outs, strict=True):
         assert out.finish_reason == "stop" and matches(spec, out.text), out.text
+
+
+def test_a_schema_without_bounds_still_ends(llm):
+    """With the defaults (int8, prefix caching): an integer without bounds stays in the signed
+    64-bit range, so greedy SmolLM2 closes the object instead of writing digits to max_tokens."""
+    city = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "country": {"type": "string"},
+            "population": {"type": "integer"},
+        },
+        "required": ["name", "country", "population"],
+        "additionalProperties": False,
+    }
+    params = SamplingParams(max_tokens=120, temperature=0.0, json_schema=city)
+    out = llm.chat([{"role": "user", "content": "Tell me about Paris."}], params)[0]
+    assert out.finish_reason == "stop", out.text
+    assert -(2**63) <= json.loads(out.text)["population"] < 2**63

@@ -17,8 +17,8 @@ from jaxserve.api import jaxserve_v1_pb2 as pb
 from jaxserve.api import jaxserve_v1_pb2_grpc as pb_grpc
 from jaxserve.api.async_engine import AsyncEngine
 from jaxserve.api.openai_server import Served, ServerConfig, ServerState
-from jaxserve.errors import QueueFullError
 from tests.http_server import grpc_running
+from tests.mock_engine import FullEngine
 
 PROMPT = "The sea is"
 MESSAGES = [{"role": "user", "content": "Tell me about the sea."}]
@@ -292,20 +292,10 @@ def test_api_key_is_required_except_for_health(served):
         )
 
 
-class _FullEngine:
-    is_alive = True
-
-    def warmup_progress(self) -> tuple[int, int]:
-        return 0, 0
-
-    async def generate(self, *args, **kwargs):
-        raise QueueFullError("busy")
-
-
 def test_queue_full_is_resource_exhausted(served):
     state = ServerState(ServerConfig(model_names=("tiny",)))
     state.served = Served(
-        engine=_FullEngine(),
+        engine=FullEngine(),
         tokenizer=served.tokenizer,
         render_chat=served.render_chat,
         max_model_len=128,

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from jaxserve import LLM
 from jaxserve.api.async_engine import AsyncEngine
 from jaxserve.api.openai_server import Served, ServerConfig, create_app
-from jaxserve.errors import QueueFullError
 from tests.http_server import running
+from tests.mock_engine import FullEngine
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 CHAT = {"messages": MESSAGES, "max_tokens": 2}
@@ -254,19 +254,9 @@ def test_api_key_guards_every_route_but_health(served):
         assert denied.headers["access-control-allow-origin"] == "http://ui"
 
 
-class _FullEngine:
-    is_alive = True
-
-    def warmup_progress(self) -> tuple[int, int]:
-        return 0, 0
-
-    async def generate(self, *args, **kwargs):
-        raise QueueFullError("4 requests are already waiting")
-
-
 def test_queue_full_is_429_with_retry_after(served):
     stub = Served(
-        engine=_FullEngine(),
+        engine=FullEngine(),
         tokenizer=served.tokenizer,
         render_chat=served.render_chat,
         max_model_len=64,
