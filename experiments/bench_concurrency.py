@@ -103,7 +103,10 @@ def wait_healthy(url: str, proc: subprocess.Popen, limit_s: float = 1800) -> Non
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
+                warm = json.loads(r.read() or b"{}").get("warmup")
+                # jaxserve serves at once and compiles its buckets in the background: measure
+                # once every bucket is compiled, so that no compile competes with the clients
+                if r.status == 200 and (not warm or warm["compiled"] >= warm["total"]):
                     return
         except OSError:
             pass

@@ -177,6 +177,7 @@ class LLM:
                 max_rows=scheduler_config.max_num_seqs,
                 max_prefill_rows=scheduler_config.max_prefill_rows,
                 max_chunk=scheduler_config.prefill_chunk,
+                max_batched_tokens=scheduler_config.max_num_batched_tokens,
                 num_steps=scheduler_config.decode_steps,
             )
         self.engine = Engine(

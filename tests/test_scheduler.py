@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from jaxserve import LLM, SamplingParams
 from jaxserve.engine.page_allocator import PageAllocator
+from jaxserve.engine.rows import PREFILL_ROW_BUCKETS, TOKEN_BUCKETS, bucket
 from jaxserve.engine.scheduler import Scheduler, SchedulerConfig
 from jaxserve.errors import QueueFullError
 
@@ -198,3 +199,43 @@ def test_a_step_that_admits_a_prompt_decodes_one_token_per_row(llm):
     while engine.has_unfinished():
         engine.step()
     assert first.output.token_ids == llm.generate(PROMPTS[0], _greedy(12))[0].token_ids
+
+
+def test_short_prompts_share_a_prefill_call_within_the_token_budget(tiny_gguf):
+    """Up to `max_prefill_rows` prompts are prefilled in one call, each padded to the longest
+    chunk's bucket, never past `max_num_batched_tokens` padded tokens; every request still gets
+    its solo tokens (int8: the numerics do not depend on the rows beside it)."""
+    llm = LLM(
+        str(tiny_gguf),
+        weights="int8",
+        max_num_seqs=8,
+        prefill_chunk=32,
+        decode_steps=4,
+        max_num_batched_tokens=64,
+        max_prefill_rows=4,
+        max_model_len=128,
+    )
+    engine, runner = llm.engine, llm.engine.runner
+    calls: list[list[int]] = []
+    prefill = runner.prefill
+
+    def recording(rows):
+        calls.append([len(r.token_ids) for r in rows])
+        return prefill(rows)
+
+    runner.prefill = recording
+    rng = random.Random(1)
+    prompts = [[rng.randrange(3, 290) for _ in range(n)] for n in (6, 2, 10, 40, 3, 9, 70, 5)]
+    solo = [llm.generate(p, _greedy(6))[0].token_ids for p in prompts]
+    calls.clear()
+    requests = [engine.add_request(p, _greedy(6)) for p in prompts]
+    while engine.has_unfinished():
+        engine.step()
+    assert [r.output.token_ids for r in requests] == solo
+    assert max(len(c) for c in calls) > 1  # short prompts were batched
+    for chunks in calls:
+        rows = bucket(len(chunks), PREFILL_ROW_BUCKETS)
+        assert len(chunks) <= 4
+        assert len(chunks) == 1 or rows * bucket(max(chunks), TOKEN_BUCKETS) <= 64, chunks
+    # 4 rows x 16 padded tokens; the 40-token prompt's first 32 are cached from its solo run
+    assert calls[0] == [6, 2, 10, 8]

@@ -70,11 +70,17 @@ class Runner(Protocol):
     ) -> None: ...
 
     def warmup(
-        self, *, max_rows: int, max_prefill_rows: int, max_chunk: int, num_steps: int
+        self,
+        *,
+        max_rows: int,
+        max_prefill_rows: int,
+        max_chunk: int,
+        max_batched_tokens: int,
+        num_steps: int,
     ) -> int: ...
 
     def warmup_shapes(
-        self, *, max_rows: int, max_prefill_rows: int, max_chunk: int
+        self, *, max_rows: int, max_prefill_rows: int, max_chunk: int, max_batched_tokens: int
     ) -> list[tuple[str, int, int, int]]: ...
 
     def warm(self, shape: tuple[str, int, int, int], *, num_steps: int) -> None: ...

@@ -119,7 +119,10 @@ class Engine:
         before serving; a request meanwhile compiles the buckets it needs on first use."""
         s = self.scheduler.config
         self._to_warm = self.runner.warmup_shapes(
-            max_rows=s.max_num_seqs, max_prefill_rows=s.max_prefill_rows, max_chunk=s.prefill_chunk
+            max_rows=s.max_num_seqs,
+            max_prefill_rows=s.max_prefill_rows,
+            max_chunk=s.prefill_chunk,
+            max_batched_tokens=s.max_num_batched_tokens,
         )
         self.warmup_total = len(self._to_warm)
         self._warm_started = time.perf_counter()
@@ -133,13 +136,14 @@ class Engine:
         """Compile the next bucket of the background warm-up; False when none is left."""
         if not self._to_warm:
             return False
-        self.runner.warm(self._to_warm.pop(0), num_steps=self.scheduler.config.decode_steps)
+        self.runner.warm(self._to_warm[0], num_steps=self.scheduler.config.decode_steps)
+        if len(self._to_warm) == 1:
+            self.runner.warmed_up()
+        self._to_warm.pop(0)  # counted done (`warmup_done`, read by other threads) only now
         elapsed = time.perf_counter() - self._warm_started
         log.info(
             "warm-up: %d/%d shapes compiled (%.0f s)", self.warmup_done, self.warmup_total, elapsed
         )
-        if not self._to_warm:
-            self.runner.warmed_up()
         return True
 
     def precompile(self, params: SamplingParams) -> None:

@@ -60,6 +60,13 @@ def bucket(n: int, sizes: Sequence[int]) -> int:
     raise ValueError(f"{n} exceeds the largest bucket {sizes[-1]}")
 
 
+def prefill_chunk_cap(num_rows: int, max_tokens: int) -> int:
+    """The largest token bucket a chunk may fill when `num_rows` (> 1) prompts share a prefill
+    call of at most `max_tokens` padded tokens; 0 when not even the smallest fits."""
+    rows = bucket(num_rows, PREFILL_ROW_BUCKETS)
+    return max((t for t in TOKEN_BUCKETS if rows * t <= max_tokens), default=0)
+
+
 def page_buckets(max_pages: int) -> tuple[int, ...]:
     """Page-table widths: powers of 2 from 8, capped by (and ending at) `max_pages`.
 

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 
 from jaxserve.engine.page_allocator import PageAllocator
 from jaxserve.engine.request import Request
-from jaxserve.engine.rows import DECODE_ROW_BUCKETS, PREFILL_ROW_BUCKETS, TOKEN_BUCKETS
+from jaxserve.engine.rows import (
+    DECODE_ROW_BUCKETS,
+    PREFILL_ROW_BUCKETS,
+    TOKEN_BUCKETS,
+    bucket,
+    prefill_chunk_cap,
+)
 from jaxserve.errors import QueueFullError
 
 
@@ -27,7 +33,9 @@ class SchedulerConfig:
     max_num_seqs: running requests at most (decode rows of one step).
     max_num_batched_tokens: tokens per step, decode rows + prefill chunks.
     prefill_chunk: tokens of one prompt prefilled per step at most.
-    max_prefill_rows: prompts prefilled side by side in one step at most.
+    max_prefill_rows: prompts prefilled side by side in one step at most; with more than one,
+        each row is padded to the longest chunk's token bucket and rows x bucket stays within
+        `max_num_batched_tokens` (a long prompt prefills alone, short ones share a call).
     decode_steps: tokens a decode-only step generates on device before returning to the host
         (a step that also prefills generates one).
     max_waiting: queued requests at most (more raises QueueFullError).
@@ -36,7 +44,7 @@ class SchedulerConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     prefill_chunk: int = 512
-    max_prefill_rows: int = 1
+    max_prefill_rows: int = 4
     decode_steps: int = 8
     max_waiting: int = 4096
 
@@ -128,9 +136,10 @@ class Scheduler:
                     self.waiting.remove(request)
                     self.running.append(request)
                     continue
-            n = min(
-                request.prefill_target - request.num_computed, budget, self.config.prefill_chunk
-            )
+            cap = self._chunk_cap(len(out.prefill) + 1)
+            if not cap or any(bucket(c.num_tokens, TOKEN_BUCKETS) > cap for c in out.prefill):
+                break  # one more row would pad the prefill past the token budget
+            n = min(request.prefill_target - request.num_computed, budget, cap)
             if not self._reserve(request, request.num_computed + n, out, may_preempt=not is_new):
                 if is_new:
                     self._release(request)
@@ -143,6 +152,14 @@ class Scheduler:
         if out.prefill:
             out.decode_steps = 1  # prompts are being admitted: return to the scheduler soon
         return out
+
+    def _chunk_cap(self, num_rows: int) -> int:
+        """Tokens a chunk may have when `num_rows` prompts are prefilled side by side: rows are
+        padded to one token bucket, and the padded call stays within the token budget."""
+        if num_rows == 1:
+            return self.config.prefill_chunk
+        cap = prefill_chunk_cap(num_rows, self.config.max_num_batched_tokens)
+        return min(cap, self.config.prefill_chunk)
 
     def _prefill_candidates(self) -> list[Request]:
         partial = sorted((r for r in self.running if not r.is_prefilled), key=_order)

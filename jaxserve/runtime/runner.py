@@ -32,6 +32,7 @@ from jaxserve.engine.rows import (
     PrefillRow,
     bucket,
     page_buckets,
+    prefill_chunk_cap,
 )
 from jaxserve.runtime import parallel
 from jaxserve.runtime.kv_cache import NULL_PAGE, KVCache
@@ -310,11 +311,20 @@ class ModelRunner:
 
     @mirrored
     def warmup(
-        self, *, max_rows: int, max_prefill_rows: int, max_chunk: int, num_steps: int
+        self,
+        *,
+        max_rows: int,
+        max_prefill_rows: int,
+        max_chunk: int,
+        max_batched_tokens: int,
+        num_steps: int,
     ) -> int:
         """Compile every bucket the engine can use; returns the number of shapes compiled."""
         shapes = self.warmup_shapes(
-            max_rows=max_rows, max_prefill_rows=max_prefill_rows, max_chunk=max_chunk
+            max_rows=max_rows,
+            max_prefill_rows=max_prefill_rows,
+            max_chunk=max_chunk,
+            max_batched_tokens=max_batched_tokens,
         )
         started = time.perf_counter()
         for n, shape in enumerate(shapes, start=1):
@@ -330,10 +340,11 @@ class ModelRunner:
         return len(shapes)
 
     def warmup_shapes(
-        self, *, max_rows: int, max_prefill_rows: int, max_chunk: int
+        self, *, max_rows: int, max_prefill_rows: int, max_chunk: int, max_batched_tokens: int
     ) -> list[tuple[str, int, int, int]]:
         """Every (kind, rows, tokens, pages) bucket the engine can use, small ones first (the
-        shapes short requests need compile early when warming up in the background)."""
+        shapes short requests need compile early when warming up in the background). Prompts
+        share a prefill call only while rows x tokens stays within `max_batched_tokens`."""
         shapes = []
         for rows in DECODE_ROW_BUCKETS[
             : DECODE_ROW_BUCKETS.index(bucket(max_rows, DECODE_ROW_BUCKETS)) + 1
@@ -342,8 +353,11 @@ class ModelRunner:
         for rows in PREFILL_ROW_BUCKETS[
             : PREFILL_ROW_BUCKETS.index(bucket(max_prefill_rows, PREFILL_ROW_BUCKETS)) + 1
         ]:
+            cap = max_chunk if rows == 1 else prefill_chunk_cap(rows, max_batched_tokens)
+            if not cap:
+                break
             for tokens in TOKEN_BUCKETS[
-                : TOKEN_BUCKETS.index(bucket(max_chunk, TOKEN_BUCKETS)) + 1
+                : TOKEN_BUCKETS.index(bucket(min(max_chunk, cap), TOKEN_BUCKETS)) + 1
             ]:
                 shapes += [("prefill", rows, tokens, pages) for pages in self.page_buckets]
         return sorted(shapes, key=lambda s: (s[3], s[1], s[2]))
