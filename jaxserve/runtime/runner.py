@@ -359,7 +359,11 @@ class ModelRunner:
             for tokens in TOKEN_BUCKETS[
                 : TOKEN_BUCKETS.index(bucket(min(max_chunk, cap), TOKEN_BUCKETS)) + 1
             ]:
-                shapes += [("prefill", rows, tokens, pages) for pages in self.page_buckets]
+                shapes += [
+                    ("prefill", rows, tokens, pages)
+                    for pages in self.page_buckets
+                    if pages * self.page_size > tokens // 2  # a chunk in this bucket fits
+                ]
         return sorted(shapes, key=lambda s: (s[3], s[1], s[2]))
 
     def warm(self, shape: tuple[str, int, int, int], *, num_steps: int) -> None:
