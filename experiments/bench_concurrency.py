@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
     parser.add_argument("--max-num-seqs", type=int, default=None)
+    parser.add_argument("--max-prefill-rows", type=int, default=None)
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
     from jaxserve.loading.pull import resolve_model
@@ -150,6 +151,8 @@ def main() -> None:
     seqs = args.max_num_seqs or max(args.concurrency)
     jaxserve = [sys.executable, "-m", "jaxserve.cli", "serve", args.model, "--port", "8088"]
     rows = []
+    if args.max_prefill_rows:
+        jaxserve += ["--max-prefill-rows", str(args.max_prefill_rows)]
     proc = serve([*jaxserve, "--max-num-seqs", str(seqs)], ours_url)
     try:
         ours = {

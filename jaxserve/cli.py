@@ -124,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         kernels=args.kernels,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
+        max_prefill_rows=args.max_prefill_rows,
         kv_cache_bytes=args.kv_cache_mb * 2**20,
         tensor_parallel=args.tensor_parallel,
         data_parallel=args.data_parallel,
@@ -195,6 +196,12 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-model-len", type=int, default=EngineConfig.max_model_len)
     p.add_argument("--max-num-seqs", type=int, default=SchedulerConfig.max_num_seqs)
+    p.add_argument(
+        "--max-prefill-rows",
+        type=int,
+        default=SchedulerConfig.max_prefill_rows,
+        help="prompts prefilled side by side in one step at most",
+    )
     p.add_argument("--kv-cache-mb", type=int, default=EngineConfig.kv_cache_bytes // 2**20)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--tensor-parallel", type=int, default=1, help="devices per model replica")

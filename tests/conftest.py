@@ -14,7 +14,7 @@ import jaxserve.runtime  # noqa: E402, F401  (its XLA flags, before the backend 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-from tests.tiny_gguf import write_tiny_gguf  # noqa: E402
+from tests.tiny_gguf import Q4_LAYER_TYPES, write_tiny_gguf  # noqa: E402
 from tests.tiny_vocab import gpt2_tokenizer_metadata  # noqa: E402
 
 
@@ -29,6 +29,13 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory):
 def tiny_gguf_untied(tmp_path_factory: pytest.TempPathFactory):
     path = tmp_path_factory.mktemp("tiny") / "tiny-untied.gguf"
     return write_tiny_gguf(path, gpt2_tokenizer_metadata(), tied=False, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_q4(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny model with every layer matrix in Q4_0 / Q4_1 (int8 copies in 64-value blocks)."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny-q4.gguf"
+    return write_tiny_gguf(path, gpt2_tokenizer_metadata(), seed=2, layer_types=Q4_LAYER_TYPES)
 
 
 @pytest.fixture(scope="session")

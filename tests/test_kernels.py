@@ -23,7 +23,7 @@ from jaxserve.kernels import (
     ref_quant_matmul,
     ref_quant_matmul_int4,
 )
-from jaxserve.kernels.quant_matmul import pack_int4
+from jaxserve.kernels.quant_matmul import matmul_w8a8, pack_int4
 
 ATTN_TOL = 2e-5  # online softmax page by page vs one softmax: f32 rounding only
 
@@ -120,29 +120,45 @@ def test_attention_kernels_refuse_bad_shapes():
         )  # fmt: skip
 
 
-def _int8_weights(rng, k, n):
+def _int8_weights(rng, k, n, block=32):
     w = rng.integers(-127, 128, size=(k, n)).astype(np.int8)
-    scales = rng.uniform(0.001, 0.02, size=(k // 32, n)).astype(np.float32)
+    scales = rng.uniform(0.001, 0.02, size=(k // block, n)).astype(np.float32)
     return jnp.asarray(w), jnp.asarray(scales)
 
 
 INT8_SHAPES = [
-    (1, 64, 128, None),
-    (8, 256, 384, (8, 128, 64)),
-    (24, 576, 256, (8, 256, 192)),
-    (5, 96, 40, None),
+    (1, 64, 128, None, 32),
+    (8, 256, 384, (8, 128, 64), 32),
+    (24, 576, 256, (8, 256, 192), 32),
+    (5, 96, 40, None, 32),
+    (8, 576, 256, (8, 256, 192), 64),
+    (2, 128, 64, None, 64),
 ]
 
 
-@pytest.mark.parametrize(("m", "k", "n", "blocks"), INT8_SHAPES)
-def test_int8_matmul_matches_reference(m, k, n, blocks):
+@pytest.mark.parametrize(("m", "k", "n", "blocks", "block"), INT8_SHAPES)
+def test_int8_matmul_matches_reference(m, k, n, blocks, block):
     rng = np.random.default_rng(m + k + n)
     x = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
-    w, scales = _int8_weights(rng, k, n)
+    w, scales = _int8_weights(rng, k, n, block)
     got = quant_matmul(x, w, scales, blocks=blocks, interpret=True, out=_poison((m, n)))
     want = ref_quant_matmul(x, w, scales)
     assert not np.isnan(np.asarray(got)).any()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
+@pytest.mark.parametrize("block", [32, 64])
+def test_w8a8_matmul_is_close_to_the_dequantized_product_and_row_invariant(block):
+    """The CPU path quantizes activations per block too: close to the exact product, and a
+    row's bits do not depend on the rows beside it."""
+    rng = np.random.default_rng(block)
+    x = jnp.asarray(rng.standard_normal((7, 576)), jnp.float32)
+    w, scales = _int8_weights(rng, 576, 96, block)
+    got = np.asarray(matmul_w8a8(x, w, scales))
+    want = np.asarray(ref_quant_matmul(x, w, scales))
+    np.testing.assert_allclose(got, want, atol=0.02 * float(np.abs(want).max()))
+    for rows in (1, 3):
+        np.testing.assert_array_equal(np.asarray(matmul_w8a8(x[:rows], w, scales)), got[:rows])
 
 
 @pytest.mark.parametrize(
@@ -164,7 +180,9 @@ def test_int4_matmul_matches_reference(m, k, n, blocks):
 def test_quant_matmul_refuses_mismatched_scales():
     w, scales = _int8_weights(np.random.default_rng(0), 64, 32)
     with pytest.raises(ValueError, match="scales"):
-        quant_matmul(jnp.ones((2, 64)), w, scales[:1], interpret=True)
+        quant_matmul(jnp.ones((2, 64)), w, scales[:, :-1], interpret=True)
+    with pytest.raises(ValueError, match="scales"):  # neither 32- nor 64-value blocks
+        quant_matmul(jnp.ones((2, 64)), w, jnp.concatenate([scales] * 2), interpret=True)
     with pytest.raises(ValueError, match="uint8"):
         quant_matmul_int4(jnp.ones((2, 64)), w[:32], scales, interpret=True)
 

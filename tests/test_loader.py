@@ -8,7 +8,14 @@ import pytest
 
 from jaxserve.errors import GGUFError, UnsupportedArchitectureError
 from jaxserve.loading.loader import GGUFModelFile
-from jaxserve.loading.weights import QuantArray, as_format, dequantize_tensor, quantize_int8
+from jaxserve.loading.weights import (
+    COARSE_SOURCES,
+    QuantArray,
+    as_format,
+    dequantize_tensor,
+    int8_block,
+    quantize_int8,
+)
 from tests.tiny_gguf import LAYER_TYPES, TINY, write_tiny_gguf
 from tests.tiny_vocab import gpt2_tokenizer_metadata
 
@@ -47,9 +54,34 @@ def test_weights_match_gguf_dequantization(tiny_gguf):
             np.testing.assert_array_equal(f32.layers[name][i], ref)
             q = int8.layers[name]
             assert isinstance(q, QuantArray) and q.q.dtype == np.int8
+            coarse = all(t.name in COARSE_SOURCES for t in LAYER_TYPES[name])
+            assert q.block == (64 if coarse else 32), name  # 64 for Q4_0/Q4_1/Q5_0/Q5_1 only
             approx = QuantArray(q.q[i], q.scales[i]).dequantize()
-            bound = np.abs(ref).reshape(-1, 32, ref.shape[1]).max(1).repeat(32, 0) / 254 + 1e-7
-            assert np.all(np.abs(approx - ref) <= bound)
+            amax = np.abs(ref).reshape(-1, q.block, ref.shape[1]).max(1).repeat(q.block, 0)
+            assert np.all(np.abs(approx - ref) <= amax / 254 + 1e-7)
+    assert int8.embedding.block == 32  # token_embd is Q8_0
+
+
+def test_q4_matrices_get_64_value_blocks(tiny_gguf_q4):
+    int8 = GGUFModelFile.open(tiny_gguf_q4).load_weights("int8")
+    f32 = GGUFModelFile.open(tiny_gguf_q4).load_weights("f32")
+    for name in LAYER_TYPES:
+        q, ref = int8.layers[name], f32.layers[name]
+        assert q.block == 64 and q.scales.shape[-2] == q.shape[-2] // 64, name
+        amax = np.abs(ref).reshape(*ref.shape[:-2], -1, 64, ref.shape[-1]).max(-2)
+        bound = np.repeat(amax, 64, axis=-2) / 254 + 1e-7
+        assert np.all(np.abs(q.dequantize() - ref) <= bound), name
+    assert int8.embedding.block == 32  # token_embd is Q8_0
+
+
+def test_int8_block_follows_the_source_format():
+    assert int8_block(["Q4_1"] * 30) == 64
+    assert int8_block(["Q4_0", "Q4_1"]) == 64
+    assert int8_block(["Q5_0"]) == 32  # measured: 64 costs Gemma 3 accuracy
+    assert int8_block(["Q4_1", "Q6_K"]) == 32  # one K-quant layer: the whole stack is per-32
+    assert int8_block(["Q8_0"]) == int8_block(["F16"]) == int8_block([]) == 32
+    x = np.random.default_rng(0).standard_normal((96, 4)).astype(np.float32)
+    assert as_format(x.T, "int8", 64).block == 32  # 96 inputs: not a multiple of 64
 
 
 def test_int8_quantization_is_per_32_block():

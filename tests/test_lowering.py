@@ -112,7 +112,8 @@ def test_bitmask_is_a_kernel_on_gpu_and_xla_on_tpu(platform, chip):
 )
 def runner(request):
     model, weights = request.param.split("-")
-    return lowering_runner(SMOLLM2 if model == "smollm2" else GEMMA3, weights=weights), weights
+    config, source = (SMOLLM2, "Q4_1") if model == "smollm2" else (GEMMA3, "Q4_K")  # 64 / 32
+    return lowering_runner(config, weights=weights, source_type=source), weights
 
 
 @pytest.mark.parametrize(("platform", "chip"), TARGETS)

@@ -239,3 +239,12 @@ def test_short_prompts_share_a_prefill_call_within_the_token_budget(tiny_gguf):
         assert len(chunks) == 1 or rows * bucket(max(chunks), TOKEN_BUCKETS) <= 64, chunks
     # 4 rows x 16 padded tokens; the 40-token prompt's first 32 are cached from its solo run
     assert calls[0] == [6, 2, 10, 8]
+
+
+def test_64_value_blocks_keep_tokens_independent_of_the_batch(tiny_gguf_q4):
+    """int8 weights in 64-value blocks (a Q4 model): each request's greedy tokens are the same
+    alone, in a batch of others, and on a prefix-cache hit."""
+    llm = LLM(str(tiny_gguf_q4), weights="int8", max_num_seqs=8, max_model_len=128)
+    solo = [llm.generate(p, _greedy(8))[0].token_ids for p in PROMPTS]
+    assert [o.token_ids for o in llm.generate(PROMPTS, _greedy(8))] == solo
+    assert [o.token_ids for o in llm.generate(PROMPTS[::-1], _greedy(8))] == solo[::-1]

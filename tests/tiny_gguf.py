@@ -24,6 +24,8 @@ LAYER_TYPES: dict[str, tuple[Q, ...]] = {
     "ffn_up": (Q.Q5_1, Q.Q4_1),
     "ffn_down": (Q.Q4_K, Q.Q6_K),
 }
+# Every layer matrix in a 4-bit legacy format: the int8 copy uses 64-value blocks.
+Q4_LAYER_TYPES = {name: (Q.Q4_1, Q.Q4_0) for name in LAYER_TYPES}
 
 
 def _kquant_bytes(rows: int, cols: int, qtype: Q, rng: np.random.Generator) -> np.ndarray:
@@ -75,6 +77,7 @@ def write_tiny_gguf(
     tied: bool = True,
     seed: int = 0,
     architecture: str = "llama",
+    layer_types: Mapping[str, tuple[Q, ...]] = LAYER_TYPES,
 ) -> Path:
     """Write a 2-layer llama GGUF with random weights in mixed quant types to `path`."""
     rng = np.random.default_rng(seed)
@@ -120,7 +123,7 @@ def write_tiny_gguf(
         for name in ("attn_norm", "ffn_norm"):
             norm = 1.0 + 0.1 * rng.standard_normal(hidden).astype(np.float32)
             tensors[f"blk.{i}.{name}.weight"] = (norm, Q.F32)
-        for name, types in LAYER_TYPES.items():
+        for name, types in layer_types.items():
             qtype = types[i % len(types)]
             tensors[f"blk.{i}.{name}.weight"] = (_tensor(shapes[name], qtype, rng), qtype)
     for name, (data, qtype) in tensors.items():

@@ -27,6 +27,7 @@ from jaxserve.engine.admission import (
 from jaxserve.engine.device import DecodeResult, PrefillResult, Runner
 from jaxserve.engine.embed import embed
 from jaxserve.engine.grammar_slots import GrammarSlots
+from jaxserve.engine.mappings import WARMUP_STOP, mapping_use
 from jaxserve.engine.page_allocator import PageAllocator
 from jaxserve.engine.postprocess import record_token, runs_free, token_logprob, top_alternatives
 from jaxserve.engine.request import Request
@@ -135,6 +136,19 @@ class Engine:
     def warm_one(self) -> bool:
         """Compile the next bucket of the background warm-up; False when none is left."""
         if not self._to_warm:
+            return False
+        use = mapping_use()
+        if use is not None and use > WARMUP_STOP:  # leave room for the shapes requests need
+            log.warning(
+                "warm-up stopped at %d/%d shapes: %.0f%% of vm.max_map_count is mapped; the rest "
+                "compile on first use",
+                self.warmup_done,
+                self.warmup_total,
+                100 * use,
+            )
+            self.warmup_total = self.warmup_done
+            self._to_warm.clear()
+            self.runner.warmed_up()
             return False
         self.runner.warm(self._to_warm[0], num_steps=self.scheduler.config.decode_steps)
         if len(self._to_warm) == 1:

@@ -32,7 +32,7 @@ class ModelFile(Protocol):
 
 
 # Bump when the in-memory weight layout changes: saved conversions of older layouts are ignored.
-WEIGHTS_VERSION = 1
+WEIGHTS_VERSION = 3
 
 
 @dataclass(frozen=True)

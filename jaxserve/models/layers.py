@@ -1,11 +1,12 @@
-"""Shared Flax NNX layers: linear (f32, or int8 with per-32 scales), RMSNorm, embedding, RoPE,
+"""Shared Flax NNX layers: linear (f32, or int8 with per-block scales), RMSNorm, embedding, RoPE,
 and `attention`, the one switch between the pure-jnp references and the Pallas kernels
 (`config.kernels`: "reference", "pallas" or "interpret").
 
-Weights are kept `[in, out]`; int8 weights carry one scale per 32 input values and multiply
-activations quantized per 32-block too, with exact int32 accumulation (`matmul_w8a8`). With int8
-weights and a "fixed" KV cache (`exact_attention`: integer dots), a row's numbers do not depend
-on the rows computed beside it; f32 weights use float dots, which do.
+Weights are kept `[in, out]`; int8 weights carry one scale per block of 32 or 64 input values
+and multiply activations quantized per block too, with exact int32 accumulation
+(`matmul_w8a8`). With int8 weights and a "fixed" KV cache (`exact_attention`: integer dots), a
+row's numbers do not depend on the rows computed beside it; f32 weights use float dots, which
+do.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from jaxserve.kernels import paged_attention, prefill_attention, quant_matmul
 from jaxserve.kernels.paged_attention import ref_attention
 from jaxserve.kernels.paged_attention.exact import exact_attention
 from jaxserve.kernels.quant_matmul import matmul_w8a8
-from jaxserve.loading.weights import BLOCK, QuantArray, Weight
+from jaxserve.loading.weights import QuantArray, Weight
 from jaxserve.runtime.kv_cache import KVCache
 
 
 class Linear(nnx.Module):
     """`y = x @ W (+ b)` with W `[in, out]` stored f32 or bf16 (x cast to it, f32 accumulation),
-    or int8 with scales `[in // 32, out]`."""
+    or int8 with scales `[in // block, out]`."""
 
     def __init__(
         self, weight: Weight, bias: np.ndarray | None = None, *, kernels: str = "reference"
@@ -68,7 +69,7 @@ class Embedding(nnx.Module):
         if self.table.scales is None:
             return rows.astype(jnp.float32)
         scales = jnp.moveaxis(jnp.take(self.table.scales[...], token_ids, axis=1), 0, -1)
-        blocks = rows.reshape(*rows.shape[:-1], -1, BLOCK).astype(jnp.float32)
+        blocks = rows.reshape(*rows.shape[:-1], scales.shape[-1], -1).astype(jnp.float32)
         return (blocks * scales[..., None]).reshape(rows.shape)
 
     def attend(self, x: jax.Array) -> jax.Array:

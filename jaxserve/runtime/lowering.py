@@ -33,9 +33,11 @@ TPU_KINDS = {"v4": "TPU v4", "v5e": "TPU v5 lite", "v5p": "TPU v5p", "v6e": "TPU
 
 
 class ZeroTensors:
-    """A `Tensors` source of zeros in the GGUF shapes of `config`'s tensors."""
+    """A `Tensors` source of zeros in the GGUF shapes of `config`'s tensors, its matrices
+    declared as stored in `source_type` (which sets the int8 block size)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, source_type: str = "Q4_1") -> None:
+        self.source_type = source_type
         e, f, hd = config.hidden_size, config.intermediate_size, config.head_dim
         q, kv = config.num_heads * hd, config.num_kv_heads * hd
         layer = {
@@ -61,9 +63,12 @@ class ZeroTensors:
     def get(self, name: str) -> np.ndarray:
         return np.zeros(self.shapes[name], np.float32)
 
+    def type_of(self, name: str) -> str:
+        return self.source_type if len(self.shapes[name]) == 2 else "F32"
 
-def zero_weights(config: ModelConfig, fmt: WeightFormat) -> ModelWeights:
-    return read_weights(ZeroTensors(config), config, fmt)
+
+def zero_weights(config: ModelConfig, fmt: WeightFormat, source_type: str = "Q4_1") -> ModelWeights:
+    return read_weights(ZeroTensors(config, source_type), config, fmt)
 
 
 def lowering_runner(
@@ -74,11 +79,13 @@ def lowering_runner(
     num_pages: int = 512,
     page_size: int = 16,
     max_pages_per_row: int = 256,
+    source_type: str = "Q4_1",
 ) -> ModelRunner:
-    """A runner over zero weights, with the cache format the engine picks for `weights`."""
+    """A runner over zero weights, with the cache format the engine picks for `weights`;
+    `source_type`: the GGUF type the matrices are declared in (Q4_1: 64-value int8 blocks)."""
     config = dataclasses.replace(config, kernels=kernels, kv_format=kv_format_for(weights, kernels))
     return ModelRunner(
-        build_model(config, zero_weights(config, weights)),
+        build_model(config, zero_weights(config, weights, source_type)),
         config,
         num_pages=num_pages,
         page_size=page_size,

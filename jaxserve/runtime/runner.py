@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import os
 import sys
@@ -23,6 +24,7 @@ from jax.sharding import Mesh
 
 from jaxserve.config import ModelConfig
 from jaxserve.engine.device import DecodeResult, PrefillResult, PromptLogprobs
+from jaxserve.engine.mappings import CLEAR_AT, mapping_use
 from jaxserve.engine.rows import (
     DECODE_ROW_BUCKETS,
     PREFILL_ROW_BUCKETS,
@@ -41,6 +43,8 @@ from jaxserve.sampling.chain import LogitsHook
 from jaxserve.sampling.grammar import DeviceGrammarTables
 from jaxserve.sampling.rows import SamplingRow, pack
 from jaxserve.sampling.tensors import SamplingTensors
+
+log = logging.getLogger(__name__)
 
 
 def mirrored(method):
@@ -106,6 +110,9 @@ class ModelRunner:
         self.num_real_tokens = 0  # tokens computed for requests
         self.num_padded_tokens = 0  # token slots computed, padding included
         self.compiled_at_warmup: int | None = None
+        self._shapes: set[tuple] = (
+            set()
+        )  # step shapes run since the compiled steps were last dropped
         self.grammar_states = grammar_states
         self.grammar = self._grammar_tables(token_bytes)
 
@@ -162,6 +169,27 @@ class ModelRunner:
             complete=self._shared(complete),
         )
 
+    def _guard(self, kind: str, *shape: object) -> None:
+        """Before a step runs at a shape it may not have compiled: when the process is close to
+        its limit on memory mappings (`engine/mappings.py`), drop every compiled step first, so
+        that compiling this one cannot abort the process (dropped shapes recompile on their next
+        use, from the persistent compilation cache when there is one)."""
+        key = (kind, *shape)
+        if key in self._shapes:
+            return
+        use = mapping_use()
+        if use is not None and use > CLEAR_AT:
+            log.warning(
+                "%.0f%% of vm.max_map_count is mapped: dropping %d compiled step shapes",
+                100 * use,
+                len(self._shapes),
+            )
+            for step in (self.steps.prefill, self.steps.prompt_logprobs, self.steps.decode):
+                step.clear_cache()
+            self.steps.pool.clear_cache()
+            self._shapes.clear()
+        self._shapes.add(key)
+
     def num_compiled(self) -> int:
         """Step traces so far, one per compiled shape (a count that must stay flat after
         warm-up)."""
@@ -193,6 +221,7 @@ class ModelRunner:
         """Prefill chunks, one per row; returns each row's sampled token and, when a row has
         `prompt_targets`, the prompt logprobs of every row (numpy)."""
         batch = self.prefill_batch(rows)
+        self._guard("prefill", batch.token_ids.shape, batch.page_table.shape)
         self.kv, out = self.steps.prefill(self.params, self.kv, batch, self.key)
         self.num_real_tokens += sum(len(r.token_ids) for r in rows)
         self.num_padded_tokens += batch.token_ids.size
@@ -201,6 +230,7 @@ class ModelRunner:
             target_ids = np.full(batch.token_ids.shape, -1, np.int32)
             for i, r in enumerate(rows):
                 target_ids[i, : len(r.prompt_targets)] = r.prompt_targets
+            self._guard("prompt_logprobs", target_ids.shape)
             scores = self.steps.prompt_logprobs(self.params, out.hidden, self._rows(target_ids))
             prompt = PromptLogprobs(*self._host(scores, len(rows)))
         s = out.sampled
@@ -248,6 +278,8 @@ class ModelRunner:
                 starts[i], num_new[i] = (start, len(piece)) if piece else (0, 0)
             arrays = map(self._rows, (token_ids, starts, num_new, page_table))
             batch = PrefillBatch(*arrays, sampling, row_inputs)
+            self._guard("prefill", token_ids.shape, page_table.shape)
+            self._guard("pool", token_ids.shape)
             self.kv, out = self.steps.prefill(self.params, self.kv, batch, self.key)
             sums = self.steps.pool(sums, out.hidden, self._rows(num_new))
             self.num_real_tokens += int(num_new.sum())
@@ -277,6 +309,7 @@ class ModelRunner:
     def decode(self, rows: Sequence[DecodeRow], *, num_steps: int) -> DecodeResult:
         """Up to `num_steps` tokens for each row in one device call (numpy results)."""
         batch = self.decode_batch(rows)
+        self._guard("decode", batch.token_ids.shape, batch.page_table.shape, num_steps)
         self.kv, out = self.steps.decode(
             self.params, self.kv, batch, self.key, self.grammar, num_steps=num_steps
         )
@@ -375,6 +408,7 @@ class ModelRunner:
             self.decode([row] * rows, num_steps=num_steps)
         else:
             self.prefill([PrefillRow([0] * tokens, 0, null, prompt_targets=[0])] * rows)
+            self._guard("pool", (rows, tokens))
             self.steps.pool(*self._pool_args(rows, tokens))
 
     def warmed_up(self) -> None:

@@ -1,7 +1,8 @@
 """Reference (XLA) quantized matmuls: the paths the model runs on CPU, and the oracles of the
 Pallas kernels in `kernel.py`.
 
-Weights are `[in, out]` with one f32 scale per 32 input values (`scales [in // 32, out]`):
+Weights are `[in, out]` with one f32 scale per block of 32 or 64 input values (`scales
+[in // block, out]`, the block size implied by the shapes):
 int8 values, or int4 values in [-8, 7] packed two per byte along the input axis (row 2i in the
 low nibble, row 2i + 1 in the high one), stored as `q + 8`.
 """
@@ -12,20 +13,23 @@ import jax
 import jax.numpy as jnp
 
 BLOCK = 32
+BLOCKS = (32, 64)  # the int8 block sizes weights come in (`loading/weights.py`)
 
 
 def dequantize(w: jax.Array, scales: jax.Array | None) -> jax.Array:
-    """`w[..., n, out]` (f32, or int8 with `scales[..., n // 32, out]`) -> f32."""
+    """`w[..., n, out]` (f32, or int8 with `scales[..., n // block, out]`) -> f32."""
     if scales is None:
         return w
     *lead, n, out = w.shape
-    blocks = w.reshape(*lead, n // BLOCK, BLOCK, out).astype(jnp.float32)
+    k = scales.shape[-2]
+    blocks = w.reshape(*lead, k, n // k, out).astype(jnp.float32)
     return (blocks * scales[..., None, :]).reshape(w.shape)
 
 
 def matmul_w8a8(x: jax.Array, w: jax.Array, scales: jax.Array) -> jax.Array:
-    """`x @ W` for int8 W `[in, out]` with per-32 scales `[in // 32, out]`, quantizing `x` per
-    32-block too, the way llama.cpp's Q8_0 dot products work.
+    """`x @ W` for int8 W `[in, out]` with per-block scales `[in // block, out]`, quantizing `x`
+    per block too, the way llama.cpp's Q8_0 dot products work (blocks of 32 there; 64 here
+    for weights from 4-bit formats, see `loading/weights.py`).
 
     Batch-invariant by construction: a `fori_loop` over groups of K input blocks does one exact
     int8 x int8 -> int32 dot per block (`[R, 32] x [32, out]`, batched over the group), then
@@ -36,14 +40,15 @@ def matmul_w8a8(x: jax.Array, w: jax.Array, scales: jax.Array) -> jax.Array:
     keep the loop short for small batches.
     """
     lead, (n, out) = x.shape[:-1], w.shape
-    k = n // BLOCK
+    k = scales.shape[0]
+    block = n // k
     group = max(g for g in range(1, 7) if k % g == 0)
-    xb = x.reshape(-1, k, BLOCK)
+    xb = x.reshape(-1, k, block)
     rows = xb.shape[0]
     x_scale = jnp.max(jnp.abs(xb), axis=-1) / 127.0  # [R, K]
     safe = jnp.where(x_scale == 0.0, 1.0, x_scale)
-    xq = jnp.round(xb / safe[..., None]).astype(jnp.int8).reshape(rows, k // group, group, BLOCK)
-    wb = w.reshape(k // group, group, BLOCK, out)
+    xq = jnp.round(xb / safe[..., None]).astype(jnp.int8).reshape(rows, k // group, group, block)
+    wb = w.reshape(k // group, group, block, out)
     x_scale = x_scale.reshape(rows, k // group, group)
     scales = scales.reshape(k // group, group, out)
 
@@ -77,5 +82,5 @@ def ref_quant_matmul(x: jax.Array, w: jax.Array, scales: jax.Array) -> jax.Array
 
 
 def ref_quant_matmul_int4(x: jax.Array, packed: jax.Array, scales: jax.Array) -> jax.Array:
-    """`x [..., in] @ W` for int4 W packed `[in // 2, out]` with per-32 scales."""
+    """`x [..., in] @ W` for int4 W packed `[in // 2, out]` with per-block scales."""
     return jnp.einsum("...i,io->...o", x, dequantize(unpack_int4(packed), scales))
