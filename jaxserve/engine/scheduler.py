@@ -44,7 +44,7 @@ class SchedulerConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     prefill_chunk: int = 512
-    max_prefill_rows: int = 1
+    max_prefill_rows: int = 4
     decode_steps: int = 8
     max_waiting: int = 4096
 
