@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -29,6 +30,17 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory):
 def tiny_gguf_untied(tmp_path_factory: pytest.TempPathFactory):
     path = tmp_path_factory.mktemp("tiny") / "tiny-untied.gguf"
     return write_tiny_gguf(path, gpt2_tokenizer_metadata(), tied=False, seed=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_steps():
+    """Drop every compiled executable after each test module: XLA CPU maps each compiled kernel
+    into memory, and one process running the whole suite would otherwise approach
+    `vm.max_map_count`, where the runner starts dropping its compiled steps
+    (`engine/mappings.py`) and tests that count compiles would see it."""
+    yield
+    gc.collect()
+    jax.clear_caches()
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,12 @@ def test_near_the_limit_compiled_steps_are_dropped_and_unmapped(llm, monkeypatch
     before = _regions()
 
     monkeypatch.setattr(runner_module, "mapping_use", lambda: 0.9)
+    llm.generate([9, 8, 7, 6, 5, 4, 3, 2, 1, 10, 11, 12, 13, 14, 15, 16, 17, 18], GREEDY)
+    assert llm.generate(short, GREEDY)[0].token_ids == expected
+    compiled = runner.num_compiled()  # too few shapes held to be worth dropping: nothing went
+    assert llm.generate(short, GREEDY)[0].token_ids == expected
+    assert runner.num_compiled() == compiled
+    monkeypatch.setattr(runner_module, "MIN_DROP", 1)  # the tiny run holds few shapes
     llm.generate(long, GREEDY)  # a new shape: every compiled step is dropped first
     gc.collect()
     assert _regions() < before  # the dropped executables' code is unmapped
@@ -63,6 +69,7 @@ def test_background_warmup_stops_near_the_limit(tiny_gguf, monkeypatch):
     engine = llm.engine
     engine.warm_in_background()
     assert engine.warmup_total > 2
+    monkeypatch.setattr(engine_module, "mapping_use", lambda: 0.1)
     assert engine.warm_one() and engine.warmup_done == 1
     monkeypatch.setattr(engine_module, "mapping_use", lambda: 0.7)
     assert not engine.warm_one()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 WARMUP_STOP = 0.6  # the background warm-up compiles nothing more past this share of the limit
 CLEAR_AT = 0.85  # past this share, compiled steps are dropped before a new shape compiles
+MIN_DROP = 16  # ... if the runner holds at least this many shapes (a drop must free something)
 
 
 def mapping_use(proc: Path = Path("/proc")) -> float | None:

@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from jaxserve.config import ModelConfig
 from jaxserve.engine.device import DecodeResult, PrefillResult, PromptLogprobs
-from jaxserve.engine.mappings import CLEAR_AT, mapping_use
+from jaxserve.engine.mappings import CLEAR_AT, MIN_DROP, mapping_use
 from jaxserve.engine.rows import (
     DECODE_ROW_BUCKETS,
     PREFILL_ROW_BUCKETS,
@@ -177,7 +177,7 @@ class ModelRunner:
         key = (kind, *shape)
         if key in self._shapes:
             return
-        use = mapping_use()
+        use = mapping_use() if len(self._shapes) >= MIN_DROP else None
         if use is not None and use > CLEAR_AT:
             log.warning(
                 "%.0f%% of vm.max_map_count is mapped: dropping %d compiled step shapes",
