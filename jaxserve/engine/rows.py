@@ -60,11 +60,15 @@ def bucket(n: int, sizes: Sequence[int]) -> int:
     raise ValueError(f"{n} exceeds the largest bucket {sizes[-1]}")
 
 
-def prefill_chunk_cap(num_rows: int, max_tokens: int) -> int:
-    """The largest token bucket a chunk may fill when `num_rows` (> 1) prompts share a prefill
-    call of at most `max_tokens` padded tokens; 0 when not even the smallest fits."""
+def prefill_chunk_cap(num_rows: int, max_tokens: int, prefill_chunk: int) -> int:
+    """Tokens a chunk may have when `num_rows` prompts share a prefill call: `prefill_chunk`
+    alone; side by side, rows are padded to one token bucket and the padded call stays within
+    `max_tokens` (0 when not even the smallest bucket fits)."""
+    if num_rows == 1:
+        return prefill_chunk
     rows = bucket(num_rows, PREFILL_ROW_BUCKETS)
-    return max((t for t in TOKEN_BUCKETS if rows * t <= max_tokens), default=0)
+    fitting = (t for t in TOKEN_BUCKETS if rows * t <= max_tokens and t <= prefill_chunk)
+    return max(fitting, default=0)
 
 
 def page_buckets(max_pages: int) -> tuple[int, ...]:

@@ -136,7 +136,10 @@ class Scheduler:
                     self.waiting.remove(request)
                     self.running.append(request)
                     continue
-            cap = self._chunk_cap(len(out.prefill) + 1)
+            config = self.config
+            cap = prefill_chunk_cap(
+                len(out.prefill) + 1, config.max_num_batched_tokens, config.prefill_chunk
+            )
             if not cap or any(bucket(c.num_tokens, TOKEN_BUCKETS) > cap for c in out.prefill):
                 break  # one more row would pad the prefill past the token budget
             n = min(request.prefill_target - request.num_computed, budget, cap)
@@ -152,14 +155,6 @@ class Scheduler:
         if out.prefill:
             out.decode_steps = 1  # prompts are being admitted: return to the scheduler soon
         return out
-
-    def _chunk_cap(self, num_rows: int) -> int:
-        """Tokens a chunk may have when `num_rows` prompts are prefilled side by side: rows are
-        padded to one token bucket, and the padded call stays within the token budget."""
-        if num_rows == 1:
-            return self.config.prefill_chunk
-        cap = prefill_chunk_cap(num_rows, self.config.max_num_batched_tokens)
-        return min(cap, self.config.prefill_chunk)
 
     def _prefill_candidates(self) -> list[Request]:
         partial = sorted((r for r in self.running if not r.is_prefilled), key=_order)

@@ -110,9 +110,8 @@ class ModelRunner:
         self.num_real_tokens = 0  # tokens computed for requests
         self.num_padded_tokens = 0  # token slots computed, padding included
         self.compiled_at_warmup: int | None = None
-        self._shapes: set[tuple] = (
-            set()
-        )  # step shapes run since the compiled steps were last dropped
+        # step shapes run since the compiled steps were last dropped (`_guard`)
+        self._shapes: set[tuple] = set()
         self.grammar_states = grammar_states
         self.grammar = self._grammar_tables(token_bytes)
 
@@ -184,9 +183,9 @@ class ModelRunner:
                 100 * use,
                 len(self._shapes),
             )
-            for step in (self.steps.prefill, self.steps.prompt_logprobs, self.steps.decode):
+            steps = self.steps
+            for step in (steps.prefill, steps.prompt_logprobs, steps.decode, steps.pool):
                 step.clear_cache()
-            self.steps.pool.clear_cache()
             self._shapes.clear()
         self._shapes.add(key)
 
@@ -386,12 +385,10 @@ class ModelRunner:
         for rows in PREFILL_ROW_BUCKETS[
             : PREFILL_ROW_BUCKETS.index(bucket(max_prefill_rows, PREFILL_ROW_BUCKETS)) + 1
         ]:
-            cap = max_chunk if rows == 1 else prefill_chunk_cap(rows, max_batched_tokens)
+            cap = prefill_chunk_cap(rows, max_batched_tokens, max_chunk)
             if not cap:
                 break
-            for tokens in TOKEN_BUCKETS[
-                : TOKEN_BUCKETS.index(bucket(min(max_chunk, cap), TOKEN_BUCKETS)) + 1
-            ]:
+            for tokens in TOKEN_BUCKETS[: TOKEN_BUCKETS.index(bucket(cap, TOKEN_BUCKETS)) + 1]:
                 shapes += [
                     ("prefill", rows, tokens, pages)
                     for pages in self.page_buckets
