@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -39,9 +38,6 @@ def _is_single_prompt(prompts: Prompt | Sequence[Prompt]) -> bool:
     return isinstance(prompts, str) or (
         len(prompts) > 0 and all(isinstance(t, int) for t in prompts)  # type: ignore[arg-type]
     )
-
-
-log = logging.getLogger("jaxserve")
 
 
 class LLM:
@@ -128,12 +124,6 @@ class LLM:
         self.model_file = open_model(resolve_model(model, quiet=quiet))
         self.parallel = ParallelConfig(tensor_parallel, data_parallel)
         mode = resolve_mode(kernels)
-        if mode == "pallas" and tensor_parallel > 1:  # the kernels are not split by shard_map
-            if kernels != "auto":
-                raise ValueError("kernels='pallas' runs on one device per model replica; "
-                                 "use kernels='reference' with tensor_parallel > 1")  # fmt: skip
-            log.info("kernels: the XLA reference path under tensor parallel")
-            mode = "reference"
         kv_format = kv_format_for(config.weights, mode)
         file_config = dataclasses.replace(self.model_file.config, kernels=mode, kv_format=kv_format)
         check_heads(file_config, tensor_parallel)

@@ -29,6 +29,8 @@ from jaxserve.runtime.lowering import (
     TPU_KINDS,
     TRITON_CALL,
     export_steps,
+    inputs_split_by_model,
+    kernel_calls_outside_shard_map,
     kernels_in,
     lowering_runner,
 )
@@ -128,6 +130,35 @@ def test_whole_steps_export_with_pallas_kernels(runner, platform, chip):
     assert kernels_in(steps["prefill"]) == {"paged_prefill_attention" + suffix} | matmul | mask
     assert kernels_in(steps["decode"]) == {"paged_decode_attention" + suffix} | matmul | mask
     assert steps["decode"].platforms == (platform,)
+
+
+@pytest.fixture(
+    scope="module", params=["gemma3-tp2-int8", "gemma3-tp2-bf16", "smollm2-tp3-int8",
+                            "smollm2-tp3-bf16"]
+)  # fmt: skip
+def tp_runner(request):
+    """Gemma 3 split two ways (its one kv head repeated), SmolLM2 three ways (9 query heads)."""
+    model, tp, weights = request.param.split("-")
+    config, source = (SMOLLM2, "Q4_1") if model == "smollm2" else (GEMMA3, "Q4_K")
+    tp = int(tp[2:])
+    return lowering_runner(config, weights=weights, source_type=source, tensor_parallel=tp), tp
+
+
+@pytest.mark.parametrize(("platform", "chip"), TARGETS)
+def test_whole_steps_export_under_tensor_parallel(tp_runner, platform, chip):
+    """With parameters and cache split over a (1, tp) mesh, every attention and matmul kernel
+    runs inside `shard_map` on its own device's heads, columns or rows; only the grammar mask
+    (a GPU kernel) reads the whole logits rows, which the sampler gathers anyway."""
+    runner, tp = tp_runner
+    steps = export_steps(runner, platform, chip=chip or "v5e", tensor_parallel=tp)
+    suffix = "_tpu" if platform == "tpu" else ""
+    for name, attention in (("prefill", "paged_prefill_attention"),
+                            ("decode", "paged_decode_attention")):  # fmt: skip
+        assert attention + suffix in kernels_in(steps[name])
+        outside = kernel_calls_outside_shard_map(steps[name])
+        assert outside == ([] if platform == "tpu" else ["apply_bitmask"])
+    # q/k/v/o, gate/up/down (and their scales in int8), the table and K/V come in split
+    assert inputs_split_by_model(steps["decode"]) >= 7 + 2
 
 
 def test_kernels_name_the_budget_they_break():

@@ -25,8 +25,8 @@ def _params() -> list[SamplingParams]:
     ]
 
 
-def _run(model: str, **kwargs) -> list[list[int]]:
-    llm = LLM(model, weights="f32", max_model_len=64, max_num_seqs=4, **kwargs)
+def _run(model: str, weights: str = "f32", **kwargs) -> list[list[int]]:
+    llm = LLM(model, weights=weights, max_model_len=64, max_num_seqs=4, **kwargs)
     engine = llm.engine
     added = [
         engine.add_request(llm.tokenize(p), sp) for p, sp in zip(PROMPTS, _params(), strict=True)
@@ -65,6 +65,21 @@ def test_sharded_greedy_tokens_equal_one_device(model, tp, dp, single, tiny_gguf
     path = str(tiny_gguf) if model == "gguf" else mqa8
     ours = _run(path, tensor_parallel=tp, data_parallel=dp)
     assert ours == single[model]
+
+
+@pytest.mark.parametrize("weights", ["f32", "int8"])
+def test_kernels_split_over_devices_give_one_devices_tokens(weights, tiny_gguf):
+    """The Pallas kernels (in interpret mode) under tensor parallel run inside `shard_map`, each
+    device on its own heads and weight columns or rows: the same greedy tokens as one device."""
+    one = _run(str(tiny_gguf), weights, kernels="interpret")
+    assert _run(str(tiny_gguf), weights, kernels="interpret", tensor_parallel=2) == one
+    llm = LLM(str(tiny_gguf), weights=weights, kernels="interpret", tensor_parallel=2,
+              max_model_len=64)  # fmt: skip
+    runner = llm.engine.runner
+    batch = runner.prefill_batch([PrefillRow([3, 4, 5, 6], 0, [1])])
+    text = runner.steps.prefill.lower(runner.params, runner.kv, batch, runner.key).as_text()
+    regions = text.count("sdy.manual_computation")
+    assert regions == (1 if weights == "f32" else 9)  # attention (+ 7 projections, the head)
 
 
 def test_compiled_step_is_split_and_holds_collectives(tiny_gguf):

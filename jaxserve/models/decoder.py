@@ -36,9 +36,14 @@ def layer_schedule(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(rows, np.float32), np.asarray(windows, np.int32)
 
 
+# How tensor parallel splits each projection (Megatron): by output columns, or by input rows.
+ROW_SPLIT = ("attn_output", "ffn_down")
+
+
 def linear(w: dict, name: str, config: ModelConfig) -> Linear:
     """The `name` projection of a layer, with its bias when the weights have one."""
-    return Linear(w[name], w.get(f"{name}_bias"), kernels=config.kernels)
+    split = "row" if name in ROW_SPLIT else "column"
+    return Linear(w[name], w.get(f"{name}_bias"), kernels=config.kernels, split=split)
 
 
 class Decoder(nnx.Module):
@@ -51,7 +56,9 @@ class Decoder(nnx.Module):
         self.embed = Embedding(w.embedding, kernels=config.kernels)
         self.layers = self.BLOCK(config, w.layers)  # every parameter has a leading layer axis
         self.norm = RMSNorm(w.output_norm, eps=config.norm_eps)
-        self.head = None if w.output is None else Linear(w.output, kernels=config.kernels)
+        self.head = (
+            None if w.output is None else Linear(w.output, kernels=config.kernels, split="column")
+        )
 
     def hidden(
         self, token_ids: jax.Array, kv: KVCache, layout: TokenLayout

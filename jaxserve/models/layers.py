@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from jaxserve.kernels import paged_attention, prefill_attention, quant_matmul
 from jaxserve.kernels.paged_attention import ref_attention
@@ -22,16 +23,25 @@ from jaxserve.kernels.paged_attention.exact import exact_attention
 from jaxserve.kernels.quant_matmul import matmul_w8a8
 from jaxserve.loading.weights import QuantArray, Weight
 from jaxserve.runtime.kv_cache import KVCache
+from jaxserve.runtime.parallel import model_mesh, per_device, row_axis
 
 
 class Linear(nnx.Module):
     """`y = x @ W (+ b)` with W `[in, out]` stored f32 or bf16 (x cast to it, f32 accumulation),
-    or int8 with scales `[in // block, out]`."""
+    or int8 with scales `[in // block, out]`. `split`: how tensor parallel splits W, "column"
+    (by outputs) or "row" (by inputs, partial sums added across devices), which the Pallas
+    matmul follows on each device (`runtime.parallel`)."""
 
     def __init__(
-        self, weight: Weight, bias: np.ndarray | None = None, *, kernels: str = "reference"
+        self,
+        weight: Weight,
+        bias: np.ndarray | None = None,
+        *,
+        kernels: str = "reference",
+        split: str | None = None,
     ) -> None:
         self.kernels = kernels
+        self.split = split
         if isinstance(weight, QuantArray):
             self.w = nnx.Param(jnp.asarray(weight.q))
             self.scales = nnx.Param(jnp.asarray(weight.scales))
@@ -48,21 +58,42 @@ class Linear(nnx.Module):
                 "...i,io->...o", x.astype(w.dtype), w, preferred_element_type=jnp.float32
             )
         elif self.kernels != "reference":
-            y = quant_matmul(
-                x, self.w[...], self.scales[...], interpret=self.kernels == "interpret"
-            )
+            y = self._kernel(x, self.w[...], self.scales[...])
         else:
             y = matmul_w8a8(x, self.w[...], self.scales[...])
         if self.bias is None:
             return y
         return y + self.bias[...].reshape((1,) * (y.ndim - 1) + self.bias.shape)
 
+    def _kernel(self, x: jax.Array, w: jax.Array, scales: jax.Array) -> jax.Array:
+        """The Pallas int8 matmul, on each device's columns or rows under tensor parallel."""
+        interpret = self.kernels == "interpret"
+
+        def run(x, w, scales):
+            return quant_matmul(x, w, scales, interpret=interpret)
+
+        def run_rows(x, w, scales):
+            return jax.lax.psum(run(x, w, scales), "model")
+
+        mesh = model_mesh()
+        if mesh is None:
+            return run(x, w, scales)
+        tp = mesh.shape["model"]
+        lead = (None,) * (x.ndim - 1)
+        if self.split == "column" and w.shape[1] % tp == 0:
+            split = P(None, "model")
+            return per_device(run, (P(), split, split), P(*lead, "model"))(x, w, scales)
+        if self.split == "row" and scales.shape[0] % tp == 0:
+            split = P("model", None)
+            return per_device(run_rows, (P(*lead, "model"), split, split), P())(x, w, scales)
+        return per_device(run, (P(), P(), P()), P())(x, w, scales)
+
 
 class Embedding(nnx.Module):
     """Token embedding stored `[hidden, vocab]`; `attend` reuses it as a tied output head."""
 
     def __init__(self, weight: Weight, *, kernels: str = "reference") -> None:
-        self.table = Linear(weight, kernels=kernels)
+        self.table = Linear(weight, kernels=kernels, split="column")
 
     def __call__(self, token_ids: jax.Array) -> jax.Array:
         rows = jnp.moveaxis(jnp.take(self.table.w[...], token_ids, axis=1), 0, -1)  # [*ids, E]
@@ -142,16 +173,33 @@ def attention(
         )
     if kernels == "reference":
         return ref_attention(q, kv.k, kv.v, q_positions=q_positions, kv_lens=kv_lens, **args)
+    return _attention_kernel(
+        q, kv.k, kv.v, layer, page_table, q_positions, kv_lens, scale, window, kernels
+    )
+
+
+def _attention_kernel(q, k_pages, v_pages, layer, page_table, q_positions, kv_lens, scale, window,
+                      kernels):  # fmt: skip
+    """The decode kernel for one query per row, the chunked-prefill kernel otherwise; under
+    tensor parallel each device runs them on its own query and kv heads."""
     interpret = kernels == "interpret"
-    if q.shape[1] == 1:
-        out = paged_attention(q[:, 0], kv.k, kv.v, lengths=kv_lens, interpret=interpret, **args)
-        return out[:, None]
-    return prefill_attention(
-        q,
-        kv.k,
-        kv.v,
-        q_positions=q_positions,
-        kv_lens=kv_lens,
-        interpret=interpret,
-        **args,
+    decode = q.shape[1] == 1
+    no_window = window is None
+    window = jnp.zeros((), jnp.int32) if no_window else window
+
+    def run(q, k_pages, v_pages, layer, page_table, q_positions, kv_lens, window):
+        args = dict(layer=layer, page_table=page_table, scale=scale, interpret=interpret,
+                    window=None if no_window else window)  # fmt: skip
+        if decode:
+            return paged_attention(q[:, 0], k_pages, v_pages, lengths=kv_lens, **args)[:, None]
+        return prefill_attention(
+            q, k_pages, v_pages, q_positions=q_positions, kv_lens=kv_lens, **args
+        )
+
+    mesh = model_mesh()
+    r = None if mesh is None else row_axis(mesh, q.shape[0])
+    heads, pages, rows = P(r, None, "model", None), P(None, "model"), P(r)
+    specs = (heads, pages, pages, P(), rows, rows, rows, P())
+    return per_device(run, specs, heads)(
+        q, k_pages, v_pages, layer, page_table, q_positions, kv_lens, window
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import jax
 import numpy as np
 from jax import export
 from jax.sharding import AbstractDevice, AbstractMesh, use_abstract_mesh
@@ -23,12 +24,15 @@ from jaxserve.config import ModelConfig, WeightFormat
 from jaxserve.engine.rows import DecodeRow, PrefillRow
 from jaxserve.loading.weights import ModelWeights
 from jaxserve.models.build import build_model, read_weights
+from jaxserve.runtime import parallel
 from jaxserve.runtime.kv_cache import NULL_PAGE, kv_format_for
+from jaxserve.runtime.parallel import prepare
 from jaxserve.runtime.runner import ModelRunner
 from jaxserve.sampling.rows import SamplingRow
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
 # TPU generations by the device kind their runtime reports
+GPU_KIND = "NVIDIA H100 80GB HBM3"
 TPU_KINDS = {"v4": "TPU v4", "v5e": "TPU v5 lite", "v5p": "TPU v5p", "v6e": "TPU v6 lite"}
 
 
@@ -80,12 +84,16 @@ def lowering_runner(
     page_size: int = 16,
     max_pages_per_row: int = 256,
     source_type: str = "Q4_1",
+    tensor_parallel: int = 1,
 ) -> ModelRunner:
     """A runner over zero weights, with the cache format the engine picks for `weights`;
-    `source_type`: the GGUF type the matrices are declared in (Q4_1: 64-value int8 blocks)."""
+    `source_type`: the GGUF type the matrices are declared in (Q4_1: 64-value int8 blocks);
+    `tensor_parallel`: the heads prepared for that split (kv heads repeated where fewer), for
+    `export_steps(..., tensor_parallel=)`."""
     config = dataclasses.replace(config, kernels=kernels, kv_format=kv_format_for(weights, kernels))
+    config, loaded = prepare(config, zero_weights(config, weights, source_type), tensor_parallel)
     return ModelRunner(
-        build_model(config, zero_weights(config, weights, source_type)),
+        build_model(config, loaded),
         config,
         num_pages=num_pages,
         page_size=page_size,
@@ -93,11 +101,23 @@ def lowering_runner(
     )
 
 
-def _mesh(platform: str, chip: str) -> AbstractMesh | None:
-    if platform != "tpu":
+def _mesh(platform: str, chip: str, tensor_parallel: int) -> AbstractMesh | None:
+    """The abstract mesh to lower under: a TPU's names its generation; tensor parallel needs the
+    serving mesh's (data, model) axes."""
+    if platform != "tpu" and tensor_parallel == 1:
         return None
-    device = AbstractDevice(device_kind=TPU_KINDS[chip], num_cores=1, platform="tpu")
-    return AbstractMesh((1,), ("x",), abstract_device=device)
+    kind = TPU_KINDS[chip] if platform == "tpu" else GPU_KIND
+    device = AbstractDevice(device_kind=kind, num_cores=1, platform=platform)
+    return AbstractMesh((1, tensor_parallel), ("data", "model"), abstract_device=device)
+
+
+def _laid_out(tree, shardings):
+    """Shape-only arguments carrying `shardings` (on an abstract mesh; a tree, or one for all)
+    for `export`."""
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                        shardings)  # fmt: skip
 
 
 def export_steps(
@@ -109,15 +129,17 @@ def export_steps(
     tokens: int = 512,
     pages: int = 64,
     num_steps: int = 4,
+    tensor_parallel: int = 1,
 ) -> dict[str, export.Exported]:
     """Export the prefill step (one row of `tokens` tokens) and the decode step (`rows` rows over
     `pages` pages each, `num_steps` tokens a call) for `platform`: "tpu" (generation `chip`) or
-    "cuda"."""
+    "cuda". With `tensor_parallel` > 1 (a runner from `lowering_runner(..., tensor_parallel=)`),
+    parameters and cache come split over a (1, tensor_parallel) mesh as `serve` lays them out."""
     null = [NULL_PAGE] * pages
     prefill = runner.prefill_batch([PrefillRow([0] * tokens, 0, null)])
     decode = runner.decode_batch([DecodeRow(0, 0, null, SamplingRow(), remaining=1)] * rows)
     checks = [export.DisabledSafetyCheck.custom_call(TRITON_CALL)]
-    mesh = _mesh(platform, chip)
+    mesh = _mesh(platform, chip, tensor_parallel)
 
     def lower(fn, *args, **kwargs):
         exporter = export.export(fn, platforms=[platform], disabled_checks=checks)
@@ -127,6 +149,9 @@ def export_steps(
             return exporter(*args, **kwargs)
 
     steps, params, kv, key = runner.steps, runner.params, runner.kv, runner.key
+    if tensor_parallel > 1:
+        params = _laid_out(params, parallel.param_shardings(params, mesh))
+        kv = _laid_out(kv, parallel.kv_sharding(mesh))
     return {
         "prefill": lower(steps.prefill, params, kv, prefill, key),
         "decode": lower(steps.decode, params, kv, decode, key, runner.grammar, num_steps=num_steps),
@@ -143,3 +168,26 @@ def kernels_in(exported: export.Exported) -> set[str]:
         if "custom_call" in line and ("tpu_custom_call" in line or TRITON_CALL in line):
             names.update(_KERNEL_NAME.findall(line)[:1])
     return names
+
+
+def kernel_calls_outside_shard_map(exported: export.Exported) -> list[str]:
+    """The Pallas kernels an exported step calls outside any `shard_map` region (a kernel there
+    would run on whole operands, gathered onto every device, under tensor parallel)."""
+    outside, stack = [], []
+    for line in exported.mlir_module().splitlines():
+        text = line.strip()
+        if text.startswith("}"):
+            stack.pop()
+        is_kernel = "custom_call" in text and ("tpu_custom_call" in text or TRITON_CALL in text)
+        if is_kernel and "sdy.manual_computation" not in stack:
+            outside.extend(_KERNEL_NAME.findall(text)[:1])
+        if text.endswith("{") and not text.startswith("//"):
+            op = re.search(r"=\s*\"?([\w.]+)", text)
+            stack.append(op.group(1) if op else text.split("(")[0])
+    return outside
+
+
+def inputs_split_by_model(exported: export.Exported) -> int:
+    """How many of an exported step's inputs arrive split over the mesh's `model` axis."""
+    main = next(line for line in exported.mlir_module().splitlines() if "@main(" in line)
+    return len(re.findall(r'sdy.sharding<@mesh, \[[^\]]*"model"', main))

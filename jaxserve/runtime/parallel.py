@@ -15,12 +15,14 @@ KV pool is shared by all rows, so it is replicated over `data` (one pool, one al
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxserve.config import ModelConfig
@@ -169,3 +171,37 @@ def put_tree(tree, shardings):
     if isinstance(shardings, NamedSharding):
         return jax.tree.map(lambda x: put(np.asarray(x), shardings), tree)
     return jax.tree.map(lambda x, s: put(np.asarray(x), s), tree, shardings)
+
+
+def model_mesh() -> AbstractMesh | None:
+    """The mesh being traced under, when it splits a `model` axis (tensor parallel), else None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or "model" not in mesh.axis_names or mesh.shape["model"] == 1:
+        return None
+    return mesh
+
+
+def tracing_mesh(mesh: Mesh | None):
+    """A context that traces under `mesh` (so `per_device` sees its `model` axis), unless a mesh
+    is already set: an export names its target's abstract mesh (and device kind) itself."""
+    if mesh is None or not jax.sharding.get_abstract_mesh().empty:
+        return contextlib.nullcontext()
+    return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
+def row_axis(mesh: AbstractMesh, rows: int) -> str | None:
+    """`data` when the mesh has that axis and it divides `rows`, else None (rows replicated)."""
+    if "data" in mesh.axis_names and rows % mesh.shape["data"] == 0:
+        return "data"
+    return None
+
+
+def per_device(fn: Callable, in_specs: tuple, out_specs) -> Callable:
+    """`fn` as it runs on each device of the tensor-parallel mesh being traced under
+    (`jax.shard_map`), or `fn` itself on one device. For the Pallas kernels: XLA's partitioner
+    cannot split a kernel call and would gather its operands whole onto every device, so each
+    kernel runs on its own heads or columns, the layout the parameters and cache already have."""
+    mesh = model_mesh()
+    if mesh is None:
+        return fn
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxserve.runtime.kv_cache import KVCache, TokenLayout
+from jaxserve.runtime.parallel import tracing_mesh
 from jaxserve.sampling.chain import LogitsHook, SampleOutput, advance, initial_counts, sample
 from jaxserve.sampling.draw import TOP_LOGPROBS_MAX, logprobs_of
 from jaxserve.sampling.grammar import DeviceGrammarTables, advance_rows, is_complete, mask_rows
@@ -293,13 +294,23 @@ def make_steps(
         return keep(c.kv), out
 
     traces = TraceCounter()
+    mesh = getattr(kv_sharding, "mesh", None)
+
+    def wrap(fn: Callable) -> Callable:
+        """Counted, and traced under the mesh (the kernels split by it: `parallel.per_device`)."""
+
+        @functools.wraps(fn)
+        def under_mesh(*args, **kwargs):
+            with tracing_mesh(mesh):
+                return fn(*args, **kwargs)
+
+        return traces.wrap(under_mesh)
+
     return Steps(
-        prefill=jax.jit(traces.wrap(prefill), donate_argnames=("kv",)),
-        prompt_logprobs=jax.jit(traces.wrap(prompt_logprobs)),
-        decode=jax.jit(
-            traces.wrap(decode), static_argnames=("num_steps",), donate_argnames=("kv",)
-        ),
-        pool=jax.jit(traces.wrap(pool)),
+        prefill=jax.jit(wrap(prefill), donate_argnames=("kv",)),
+        prompt_logprobs=jax.jit(wrap(prompt_logprobs)),
+        decode=jax.jit(wrap(decode), static_argnames=("num_steps",), donate_argnames=("kv",)),
+        pool=jax.jit(wrap(pool)),
         traces=traces,
     )
 
