@@ -7,7 +7,6 @@ sizes and GQA/MQA ratios.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -25,7 +24,6 @@ from jaxserve.kernels import (
     ref_quant_matmul_int4,
 )
 from jaxserve.kernels.quant_matmul import matmul_w8a8, pack_int4
-from jaxserve.kernels.quant_matmul.reference import ONE_DOT_BYTES
 
 ATTN_TOL = 2e-5  # online softmax page by page vs one softmax: f32 rounding only
 
@@ -161,20 +159,6 @@ def test_w8a8_matmul_is_close_to_the_dequantized_product_and_row_invariant(block
     np.testing.assert_allclose(got, want, atol=0.02 * float(np.abs(want).max()))
     for rows in (1, 3):
         np.testing.assert_array_equal(np.asarray(matmul_w8a8(x[:rows], w, scales)), got[:rows])
-
-
-@pytest.mark.parametrize("block", [32, 64])
-def test_w8a8_one_dot_and_grouped_forms_give_the_same_bits(block):
-    """Few rows take one batched dot over every block (partials within `ONE_DOT_BYTES`), more
-    rows the grouped loop: a row's bits are the same either way (here the wide output puts 1
-    row under the limit and 8 over it)."""
-    rng = np.random.default_rng(block + 1)
-    x = jnp.asarray(rng.standard_normal((8, 576)), jnp.float32)
-    w, scales = _int8_weights(rng, 576, 16384, block)
-    assert 576 // block * 1 * 16384 * 4 <= ONE_DOT_BYTES < 576 // block * 8 * 16384 * 4
-    many = np.asarray(jax.jit(matmul_w8a8)(x, w, scales))
-    one = np.asarray(jax.jit(matmul_w8a8)(x[3:4], w, scales))
-    np.testing.assert_array_equal(one, many[3:4])
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 
 BLOCK = 32
 BLOCKS = (32, 64)  # the int8 block sizes weights come in (`loading/weights.py`)
-ONE_DOT_BYTES = 2 << 20  # int32 partials one batched dot of `matmul_w8a8` may write
 
 
 def dequantize(w: jax.Array, scales: jax.Array | None) -> jax.Array:
@@ -38,11 +37,7 @@ def matmul_w8a8(x: jax.Array, w: jax.Array, scales: jax.Array) -> jax.Array:
     is exact or elementwise, so a row's output does not depend on how many rows are in the call
     (decode bucket, prefill chunk), and no `[K, R, out]` intermediate is built (the f32
     epilogue of one batched per-block dot grew with rows x blocks). Groups of up to 6 blocks
-    keep the loop short for small batches. Where all the int32 partials `[K, R, out]` fit in
-    `ONE_DOT_BYTES` (a core's L2), one batched dot over every block comes before the loop,
-    which then only sums: the weights are read in place instead of copied out group by group,
-    and the integer partials and the f32 sum in block order are the same, so both forms give
-    the same bits. (The sum stays in a loop: XLA would fuse it into each of its consumers.)
+    keep the loop short for small batches.
     """
     lead, (n, out) = x.shape[:-1], w.shape
     k = scales.shape[0]
@@ -52,23 +47,13 @@ def matmul_w8a8(x: jax.Array, w: jax.Array, scales: jax.Array) -> jax.Array:
     rows = xb.shape[0]
     x_scale = jnp.max(jnp.abs(xb), axis=-1) / 127.0  # [R, K]
     safe = jnp.where(x_scale == 0.0, 1.0, x_scale)
-    xq = jnp.round(xb / safe[..., None]).astype(jnp.int8)
+    xq = jnp.round(xb / safe[..., None]).astype(jnp.int8).reshape(rows, k // group, group, block)
+    wb = w.reshape(k // group, group, block, out)
     x_scale = x_scale.reshape(rows, k // group, group)
     scales = scales.reshape(k // group, group, out)
-    one_dot = k * rows * out * 4 <= ONE_DOT_BYTES
-    if one_dot:
-        partials = jnp.einsum(
-            "rkc,kco->kro", xq, w.reshape(k, block, out), preferred_element_type=jnp.int32
-        ).reshape(k // group, group, rows, out)
-    else:
-        xq = xq.reshape(rows, k // group, group, block)
-        wb = w.reshape(k // group, group, block, out)
 
     def blocks(i: jax.Array, y: jax.Array) -> jax.Array:
-        if one_dot:
-            acc = partials[i]
-        else:
-            acc = jnp.einsum("rgc,gco->gro", xq[:, i], wb[i], preferred_element_type=jnp.int32)
+        acc = jnp.einsum("rgc,gco->gro", xq[:, i], wb[i], preferred_element_type=jnp.int32)
         for j in range(group):  # exact int32 per block, then scaled and added in block order
             y = y + acc[j].astype(jnp.float32) * (x_scale[:, i, j, None] * scales[i, j][None, :])
         return y
