@@ -52,6 +52,11 @@ class StreamOutput:
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 
+class RequestFailedError(RuntimeError):
+    """The engine failed this request alone (its own host-side work raised, or its logits were
+    not finite); the engine and the other requests go on."""
+
+
 class RequestStream:
     """The outputs of one queued request, in order; it ends once each of its `num_sequences`
     sequences has given an output with a `finish_reason`.
@@ -80,6 +85,9 @@ class RequestStream:
         except BaseException:  # cancelled while waiting: the caller is gone
             self._close()
             raise
+        if isinstance(item, RequestFailedError):  # this request alone
+            self._done = True
+            raise item
         if isinstance(item, BaseException):
             self._done = True
             raise RuntimeError("the engine loop failed") from item
@@ -206,7 +214,7 @@ class AsyncEngine:
                         (self._streams.get(e.output.request_id), _to_stream(e)) for e in events
                     ]
                     for request_id, error in self.engine.failed.items():
-                        failed = RuntimeError(f"the request failed in the engine: {error}")
+                        failed = RequestFailedError(f"the request failed in the engine: {error}")
                         deliveries.append((self._streams.pop(request_id, None), failed))
                     for event in events:
                         stream = self._streams.get(event.output.request_id)

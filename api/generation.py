@@ -122,7 +122,9 @@ async def merged(
             if item is _DONE:
                 remaining -= 1
             elif isinstance(item, Exception):
-                raise APIError(500, "The engine failed while generating", code="engine_error")
+                raise APIError(
+                    500, f"The engine failed while generating: {item}", code="engine_error"
+                )
             else:
                 yield item
     finally:

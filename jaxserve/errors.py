@@ -31,3 +31,8 @@ class QueueFullError(JaxserveError):
 
 class OutOfPagesError(JaxserveError):
     """The KV page pool cannot hold what was asked for right now."""
+
+
+class NonFiniteLogitsError(JaxserveError):
+    """A request's logits held NaN or +inf (the model, or a logits hook, broke for that row):
+    that request is failed alone; the rows beside it are unaffected."""

@@ -34,6 +34,7 @@ class PrefillResult:
     top_ids: np.ndarray  # [B, K] int32
     top_logprobs: np.ndarray  # [B, K] f32
     mirostat_mu: np.ndarray  # [B] f32, Mirostat state after the draw
+    nonfinite: np.ndarray | None = None  # [B] bool, NaN or +inf in the row's logits
     prompt: PromptLogprobs | None = None
 
 
@@ -47,6 +48,7 @@ class DecodeResult:
     top_logprobs: np.ndarray  # [B, N, K] f32
     num_generated: np.ndarray  # [B] int32
     mirostat_mu: np.ndarray  # [B] f32
+    nonfinite: np.ndarray | None = None  # [B] bool, the row stopped at NaN or +inf logits
 
 
 class Runner(Protocol):

@@ -35,6 +35,7 @@ from jaxserve.engine.rows import DecodeRow, PrefillRow
 from jaxserve.engine.sampling_inputs import SamplingInputs
 from jaxserve.engine.scheduler import PrefillChunk, Scheduler, SchedulerConfig
 from jaxserve.engine.stats import EngineStats
+from jaxserve.errors import NonFiniteLogitsError
 from jaxserve.grammar import (
     CompiledGrammar,
     GrammarCompiler,
@@ -371,6 +372,7 @@ class Engine:
         self.stats.on_first_token(request)
         if request.params.max_tokens == 0:
             return StepEvent(request.output, request.finish("length"), ())
+        _check_finite(request, out.nonfinite, i)
         token = int(out.token_ids[i])
         request.mirostat_mu = float(out.mirostat_mu[i])
         lp = token_logprob(request, token, out.logprobs[i], out.top_ids[i], out.top_logprobs[i])
@@ -394,6 +396,7 @@ class Engine:
         return [e for _, e in self._each(requests, lambda i, r: self._decoded(r, out, i))]
 
     def _decoded(self, request: Request, out: DecodeResult, i: int) -> StepEvent:
+        _check_finite(request, out.nonfinite, i)
         eos_ids = self.tokenizer.eos_ids
         delta, new = "", []
         free = runs_free(request)
@@ -438,4 +441,13 @@ class Engine:
             sampling=self.sampling.row(request, request.num_tokens, host_mask=grammar_state < 0),
             remaining=remaining,
             grammar_state=grammar_state,
+        )
+
+
+def _check_finite(request: Request, nonfinite: np.ndarray | None, i: int) -> None:
+    """Raise (failing this request alone) when its row's logits held NaN or +inf."""
+    if nonfinite is not None and nonfinite[i]:
+        raise NonFiniteLogitsError(
+            f"the logits of request {request.request_id} held NaN or +inf after "
+            f"{len(request.output.token_ids)} generated tokens; the request was stopped"
         )

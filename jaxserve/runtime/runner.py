@@ -233,7 +233,7 @@ class ModelRunner:
             scores = self.steps.prompt_logprobs(self.params, out.hidden, self._rows(target_ids))
             prompt = PromptLogprobs(*self._host(scores, len(rows)))
         s = out.sampled
-        sampled = (s.token_ids, s.logprobs, s.top_ids, s.top_logprobs, s.mirostat_mu)
+        sampled = (s.token_ids, s.logprobs, s.top_ids, s.top_logprobs, s.mirostat_mu, s.nonfinite)
         return PrefillResult(*self._host(sampled, len(rows)), prompt=prompt)
 
     @mirrored

@@ -74,6 +74,7 @@ class DecodeOutput:
     top_logprobs: jax.Array  # [B, N, K] f32
     num_generated: jax.Array  # [B] int32
     mirostat_mu: jax.Array  # [B] f32, each row's Mirostat state after its last token
+    nonfinite: jax.Array  # [B] bool, the row's logits held NaN or +inf (the row stopped there)
 
 
 @jax.tree_util.register_dataclass
@@ -99,6 +100,7 @@ class DecodeCarry:
     top_ids: jax.Array  # [B, N, K] int32
     top_logprobs: jax.Array  # [B, N, K] f32
     grammar_state: jax.Array  # [B] int32, global constraint state (-1 = none on device)
+    nonfinite: jax.Array  # [B] bool, a draw of the row saw NaN or +inf logits
 
 
 class TraceCounter:
@@ -241,6 +243,7 @@ def make_steps(
             top_ids=jnp.zeros((b, num_steps, k_top), jnp.int32),
             top_logprobs=jnp.zeros((b, num_steps, k_top), jnp.float32),
             grammar_state=batch.grammar_state,
+            nonfinite=jnp.zeros(b, bool),
         )
 
         def cond(c: DecodeCarry) -> jax.Array:
@@ -268,6 +271,7 @@ def make_steps(
                 kernels=model.config.kernels,
             )
             write = ~c.stopped
+            bad = write & s.nonfinite  # a faulty row stops: the host fails its request
             num_new = c.num_new + active
             hit_stop = jnp.any(s.token_ids[:, None] == t.stop_ids, axis=-1)
             advanced = advance_rows(grammar, c.grammar_state, s.token_ids)
@@ -279,17 +283,24 @@ def make_steps(
                 token_ids=jnp.where(write, s.token_ids, c.token_ids),
                 state=advance(t, state, s, write),
                 num_new=num_new,
-                stopped=c.stopped | hit_stop | done | (num_new >= batch.remaining),
+                stopped=c.stopped | hit_stop | done | (num_new >= batch.remaining) | bad,
                 out_ids=c.out_ids.at[:, i].set(jnp.where(write, s.token_ids, 0)),
                 out_logprobs=c.out_logprobs.at[:, i].set(s.logprobs),
                 top_ids=c.top_ids.at[:, i].set(s.top_ids),
                 top_logprobs=c.top_logprobs.at[:, i].set(s.top_logprobs),
                 grammar_state=grammar_state,
+                nonfinite=c.nonfinite | bad,
             )
 
         c = jax.lax.while_loop(cond, body, init)
         out = DecodeOutput(
-            c.out_ids, c.out_logprobs, c.top_ids, c.top_logprobs, c.num_new, c.state.mirostat_mu
+            c.out_ids,
+            c.out_logprobs,
+            c.top_ids,
+            c.top_logprobs,
+            c.num_new,
+            c.state.mirostat_mu,
+            c.nonfinite,
         )
         return keep(c.kv), out
 

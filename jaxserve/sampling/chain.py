@@ -33,6 +33,7 @@ class SampleOutput:
     top_ids: jax.Array  # [B, K] int32
     top_logprobs: jax.Array  # [B, K] f32
     mirostat_mu: jax.Array  # [B] f32, the rows' Mirostat state after this draw
+    nonfinite: jax.Array  # [B] bool, NaN or +inf in the row's logits (raw, or after the chain)
 
 
 def _stateful(fn):
@@ -149,7 +150,13 @@ def sample(
     chosen, top_ids, top_lp = jax.lax.cond(
         jnp.any(want_logprobs), lambda _: logprobs_of(source, ids), no_logprobs, None
     )
-    return SampleOutput(ids, chosen, top_ids, top_lp, mu)
+    nonfinite = _nonfinite(logits) | _nonfinite(processed)
+    return SampleOutput(ids, chosen, top_ids, top_lp, mu, nonfinite)
+
+
+def _nonfinite(x: jax.Array) -> jax.Array:
+    """[B, V] -> [B]: a NaN or +inf anywhere in the row (-inf is a masked token, not a fault)."""
+    return jnp.any(jnp.isnan(x) | (x == jnp.inf), axis=-1)
 
 
 def initial_counts(
