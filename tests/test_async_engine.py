@@ -10,6 +10,7 @@ import pytest
 
 from jaxserve import LLM, SamplingParams
 from jaxserve.api.async_engine import AsyncEngine
+from jaxserve.engine.engine import MAX_FAILED_CALLS
 from jaxserve.errors import ContextLengthError
 
 PROMPTS = [[5, 77, 120, 3], [250, 18, 42, 42, 9, 101], [64, 200, 7, 33, 150, 11, 90], [8, 9]]
@@ -179,8 +180,9 @@ def test_a_request_failing_in_the_engine_ends_only_its_own_stream(llm):
 
 
 def test_a_dead_engine_loop_says_why_and_fails_every_stream(tiny_gguf, caplog):
-    """A failure outside any one request (here the device step itself) stops the loop: every
-    open stream ends with an error, the log says why, and `is_alive` turns False (/health 503)."""
+    """A device step that keeps failing (here every decode call) stops the loop once
+    `MAX_FAILED_CALLS` calls in a row have raised: every open stream ends with an error, the log
+    says why, and `is_alive` turns False (/health 503)."""
     llm = LLM(str(tiny_gguf), weights="f32", max_num_seqs=4, decode_steps=4, max_model_len=64)
 
     def broken(*args, **kwargs):
@@ -190,9 +192,10 @@ def test_a_dead_engine_loop_says_why_and_fails_every_stream(tiny_gguf, caplog):
     engine = AsyncEngine(llm.engine)
 
     async def main():
-        with pytest.raises(RuntimeError):
-            async for _ in await engine.generate(PROMPTS[0], PARAMS):
-                pass
+        for prompt in PROMPTS[:MAX_FAILED_CALLS]:  # the first calls fail their requests only
+            with pytest.raises(RuntimeError):
+                async for _ in await engine.generate(prompt, PARAMS):
+                    pass
 
     try:
         with caplog.at_level("CRITICAL", logger="jaxserve.api"):

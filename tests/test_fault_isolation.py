@@ -106,3 +106,27 @@ def test_a_client_sending_its_body_slowly_holds_up_nobody(server):
         assert answer.startswith("HTTP/1.1 200")
     finally:
         slow.close()
+
+
+def test_a_logits_hook_that_raises_fails_the_requests_of_its_step_only(tiny_gguf):
+    """A hook that raises while its step is traced (here: for the 4-row bucket) fails the
+    requests of that device call with the hook's error; the engine goes on, and requests that
+    run in other buckets are served."""
+
+    def fails_at_four_rows(logits, state):
+        if logits.shape[0] == 4:
+            raise ValueError("this hook refuses 4 rows")
+        return logits
+
+    llm = _llm(tiny_gguf, logits_hook=fails_at_four_rows)
+    engine = llm.engine
+    params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    added = [engine.add_request(p, params) for p in [*GOOD, [20, 21]]]  # one 4-row prefill
+    while engine.has_unfinished():
+        engine.step()
+    assert all("this hook refuses 4 rows" in (r.output.error or "") for r in added)
+    assert engine.scheduler.pages.num_used == 0
+    alone = engine.add_request(GOOD[0], params)
+    while engine.has_unfinished():
+        engine.step()
+    assert alone.output.error is None and len(alone.output.token_ids) == 6

@@ -51,6 +51,7 @@ from jaxserve.text.detokenizer import IncrementalDetokenizer
 from jaxserve.text.tokenizer import Tokenizer
 
 log = logging.getLogger("jaxserve.engine")
+MAX_FAILED_CALLS = 3  # device calls in a row that may raise before the engine gives up
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class Engine:
         self._grammars_lock = threading.Lock()  # `precompile` may run on another thread
         # request id -> the error that failed it alone in the last step
         self.failed: dict[int, Exception] = {}
+        self._failed_calls = {"prefill": 0, "decode": 0}  # calls of a kind in a row that raised
         words = (runner.config.vocab_size + 31) // 32
         self.grammar_slots = GrammarSlots(runner.grammar_states, words)
         self._to_warm: list[tuple[str, int, int, int]] = []  # buckets left to compile (idle)
@@ -289,7 +291,10 @@ class Engine:
 
         A failure in one request's host-side work (its constraint matcher, its sampler inputs,
         its text) fails that request alone: it is aborted with `output.error` set and listed
-        in `failed`; the step goes on for the others."""
+        in `failed`; the step goes on for the others. A device call that raises (a logits hook
+        that raises while its step is traced, say) fails the requests of that call; after
+        `MAX_FAILED_CALLS` prefill or decode calls in a row raised, the error propagates (the
+        loop stops)."""
         self.failed = {}
         out = self.scheduler.schedule()
         events: list[StepEvent] = []
@@ -334,6 +339,22 @@ class Engine:
             seq.output.error = f"{type(error).__name__}: {error}"
         self.abort(request)
 
+    def _device_call(self, kind: str, requests: Sequence[Request], call: Callable[[], Any]) -> Any:
+        """`call()`, or None after failing `requests` when it raises; the error propagates once
+        `MAX_FAILED_CALLS` calls of this kind in a row have raised (the device is failing)."""
+        try:
+            out = call()
+        except Exception as error:
+            self._failed_calls[kind] += 1
+            if self._failed_calls[kind] >= MAX_FAILED_CALLS:
+                raise
+            for request in requests:
+                if not request.finished:
+                    self._fail(request, error)
+            return None
+        self._failed_calls[kind] = 0
+        return out
+
     def _each(self, items: Sequence, fn: Callable[[int, Any], Any]) -> list:
         """(item, `fn(i, item)`) for each unfinished request or chunk (i: its position in
         `items`) whose work does not raise; one that raises is failed."""
@@ -353,7 +374,11 @@ class Engine:
         if not built:
             return []
         chunks, rows = [c for c, _ in built], [row for _, row in built]
-        out = self.runner.prefill(rows)
+        out = self._device_call(
+            "prefill", [c.request for c in chunks], lambda: self.runner.prefill(rows)
+        )
+        if out is None:
+            return []
         for i, (c, row) in enumerate(zip(chunks, rows, strict=True)):
             k = c.request.params.prompt_logprobs
             for j, target in enumerate(row.prompt_targets):
@@ -392,7 +417,11 @@ class Engine:
         if slots.dirty:
             self.runner.load_grammar_tables(slots.byte_next, slots.masks, slots.complete)
             slots.dirty = False
-        out = self.runner.decode(rows, num_steps=num_steps)
+        out = self._device_call(
+            "decode", requests, lambda: self.runner.decode(rows, num_steps=num_steps)
+        )
+        if out is None:
+            return []
         return [e for _, e in self._each(requests, lambda i, r: self._decoded(r, out, i))]
 
     def _decoded(self, request: Request, out: DecodeResult, i: int) -> StepEvent:
