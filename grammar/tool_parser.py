@@ -14,9 +14,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .tools import FORMATS
+from .tools import FORMATS, NAME_ARGS
 
 _WS = " \t\r\n"
+_NAME = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 @dataclass
@@ -32,7 +33,7 @@ class CallDelta:
 Event = str | CallDelta  # content text, or a piece of a call
 
 # Patterns: ("lit", text) | ("alt", (texts...)) | ("ws",) | ("str",) (a JSON string, captured:
-# the call's name).
+# the call's name) | ("name", stop) (a bare function name up to the text `stop`, captured).
 _OBJECT_HEAD = [
     ("lit", "{"),
     ("ws",),
@@ -76,6 +77,18 @@ def _match(pattern: list[tuple], text: str) -> tuple[str, int, list[Any]]:
             except json.JSONDecodeError:
                 return "fail", pos, captured
             pos = end
+            continue
+        if kind == "name":
+            end = pos
+            while end < len(text) and text[end] in _NAME:
+                end += 1
+            rest, stop = text[end:], element[1]
+            if not rest.startswith(stop):
+                return ("more" if stop.startswith(rest) else "fail"), pos, captured
+            if end == pos:
+                return "fail", pos, captured
+            captured.append(text[pos:end])
+            pos = end + len(stop)
             continue
         options = (element[1],) if kind == "lit" else element[1]
         rest = text[pos:]
@@ -160,8 +173,10 @@ class ToolCallParser:
         self._lead += [("lit", fmt.begin), ("ws",)] if fmt.begin else []
         self._triggers = [fmt.trigger, *((fmt.lead,) if fmt.lead else ())]
         open_ = [("lit", fmt.open.strip()), ("ws",)] if fmt.open.strip() else []
-        self._head = open_ + _OBJECT_HEAD
-        self._close = [("ws",), ("lit", "}")]
+        if fmt.style == "name_args":
+            self._head, self._close = [("lit", fmt.open), ("name", NAME_ARGS)], []
+        else:
+            self._head, self._close = open_ + _OBJECT_HEAD, [("ws",), ("lit", "}")]
         if fmt.close.strip():
             self._close += [("ws",), ("lit", fmt.close.strip())]
         self._sep = [("ws",), ("lit", fmt.sep.strip()), ("ws",)] if fmt.sep.strip() else []

@@ -44,6 +44,7 @@ from .ir import (
 )
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+NAME_ARGS = "[ARGS]"  # between a call's name and its arguments, in the "name_args" style
 NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
 
 
@@ -59,9 +60,14 @@ class CallFormat:
     end: str
     args_key: str  # "arguments" or "parameters"
     lead: str = ""  # a marker the model may write before the calls (`<|python_tag|>`)
+    # "json": each call is `{"name": NAME, "<args_key>": ARGUMENTS}`; "name_args": the bare
+    # name, `NAME_ARGS`, then the arguments (Mistral's v11 `[TOOL_CALLS]f[ARGS]{...}`)
+    style: str = "json"
 
     def call(self, name: str, arguments: str) -> str:
         """One call written in this format (`arguments`: JSON text)."""
+        if self.style == "name_args":
+            return self.open + name + NAME_ARGS + arguments + self.close
         obj = f'{{"name": {json.dumps(name)}, "{self.args_key}": {arguments}}}'
         return self.open + obj + self.close
 
@@ -97,6 +103,16 @@ FORMATS: dict[str, CallFormat] = {
         sep=", ",
         end="]",
         args_key="arguments",
+    ),
+    "mistral_v11": CallFormat(
+        trigger="[TOOL_CALLS]",
+        begin="",
+        open="[TOOL_CALLS]",
+        close="",
+        sep="",
+        end="",
+        args_key="arguments",
+        style="name_args",
     ),
     "generic": CallFormat(
         trigger='{"tool_calls"',
@@ -141,6 +157,8 @@ def tool_format(template: str | None) -> str:
         return "hermes"
     if "<|start_header_id|>" in template or "<|python_tag|>" in template:
         return "llama3"
+    if NAME_ARGS in template:  # Mistral's v11 templates (Mistral Small 3.2, Magistral, Devstral)
+        return "mistral_v11"
     if "[TOOL_CALLS]" in template or "[AVAILABLE_TOOLS]" in template:
         return "mistral"
     return "generic"
@@ -239,14 +257,17 @@ def tool_grammar(
             raise UnsupportedConstraintError(f"tool {tool.name!r}: {error}") from None
         prefix = f"t{i}-"
         rules.update({prefix + name: _renamed(node, prefix) for name, node in schema.rules.items()})
-        head = f'{{"name": {json.dumps(tool.name)}, "{fmt.args_key}": '
-        objects.append(seq(lit(head), Ref(prefix + schema.start), lit("}")))
+        if fmt.style == "name_args":
+            objects.append(seq(lit(tool.name + NAME_ARGS), Ref(prefix + schema.start)))
+        else:
+            head = f'{{"name": {json.dumps(tool.name)}, "{fmt.args_key}": '
+            objects.append(seq(lit(head), Ref(prefix + schema.start), lit("}")))
     rules["call"] = seq(
         *(lit(s) for s in (fmt.open,) if s), alt(*objects), *(lit(s) for s in (fmt.close,) if s)
     )
     calls: Node = Ref("call")
     if parallel:
-        calls = seq(calls, star(seq(lit(fmt.sep), Ref("call"))))
+        calls = seq(calls, star(seq(*(lit(s) for s in (fmt.sep,) if s), Ref("call"))))
     rules["root"] = seq(
         *(opt(lit(s)) for s in (fmt.lead,) if s),
         *(lit(s) for s in (fmt.begin,) if s),

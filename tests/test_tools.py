@@ -364,6 +364,27 @@ def test_mistral_calls_parse_streamed():
     assert _streamed(text, "mistral", 3)[1] == pairs
 
 
+def test_mistral_v11_calls_parse_streamed_and_follow_their_template():
+    """Mistral's v11 templates write `[TOOL_CALLS]name[ARGS]{...}` for each call."""
+    v11 = "{%- for c in m.tool_calls %}[TOOL_CALLS]{{ c.name }}[ARGS]{{ c.arguments }}"
+    assert tool_format(v11) == "mistral_v11"
+    text = 'On it. [TOOL_CALLS]ping[ARGS]{}[TOOL_CALLS]f[ARGS]{"a": [1, {"b": "]"}]}'
+    content, calls = parse_tool_calls(text, "mistral_v11")
+    assert content == "On it."
+    pairs = [
+        {"name": "ping", "arguments": "{}"},
+        {"name": "f", "arguments": '{"a": [1, {"b": "]"}]}'},
+    ]
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
+        (p["name"], p["arguments"]) for p in pairs
+    ]
+    for step in (1, 2, 5):
+        assert _streamed(text, "mistral_v11", step)[1] == pairs
+    # a trigger that starts no call is content
+    assert parse_tool_calls("[TOOL_CALLS] no call", "mistral_v11") == ("[TOOL_CALLS] no call", [])
+    assert parse_tool_calls("[TOOL_CALLS]a b[ARGS]{}", "mistral_v11")[1] == []
+
+
 def test_gemma3_without_an_embedded_template_gets_the_generic_format():
     """The Gemma 3 GGUF carries no chat template: its architecture's template is used, and its
     tools go in the generic JSON format, not ChatML's <tool_call>."""

@@ -257,7 +257,7 @@ def test_a_template_without_tools_gets_them_in_a_system_message(fmt):
     assert "You can call" not in unused and "pong" in unused
 
 
-@pytest.mark.parametrize("parser", ["mistral", "llama3", "generic"])
+@pytest.mark.parametrize("parser", ["mistral", "mistral_v11", "llama3", "generic"])
 def test_tool_call_parser_overrides_the_template_format(served, parser):
     """`--tool-call-parser`: the constraint and the parser of replies follow the named format."""
     app = create_app(ServerConfig(model_names=("tiny",), tool_call_parser=parser), served)
