@@ -274,8 +274,9 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                         if out.finish_reason is not None:
                             _add_tool_calls(response, texts[out.index], use)
                     yield response
-            except RuntimeError:
-                await context.abort(grpc.StatusCode.INTERNAL, "the engine failed while generating")
+            except RuntimeError as error:  # the reason, as HTTP gives it (NaN logits, say)
+                message = f"the engine failed while generating: {error}"
+                await context.abort(grpc.StatusCode.INTERNAL, message)
             finally:
                 await stream.aclose()
 

@@ -11,14 +11,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
+import grpc
 import httpx
 import jax.numpy as jnp
 import pytest
 
 from jaxserve import LLM, SamplingParams
+from jaxserve.api import jaxserve_v1_pb2 as pb
+from jaxserve.api import jaxserve_v1_pb2_grpc as pb_grpc
 from jaxserve.api.async_engine import AsyncEngine
-from jaxserve.api.openai_server import Served, ServerConfig, create_app
-from tests.http_server import running
+from jaxserve.api.openai_server import Served, ServerConfig, ServerState, create_app
+from tests.http_server import grpc_running, running
 
 BAD_LEN = 7  # prompts of this many tokens get NaN logits from the hook
 GOOD = [[5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15, 16]]
@@ -40,14 +43,17 @@ def expected(tiny_gguf) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_gguf):
+def served(tiny_gguf):
     llm = _llm(tiny_gguf, logits_hook=nan_for_one_length)
     engine = AsyncEngine(llm.engine)
-    with running(
-        create_app(ServerConfig(model_names=("tiny",)), Served.from_llm(llm, engine))
-    ) as url:
-        yield url, llm
+    yield Served.from_llm(llm, engine), llm
     engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    with running(create_app(ServerConfig(model_names=("tiny",)), served[0])) as url:
+        yield url, served[1]
 
 
 def _complete(url: str, prompt: list[int], stream: bool) -> httpx.Response | list:
@@ -130,3 +136,25 @@ def test_a_logits_hook_that_raises_fails_the_requests_of_its_step_only(tiny_gguf
     while engine.has_unfinished():
         engine.step()
     assert alone.output.error is None and len(alone.output.token_ids) == 6
+
+
+def test_nan_logits_fail_only_their_own_grpc_stream(served, expected):
+    state = ServerState(ServerConfig(model_names=("tiny",)))
+    state.served = served[0]
+    sampling = pb.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+
+    def generate(ids):
+        request = pb.GenerateRequest(token_ids=pb.TokenIds(ids=ids), sampling=sampling)
+        try:
+            return [t for r in stub.Generate(request) for t in r.token_ids]
+        except grpc.RpcError as error:
+            return error
+
+    with grpc_running(state) as address, grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GenerationStub(channel)
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(generate, [GOOD[0], list(range(20, 20 + BAD_LEN)), *GOOD[1:]]))
+    bad = results[1]
+    assert isinstance(bad, grpc.RpcError) and bad.code() == grpc.StatusCode.INTERNAL
+    assert "NaN or +inf" in bad.details()
+    assert [results[0], results[2], results[3]] == expected
