@@ -12,7 +12,8 @@ chat (the content must parse and hold the required keys), chat with tools, and `
 short requests arrives every `--burst-every` seconds (429 expected for some; never a 5xx).
 
 Reported (stdout as markdown, `soak.json` and `soak.png` in `--out`): requests by kind and
-status, TTFT / TPOT p50 and p99 per window (5 minutes, or a sixth of a shorter run), RSS and KV
+status, TTFT and the gap between streamed chunks (a chunk carries up to `decode_steps` tokens)
+p50 / p99 per window (5 minutes, or a sixth of a shorter run), RSS and KV
 pages over time, compiles after warm-up, lost responses (a 200 that never finished, a
 transport error), crossed ones (a nonce or stream id that is not the request's), replays that
 differ, and the KV pages in use once idle.
@@ -77,7 +78,7 @@ class Record:
     end: float = 0.0
     status: int | str = 0
     ttft: float | None = None
-    tpot: float | None = None
+    gap: float | None = None  # mean time between streamed chunks
     lost: bool = False
     crossed: bool = False
     dropped: bool = False  # the client disconnected on purpose
@@ -101,7 +102,8 @@ class Soak:
 
 
 def _stream(soak: Soak, client: httpx.Client, path: str, body: dict, rec: Record) -> None:
-    """A streamed request: TTFT, TPOT, the finish chunk, one id across chunks; 10% dropped."""
+    """A streamed request: TTFT, the mean gap between its chunks, the finish chunk, one id
+    across chunks; 10% are dropped by the client after two chunks."""
     drop = soak.rng.random() < 0.10
     first = last = None
     chunks, finished, ids = 0, False, set()
@@ -132,7 +134,7 @@ def _stream(soak: Soak, client: httpx.Client, path: str, body: dict, rec: Record
     rec.lost = not finished
     if first is not None:
         rec.ttft = first - rec.start
-        rec.tpot = (last - first) / max(chunks - 1, 1)
+        rec.gap = (last - first) / max(chunks - 1, 1)
 
 
 def one_request(soak: Soak, client: httpx.Client, kind: str) -> None:
@@ -396,15 +398,15 @@ def _summarize(soak, samples, start, window, idle, replays) -> dict:
     for i in range(int(max(s["t"] for s in samples) // window) + 1 if samples else 0):
         done = [r for r in records if i * window <= r.end - start < (i + 1) * window]
         ttft = [r.ttft for r in done if r.ttft is not None]
-        tpot = [r.tpot for r in done if r.tpot is not None]
+        gap = [r.gap for r in done if r.gap is not None]
         windows.append(
             {
                 "window": i,
                 "requests": len(done),
                 "ttft_p50": percentile(ttft, 0.5),
                 "ttft_p99": percentile(ttft, 0.99),
-                "tpot_p50": percentile(tpot, 0.5),
-                "tpot_p99": percentile(tpot, 0.99),
+                "gap_p50": percentile(gap, 0.5),
+                "gap_p99": percentile(gap, 0.99),
             }
         )
     after_warm = [s["rss_mb"] for s in samples if s["t"] >= window] or [
@@ -427,7 +429,7 @@ def _summarize(soak, samples, start, window, idle, replays) -> dict:
         "rss_mb_max": max((s["rss_mb"] for s in samples), default=None),
         "kv_pages_max": max((s["kv_pages"] for s in samples), default=None),
         "kv_pages_idle": idle.get("kv_pages_used"),
-        "tpot_p50_all": statistics.median([r.tpot for r in records if r.tpot] or [float("nan")]),
+        "chunk_gap_p50_all": statistics.median([r.gap for r in records if r.gap] or [float("nan")]),
     }
 
 
@@ -453,14 +455,14 @@ def _plot(samples: list[dict], path: Path) -> None:
 
 def markdown(summary: dict) -> str:
     lines = [
-        "| window | requests done | TTFT p50 / p99 (s) | TPOT p50 / p99 (ms) |",
+        "| window | requests done | TTFT p50 / p99 (s) | chunk gap p50 / p99 (ms) |",
         "|---:|---:|---:|---:|",
     ]
     for w in summary["windows"]:
         lines.append(
             f"| {w['window']} | {w['requests']} | {w['ttft_p50']:.2f} / "
-            f"{w['ttft_p99']:.2f} | {1e3 * w['tpot_p50']:.0f} / "
-            f"{1e3 * w['tpot_p99']:.0f} |"
+            f"{w['ttft_p99']:.2f} | {1e3 * w['gap_p50']:.0f} / "
+            f"{1e3 * w['gap_p99']:.0f} |"
         )
     keys = (
         "requests",
