@@ -292,8 +292,10 @@ def run(
     burst_every: float | None = None,
     serve_args: tuple[str, ...] = (),
     seed: int = 0,
+    replays: int | None = None,
 ) -> dict:
-    """Serve `model`, soak it, and return the summary (also written to `out`/soak.json)."""
+    """Serve `model`, soak it, and return the summary (also written to `out`/soak.json);
+    `replays`: how many seeded requests to replay at the end (None: every one)."""
     url = f"http://127.0.0.1:{port}"
     cmd = [
         sys.executable,
@@ -345,7 +347,7 @@ def run(
         for w in workers:
             w.join()
         idle = _wait_idle(url)
-        replays = _replay(url, soak)
+        replays = _replay(url, soak, replays)
         summary = _summarize(soak, samples, start, window, idle, replays)
         summary["compiles_after_warmup"] = (
             engine_numbers(url).get("compiles_after_warmup", 0.0) - compiles_before
@@ -381,7 +383,7 @@ def _wait_idle(url: str, seconds: float = 120) -> dict[str, float]:
     return numbers
 
 
-def _replay(url: str, soak: Soak, limit: int = 50) -> dict[str, int]:
+def _replay(url: str, soak: Soak, limit: int | None = None) -> dict[str, int]:
     """Seeded requests again, one at a time on an idle server: the same text, or a difference."""
     same = differ = 0
     with httpx.Client(base_url=url, timeout=600) as client:
@@ -493,6 +495,7 @@ def main() -> None:
     parser.add_argument("--max-queue", type=int, default=64)
     parser.add_argument("--port", type=int, default=8095)
     parser.add_argument("--out", type=Path, default=Path("experiments/soak"))
+    parser.add_argument("--replays", type=int, default=None, help="seeded replays (all)")
     args, serve_args = parser.parse_known_args()
     summary = run(
         args.model,
@@ -502,6 +505,7 @@ def main() -> None:
         port=args.port,
         out=args.out,
         serve_args=tuple(serve_args),
+        replays=args.replays,
     )
     print(markdown(summary))
 
