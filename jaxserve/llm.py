@@ -13,6 +13,7 @@ from jaxserve.config import WeightFormat
 from jaxserve.engine import Engine, EngineConfig, SchedulerConfig
 from jaxserve.engine.admission import max_pages_per_row, num_pages_for
 from jaxserve.kernels import resolve_mode, resolve_weights
+from jaxserve.loading.control_vector import load_control_vector
 from jaxserve.loading.loader import open_model
 from jaxserve.loading.pull import DEFAULT_MODEL, cache_dir, resolve_model
 from jaxserve.models.build import build_model
@@ -101,7 +102,13 @@ class LLM:
         kernels: str = "auto",
         tensor_parallel: int = 1,
         data_parallel: int = 1,
+        capture_layers: int = EngineConfig.capture_layers,
+        steering_slots: int | None = None,
+        control_vectors: Mapping[str, str | Path] | None = None,
     ) -> None:
+        control_vectors = dict(control_vectors or {})
+        if steering_slots is None:
+            steering_slots = len(control_vectors)
         config = EngineConfig(
             weights=resolve_weights(weights),
             max_model_len=max_model_len,
@@ -110,6 +117,8 @@ class LLM:
             compilation_cache_dir=compilation_cache_dir,
             seed=seed,
             grammar_states=grammar_states,
+            capture_layers=capture_layers,
+            steering_slots=steering_slots,
         )
         cache_path = config.compilation_cache_dir
         enable_compilation_cache(str(cache_dir() / "xla") if cache_path is None else cache_path)
@@ -154,6 +163,8 @@ class LLM:
             grammar_states=config.grammar_states,
             token_bytes=[self.tokenizer.token_bytes(i) for i in range(self.tokenizer.vocab_size)],
             mesh=mesh,
+            capture_slots=config.capture_layers,
+            steering_slots=config.steering_slots,
         )
         self.is_leader = is_leader()
         if process_count() > 1 and self.is_leader:
@@ -173,8 +184,17 @@ class LLM:
         self.engine = Engine(
             self.tokenizer, runner, config, scheduler_config, max_model_len=max_len
         )
+        for name, path in control_vectors.items():
+            self.load_control_vector(name, path)
         if warmup == "background":
             self.engine.warm_in_background()
+
+    def load_control_vector(self, name: str, path: str | Path) -> None:
+        """Load a llama.cpp control-vector GGUF under `name` (for `SamplingParams.steering`)."""
+        directions = load_control_vector(
+            path, num_layers=self.config.num_layers, hidden_size=self.config.hidden_size
+        )
+        self.engine.research.add_control_vector(name, directions)
 
     def _converted_cache(self, weights: WeightFormat) -> Path | None:
         """Pulled models keep their converted weights beside them (a faster next start)."""

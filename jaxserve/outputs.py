@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 FinishReason = Literal["stop", "length", "abort"]
 
 
@@ -15,6 +17,15 @@ class TokenLogprob:
     token_id: int
     logprob: float
     top: tuple[tuple[int, float], ...]  # (token_id, logprob), most likely first
+
+
+@dataclass(frozen=True)
+class TokenUncertainty:
+    """How spread the model's distribution was where a token was drawn (nats)."""
+
+    entropy: float  # of the model's (raw) distribution
+    processed_entropy: float  # of the distribution drawn from (after the sampler chain)
+    margin: float  # logprob of the most likely token minus the second's (raw)
 
 
 @dataclass
@@ -32,6 +43,13 @@ class RequestOutput:
     prompt_logprobs: list[TokenLogprob | None] | None = None
     # Set when the engine failed this request alone (finish_reason "abort"): what went wrong.
     error: str | None = None
+    # Research hooks (`SamplingParams.return_hidden_states`, `logit_lens`, `return_uncertainty`):
+    # {layer: [P, E] f32, "final": [P, E]} at `hidden_positions` (set once the request ends);
+    # per generated token {layer: ((token_id, logprob), ...)}; per generated token.
+    hidden_states: dict[int | str, np.ndarray] | None = None
+    hidden_positions: list[int] | None = None
+    logit_lens: list[dict[int, tuple[tuple[int, float], ...]]] | None = None
+    uncertainty: list[TokenUncertainty] | None = None
 
     @property
     def finished(self) -> bool:

@@ -18,6 +18,8 @@ MAX_BAD_WORDS = 16  # banned token sequences per request
 MAX_BAD_WORD_TOKENS = 8  # tokens per banned sequence
 MAX_DRY_BREAKERS = 16
 MAX_LOGIT_BIAS = 300  # entries per request (OpenAI's limit)
+LENS_TOP_K = 10  # the device's static top-k width of the logit lens
+HIDDEN_POSITIONS = ("last", "generated", "all")
 
 # Orderable stages of the chain, by llama.cpp's names; `samplers` picks a subset and an order.
 SAMPLER_STAGES = (
@@ -110,6 +112,20 @@ class SamplingParams:
       the whole; the output text then begins with the removed characters. Not with a
       constraint; prompts whose last token is a control token or a partial UTF-8 character are
       left as they are.
+    Research hooks (the engine must be started with capture slots / steering slots for the
+    first three; `jaxserve.research` says what each returns):
+      return_hidden_states: layers whose output residual stream to return (0-based, after that
+        layer and its steering; negative counts from the end), plus the final norm's output, as
+        `RequestOutput.hidden_states`; hidden_positions: "last" (the last prompt token's, whose
+        logits drew the first token), "generated" (each position a generated token was drawn
+        at) or "all" (every prompt position and every generated one).
+      logit_lens: layers whose output, through the final norm and the output head, gives the
+        top `logit_lens_top_k` tokens and logprobs at every generated token.
+      steering: {layer: vector (hidden_size floats) or the name of a loaded control vector},
+        or one control vector's name (all its layers); times steering_scale, added to the
+        residual stream after those layers, for this request only.
+      return_uncertainty: per generated token, the entropy of the model's distribution and of
+        the processed one, and the top-2 logprob margin (`RequestOutput.uncertainty`).
     """
 
     max_tokens: int = 16
@@ -158,6 +174,13 @@ class SamplingParams:
     grammar_triggers: tuple[str, ...] = ()
     unbounded_numbers: bool = False
     token_healing: bool = False
+    return_hidden_states: tuple[int, ...] | None = None
+    hidden_positions: str = "last"
+    logit_lens: tuple[int, ...] | None = None
+    logit_lens_top_k: int = 5
+    steering: Mapping[int, str | tuple[float, ...]] | str | None = None
+    steering_scale: float = 1.0
+    return_uncertainty: bool = False
 
     def __post_init__(self) -> None:
         if self.choice is not None:
@@ -192,6 +215,16 @@ class SamplingParams:
         if self.top_k == -1:  # vLLM's spelling of "off"
             object.__setattr__(self, "top_k", 0)
         object.__setattr__(self, "samplers", tuple(_stage(s) for s in self.samplers))
+        for name in ("return_hidden_states", "logit_lens"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, str | Mapping) or not _is_sequence(value):
+                    _fail(name, "a list of layer indices", value)
+                object.__setattr__(self, name, tuple(value))
+        if self.steering is not None and not isinstance(self.steering, str):
+            if not isinstance(self.steering, Mapping):
+                _fail("steering", "a mapping of layer to vector, or a control vector's name", "")
+            object.__setattr__(self, "steering", _steering(self.steering))
         self._validate()
 
     def _validate(self) -> None:
@@ -264,6 +297,31 @@ class SamplingParams:
         if self.logprobs_mode not in ("raw", "processed"):
             _fail("logprobs_mode", "'raw' or 'processed'", self.logprobs_mode)
         self._validate_constraint()
+        self._validate_research()
+
+    def _validate_research(self) -> None:
+        for name in ("return_hidden_states", "logit_lens"):
+            for layer in getattr(self, name) or ():
+                _check_int(name, layer, -(2**15), 2**15)
+        if self.hidden_positions not in HIDDEN_POSITIONS:
+            rule = " or ".join(map(repr, HIDDEN_POSITIONS))
+            _fail("hidden_positions", rule, self.hidden_positions)
+        if self.hidden_positions != "last" and self.return_hidden_states is None:
+            _fail("hidden_positions", "given only with return_hidden_states", self.hidden_positions)
+        _check_int("logit_lens_top_k", self.logit_lens_top_k, 1, LENS_TOP_K)
+        if isinstance(self.steering, str) and not self.steering:
+            _fail("steering", "a control vector's name or a mapping", self.steering)
+        _check_range("steering_scale", self.steering_scale, -1e4, 1e4)
+        if self.steering is None and self.steering_scale != 1.0:
+            _fail("steering_scale", "given only with steering", self.steering_scale)
+        if not isinstance(self.return_uncertainty, bool):
+            _fail("return_uncertainty", "a boolean", self.return_uncertainty)
+
+    @property
+    def captured_layers(self) -> tuple[int, ...]:
+        """The layers a request captures (hidden states and lens), as given, in order."""
+        layers = (*(self.return_hidden_states or ()), *(self.logit_lens or ()))
+        return tuple(dict.fromkeys(layers))
 
     def _validate_constraint(self) -> None:
         named = [k for k in CONSTRAINT_FIELDS if getattr(self, k) not in (None, False)]
@@ -319,6 +377,33 @@ class SamplingParams:
             or self.dry_multiplier > 0.0
             or self.bad_words
         )
+
+
+def _steering(value: Mapping) -> dict[int, str | tuple[float, ...]]:
+    """{layer: name or vector}: layer keys may arrive as strings (JSON); vectors as lists."""
+    out: dict[int, str | tuple[float, ...]] = {}
+    for key, vector in value.items():
+        try:
+            layer = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"steering keys must be layer indices, got {key!r}") from None
+        if isinstance(key, bool) or str(layer) != str(key).strip():
+            raise ValueError(f"steering keys must be layer indices, got {key!r}")
+        if isinstance(vector, str):
+            if not vector:
+                _fail(f"steering[{layer}]", "a vector or a control vector's name", vector)
+            out[layer] = vector
+            continue
+        if isinstance(vector, Mapping) or not _is_sequence(vector) or not vector:
+            _fail(f"steering[{layer}]", "a list of numbers or a control vector's name", vector)
+        for x in vector:
+            ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+            if not ok:
+                _fail(f"steering[{layer}]", "a list of finite numbers", x)
+        out[layer] = tuple(float(x) for x in vector)
+    if not out:
+        _fail("steering", "a non-empty mapping of layer to vector", {})
+    return out
 
 
 def _is_sequence(value: object) -> bool:

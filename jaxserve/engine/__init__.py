@@ -6,10 +6,12 @@
 - `scheduler.py`, `page_allocator.py`: which requests run, in which KV pages.
 - `rows.py`, `device.py`: the rows and buckets handed to a `Runner`, and its results.
 - `postprocess.py`: tokens recorded, matchers advanced, logprobs shaped.
-- `request.py`, `stats.py`, `grammar_slots.py`, `embed.py`.
+- `research.py`: research hooks (captured layers, logit lens, steering table, uncertainty).
+- `config.py`, `request.py`, `stats.py`, `grammar_slots.py`, `embed.py`.
 """
 
-from jaxserve.engine.engine import Engine, EngineConfig, StepEvent
+from jaxserve.engine.config import EngineConfig
+from jaxserve.engine.engine import Engine, StepEvent
 from jaxserve.engine.scheduler import SchedulerConfig
 
 __all__ = ["Engine", "EngineConfig", "SchedulerConfig", "StepEvent"]

@@ -26,6 +26,16 @@ class PromptLogprobs:
 
 
 @dataclass(frozen=True)
+class ProbeResult:
+    """What the probe kept for each row (N: tokens drawn per row; 1 in a prefill step)."""
+
+    captured: np.ndarray  # [B, T, C, E] f32 per prefill token; [B, N, C, E] per decode token
+    lens_ids: np.ndarray  # [B, N, C, K] int32
+    lens_logprobs: np.ndarray  # [B, N, C, K] f32
+    final: np.ndarray | None = None  # [B, N, E] f32 in decode (prefill: `PrefillResult.hidden`)
+
+
+@dataclass(frozen=True)
 class PrefillResult:
     """The token drawn after each row's chunk, and prompt logprobs when a row asked."""
 
@@ -35,7 +45,10 @@ class PrefillResult:
     top_logprobs: np.ndarray  # [B, K] f32
     mirostat_mu: np.ndarray  # [B] f32, Mirostat state after the draw
     nonfinite: np.ndarray | None = None  # [B] bool, NaN or +inf in the row's logits
+    uncertainty: np.ndarray | None = None  # [B, 3] f32 (`jaxserve.sampling.uncertainty`)
     prompt: PromptLogprobs | None = None
+    probe: ProbeResult | None = None  # when a row captures
+    hidden: np.ndarray | None = None  # [B, T, E] final hidden states, when a row captures
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,8 @@ class DecodeResult:
     num_generated: np.ndarray  # [B] int32
     mirostat_mu: np.ndarray  # [B] f32
     nonfinite: np.ndarray | None = None  # [B] bool, the row stopped at NaN or +inf logits
+    uncertainty: np.ndarray | None = None  # [B, N, 3] f32
+    probe: ProbeResult | None = None  # when a row captures
 
 
 class Runner(Protocol):
@@ -57,6 +72,8 @@ class Runner(Protocol):
     config: ModelConfig
     num_pages: int  # KV pages in the pool (page 0 is the null page)
     grammar_states: int  # capacity of the on-device constraint tables (0: host masks only)
+    capture_slots: int  # layers a row may capture at once (0: no capture)
+    steering_slots: int  # steering vectors the device table holds (0: no steering)
     num_real_tokens: int  # tokens computed for requests
     num_padded_tokens: int  # token slots computed, padding included
     compiled_at_warmup: int | None
@@ -70,6 +87,8 @@ class Runner(Protocol):
     def load_grammar_tables(
         self, byte_next: np.ndarray, masks: np.ndarray, complete: np.ndarray
     ) -> None: ...
+
+    def load_steering(self, table: np.ndarray) -> None: ...
 
     def warmup(
         self,

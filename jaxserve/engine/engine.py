@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from jaxserve.config import WeightFormat
 from jaxserve.engine.admission import (
     check_embed_inputs,
     check_prompt,
@@ -24,18 +23,25 @@ from jaxserve.engine.admission import (
     healed_prompt,
     sequence_seed,
 )
+from jaxserve.engine.config import EngineConfig
 from jaxserve.engine.device import DecodeResult, PrefillResult, Runner
 from jaxserve.engine.embed import embed
 from jaxserve.engine.grammar_slots import GrammarSlots
 from jaxserve.engine.mappings import WARMUP_STOP, mapping_use
 from jaxserve.engine.page_allocator import PageAllocator
-from jaxserve.engine.postprocess import record_token, runs_free, token_logprob, top_alternatives
+from jaxserve.engine.postprocess import (
+    check_finite,
+    record_token,
+    runs_free,
+    token_logprob,
+    top_alternatives,
+)
 from jaxserve.engine.request import Request
-from jaxserve.engine.rows import DecodeRow, PrefillRow
+from jaxserve.engine.research import Research, keep_prefill, record_research
+from jaxserve.engine.rows import NO_PROBE, DecodeRow, PrefillRow
 from jaxserve.engine.sampling_inputs import SamplingInputs
 from jaxserve.engine.scheduler import PrefillChunk, Scheduler, SchedulerConfig
 from jaxserve.engine.stats import EngineStats
-from jaxserve.errors import NonFiniteLogitsError
 from jaxserve.grammar import (
     CompiledGrammar,
     GrammarCompiler,
@@ -52,26 +58,6 @@ from jaxserve.text.tokenizer import Tokenizer
 
 log = logging.getLogger("jaxserve.engine")
 MAX_FAILED_CALLS = 3  # device calls in a row that may raise before the engine gives up
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Memory and model settings. `max_model_len` None means the model's context, capped at 4096."""
-
-    weights: WeightFormat = "int8"
-    page_size: int = 16
-    kv_cache_bytes: int = 512 * 2**20  # int8 SmolLM2: 1412 pages of 16 tokens (64 rows of 350)
-    max_model_len: int | None = None
-    enable_prefix_caching: bool = True
-    compilation_cache_dir: str | None = None  # None: <model cache>/xla; "": off
-    seed: int = 0
-    grammar_states: int = 1024  # on-device constraint table capacity (0: host masks only)
-
-    def __post_init__(self) -> None:
-        if self.weights not in ("int8", "f32", "bf16"):
-            raise ValueError(f"weights must be 'int8', 'f32' or 'bf16', got {self.weights!r}")
-        if self.page_size < 1 or self.kv_cache_bytes < 1:
-            raise ValueError("page_size and kv_cache_bytes must be positive")
 
 
 @dataclass(frozen=True)
@@ -112,6 +98,12 @@ class Engine:
         # request id -> the error that failed it alone in the last step
         self.failed: dict[int, Exception] = {}
         self._failed_calls = {"prefill": 0, "decode": 0}  # calls of a kind in a row that raised
+        self.research = Research(
+            capture_slots=runner.capture_slots,
+            steering_slots=runner.steering_slots,
+            num_layers=runner.config.num_layers,
+            hidden=runner.config.hidden_size,
+        )
         words = (runner.config.vocab_size + 31) // 32
         self.grammar_slots = GrammarSlots(runner.grammar_states, words)
         self._to_warm: list[tuple[str, int, int, int]] = []  # buckets left to compile (idle)
@@ -204,6 +196,7 @@ class Engine:
             ids, pattern = healed_prompt(list(ids), self.tokenizer.token_bytes)
             compiled = self.grammars.compile({"regex": pattern}) if pattern else None
         seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
+        capture = self.research.admit(params)  # raises before anything is queued
         group: list[Request] = []
         for index in range(params.n):
             # Sequences after the first share the leader's prompt pages, so their prompt
@@ -224,6 +217,7 @@ class Engine:
                 group=group,
             )
             self.sampling.prepare(request)
+            request.capture = capture if index == 0 else self.research.admit(params)
             if compiled is not None and params.grammar_triggers:
                 request.matcher = LazyMatcher(compiled, params.grammar_triggers)
             elif compiled is not None:
@@ -259,6 +253,7 @@ class Engine:
         for seq in request.group:
             if self._requests.pop((seq.request_id, seq.index), None) is not None:
                 self.scheduler.remove(seq)
+                self.research.release(seq.capture)
                 seq.finish("abort")
         self.stats.on_occupancy(self.scheduler)
 
@@ -313,10 +308,21 @@ class Engine:
                 if all(seq.finished for seq in request.group):
                     self._groups.pop(request.request_id, None)
                 self.scheduler.remove(request)
+                self.research.finish(request)
                 self.stats.on_finish(request)
         self.stats.on_step(self.scheduler, out)
         self.stats.on_runner(self.runner)
         return events
+
+    def _sync_tables(self) -> None:
+        """Load changed device tables (constraints, steering) before a device call."""
+        slots = self.grammar_slots
+        if slots.dirty:
+            self.runner.load_grammar_tables(slots.byte_next, slots.masks, slots.complete)
+            slots.dirty = False
+        if self.research.dirty:
+            self.runner.load_steering(self.research.table)
+            self.research.dirty = False
 
     def _prefill_row(self, chunk: PrefillChunk) -> PrefillRow:
         r, start, end = chunk.request, chunk.start, chunk.start + chunk.num_tokens
@@ -329,6 +335,7 @@ class Engine:
             pages=r.pages,
             sampling=self.sampling.row(r, end) if samples else SamplingRow(),
             prompt_targets=r.prompt_token_ids[start + 1 : end + 1] if wants else (),
+            probe=r.capture.row() if r.capture is not None else NO_PROBE,
         )
 
     def _fail(self, request: Request, error: Exception) -> None:
@@ -374,6 +381,7 @@ class Engine:
         if not built:
             return []
         chunks, rows = [c for c, _ in built], [row for _, row in built]
+        self._sync_tables()
         out = self._device_call(
             "prefill", [c.request for c in chunks], lambda: self.runner.prefill(rows)
         )
@@ -392,15 +400,17 @@ class Engine:
     def _prefilled(self, c: PrefillChunk, out: PrefillResult, i: int) -> StepEvent | None:
         request = c.request
         request.num_computed = c.start + c.num_tokens
+        keep_prefill(request, out, i, c.start, c.num_tokens)
         if not c.is_last or request.output.token_ids:
             return None  # more prompt to go, or recomputing after a preemption
         self.stats.on_first_token(request)
         if request.params.max_tokens == 0:
             return StepEvent(request.output, request.finish("length"), ())
-        _check_finite(request, out.nonfinite, i)
+        check_finite(request, out.nonfinite, i)
         token = int(out.token_ids[i])
         request.mirostat_mu = float(out.mirostat_mu[i])
         lp = token_logprob(request, token, out.logprobs[i], out.top_ids[i], out.top_logprobs[i])
+        record_research(request, out.uncertainty[i], out.probe, i, 0)
         delta = record_token(request, token, lp, eos_ids=self.tokenizer.eos_ids)
         return StepEvent(request.output, delta, (token,))
 
@@ -413,10 +423,7 @@ class Engine:
             return []
         requests, rows = [r for r, _ in built], [row for _, row in built]
         num_steps = self.scheduler.config.decode_steps
-        slots = self.grammar_slots
-        if slots.dirty:
-            self.runner.load_grammar_tables(slots.byte_next, slots.masks, slots.complete)
-            slots.dirty = False
+        self._sync_tables()
         out = self._device_call(
             "decode", requests, lambda: self.runner.decode(rows, num_steps=num_steps)
         )
@@ -425,7 +432,7 @@ class Engine:
         return [e for _, e in self._each(requests, lambda i, r: self._decoded(r, out, i))]
 
     def _decoded(self, request: Request, out: DecodeResult, i: int) -> StepEvent:
-        _check_finite(request, out.nonfinite, i)
+        check_finite(request, out.nonfinite, i)
         eos_ids = self.tokenizer.eos_ids
         delta, new = "", []
         free = runs_free(request)
@@ -437,6 +444,8 @@ class Engine:
                 request, token, out.logprobs[i, j], out.top_ids[i, j], out.top_logprobs[i, j]
             )
             accepted = True if free else None
+            # the token's input sits at position num_tokens - 1
+            record_research(request, out.uncertainty[i, j], out.probe, i, j, request.num_tokens - 1)
             delta += record_token(request, token, lp, eos_ids=eos_ids, accepted=accepted)
             if free and not request.matcher.is_free():
                 break  # later draws ignored the mask that now applies
@@ -470,13 +479,5 @@ class Engine:
             sampling=self.sampling.row(request, request.num_tokens, host_mask=grammar_state < 0),
             remaining=remaining,
             grammar_state=grammar_state,
-        )
-
-
-def _check_finite(request: Request, nonfinite: np.ndarray | None, i: int) -> None:
-    """Raise (failing this request alone) when its row's logits held NaN or +inf."""
-    if nonfinite is not None and nonfinite[i]:
-        raise NonFiniteLogitsError(
-            f"the logits of request {request.request_id} held NaN or +inf after "
-            f"{len(request.output.token_ids)} generated tokens; the request was stopped"
+            probe=request.capture.row() if request.capture is not None else NO_PROBE,
         )

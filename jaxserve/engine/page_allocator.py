@@ -127,19 +127,20 @@ class PageAllocator:
         for page in pages:
             self._refcount[page] += 1
 
-    def match_prefix(self, token_ids: Sequence[int]) -> list[int]:
+    def match_prefix(self, token_ids: Sequence[int], salt: bytes | None = None) -> list[int]:
         """Take a reference on the longest chain of cached full pages that spells `token_ids`.
 
         Page i matches when its stored tokens equal `token_ids[i*page_size : (i+1)*page_size]` and
         its parent is the page matched before it; a partial last page never matches. Evictable
         pages are revived. To keep one token to compute logits from, pass `prompt_token_ids[:-1]`.
-        Returns [] when prefix caching is disabled.
+        Returns [] when prefix caching is disabled. Pages registered with a `salt` (K/V computed
+        under a steering vector, say) match only requests with the same salt.
         """
         if not self.enable_prefix_caching:
             return []
         size = self.page_size
         matched: list[int] = []
-        parent = _ROOT_HASH
+        parent = _root(salt)
         for start in range(0, len(token_ids) - size + 1, size):
             key = (parent, tuple(token_ids[start : start + size]))
             h = hash(key)
@@ -158,7 +159,9 @@ class PageAllocator:
         self.stats.hit_tokens += len(matched) * size
         return matched
 
-    def register_full_pages(self, pages: Sequence[int], token_ids: Sequence[int]) -> None:
+    def register_full_pages(
+        self, pages: Sequence[int], token_ids: Sequence[int], salt: bytes | None = None
+    ) -> None:
         """Cache every full page of a request whose K/V for `token_ids` are now written.
 
         `pages` is the request's page list in order. Pages hashed before are skipped, so calling
@@ -169,7 +172,7 @@ class PageAllocator:
         if not self.enable_prefix_caching:
             return
         size = self.page_size
-        parent = _ROOT_HASH
+        parent = _root(salt)
         for i in range(min(len(pages), len(token_ids) // size)):
             page = pages[i]
             h = self._page_hash.get(page)
@@ -211,3 +214,8 @@ class PageAllocator:
             raise ValueError(f"page {page} is outside the pool [1, {self.num_pages})")
         if self._refcount[page] < count:
             raise ValueError(f"page {page} has {self._refcount[page]} references, not {count}")
+
+
+def _root(salt: bytes | None) -> int:
+    """The parent hash of a chain's first page: salted chains never meet unsalted ones."""
+    return _ROOT_HASH if salt is None else hash((_ROOT_HASH, salt))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxserve.engine.request import Request
+from jaxserve.errors import NonFiniteLogitsError
 from jaxserve.grammar import LazyMatcher
 from jaxserve.outputs import TokenLogprob
 
@@ -64,3 +65,12 @@ def runs_free(request: Request) -> bool:
         and request.params.mirostat == 0  # its state would count the dropped draws
         and matcher.is_free()
     )
+
+
+def check_finite(request: Request, nonfinite: np.ndarray | None, i: int) -> None:
+    """Raise (failing this request alone) when its row's logits held NaN or +inf."""
+    if nonfinite is not None and nonfinite[i]:
+        raise NonFiniteLogitsError(
+            f"the logits of request {request.request_id} held NaN or +inf after "
+            f"{len(request.output.token_ids)} generated tokens; the request was stopped"
+        )

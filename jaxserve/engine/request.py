@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jaxserve.engine.research import Capture
 from jaxserve.grammar import Matcher
 from jaxserve.outputs import RequestOutput, TokenLogprob
 from jaxserve.sampling_params import SamplingParams
@@ -41,6 +42,7 @@ class Request:
     breaker_mask: np.ndarray | None = None
     mirostat_mu: float = 0.0
     matcher: Matcher | None = None  # the request's constraint, advanced per generated token
+    capture: Capture | None = None  # research hooks: captured layers, steering, what was kept
     output: RequestOutput = field(init=False)
     _pending: str = ""  # decoded text held back because it may begin a stop string
 
@@ -54,12 +56,19 @@ class Request:
             prompt_token_ids=list(self.prompt_token_ids),
             logprobs=[] if self.params.logprobs is not None else None,
             prompt_logprobs=[None] if self.params.prompt_logprobs is not None else None,
+            logit_lens=[] if self.params.logit_lens else None,
+            uncertainty=[] if self.params.return_uncertainty else None,
         )
 
     @property
     def leader(self) -> Request | None:
         """The sequence whose prompt pages this one shares (None for the leader itself)."""
         return self.group[0] if self.group[0] is not self else None
+
+    @property
+    def cache_salt(self) -> bytes | None:
+        """What keys this request's prefix-cache pages besides its tokens (its steering)."""
+        return None if self.capture is None else self.capture.cache_salt
 
     @property
     def num_tokens(self) -> int:

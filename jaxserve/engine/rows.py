@@ -19,6 +19,21 @@ TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
 @dataclass(frozen=True)
+class ProbeRow:
+    """A row's research hooks (`jaxserve.models.decoder.Probe`): the layers its capture slots
+    keep, whether it wants their logit lens, and its steering vector's slot and scale."""
+
+    capture: Sequence[int] = ()
+    lens: bool = False
+    steer_slot: int = 0
+    steer_scale: float = 0.0
+    keep: bool = False  # the step's captured states and lens are fetched for this row
+
+
+NO_PROBE = ProbeRow()
+
+
+@dataclass(frozen=True)
 class PrefillRow:
     """`token_ids` continue a sequence that already has `start` tokens cached in `pages`;
     `sampling` draws the token after them (greedy and featureless by default).
@@ -32,6 +47,7 @@ class PrefillRow:
     pages: Sequence[int]
     sampling: SamplingRow = SamplingRow()
     prompt_targets: Sequence[int] = ()
+    probe: ProbeRow = NO_PROBE
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,7 @@ class DecodeRow:
     sampling: SamplingRow  # its stop_ids also end the row
     remaining: int  # tokens this row may still generate
     grammar_state: int = -1  # global id in the loaded constraint tables (-1: none on device)
+    probe: ProbeRow = NO_PROBE
 
 
 @dataclass(frozen=True)

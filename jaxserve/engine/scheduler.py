@@ -174,12 +174,15 @@ class Scheduler:
             request.pages = list(shared)
             request.num_computed = len(shared) * self.pages.page_size
             return
-        if request.params.prompt_logprobs is not None:
-            return
+        params = request.params
+        if params.prompt_logprobs is not None or (
+            params.return_hidden_states is not None and params.hidden_positions == "all"
+        ):
+            return  # every prompt position is computed: its scores / hidden states are returned
         tokens = request.all_token_ids[: request.prefill_target]
         if not request.output.token_ids:
             tokens = tokens[:-1]  # the last prompt token is always computed: its logits sample
-        request.pages = self.pages.match_prefix(tokens)
+        request.pages = self.pages.match_prefix(tokens, request.cache_salt)
         request.num_computed = len(request.pages) * self.pages.page_size
         if request.num_preemptions == 0:  # report prompt tokens served from the cache
             request.num_cached_tokens = request.num_computed
@@ -224,7 +227,9 @@ class Scheduler:
         for request in requests:
             if request.params.prompt_logprobs is None and request.pages:
                 self.pages.register_full_pages(
-                    request.pages, request.all_token_ids[: request.num_computed]
+                    request.pages,
+                    request.all_token_ids[: request.num_computed],
+                    request.cache_salt,
                 )
 
 

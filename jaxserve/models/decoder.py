@@ -4,10 +4,14 @@ A family supplies its block class (one layer, parameters stacked over a leading 
 `Decoder` runs it with `lax.scan`, carrying the whole KV cache so each layer updates its pages in
 place. Per-layer differences (RoPE frequencies, sliding windows) come in as scanned arrays, so
 local and global layers run the same compiled code.
+
+A `Probe` (research hooks, per row) adds steering vectors to the residual stream after chosen
+layers and keeps the residual stream after others (`Decoder.probed`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import jax
@@ -46,6 +50,19 @@ def linear(w: dict, name: str, config: ModelConfig) -> Linear:
     return Linear(w[name], w.get(f"{name}_bias"), kernels=config.kernels, split=split)
 
 
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class Probe:
+    """Per-row research inputs of a step. Rows that use none hold -1 / slot 0 / scale 0, and an
+    empty capture axis (C = 0) or a one-row table (S = 1) compiles the hook out altogether."""
+
+    capture: jax.Array  # [B, C] int32, the layer whose output slot c keeps (-1: none)
+    steer_slot: jax.Array  # [B] int32, the row of `steering` added to the row (0: zeros)
+    steer_scale: jax.Array  # [B] f32
+    steering: jax.Array  # [S, L, E] f32, vectors added after each layer (row 0 all zeros)
+    lens: jax.Array  # [B] bool, the row wants the logit lens of its captured layers
+
+
 class Decoder(nnx.Module):
     """Embedding (x `embedding_scale`) -> scanned `BLOCK`s -> final norm -> output head."""
 
@@ -65,23 +82,50 @@ class Decoder(nnx.Module):
     ) -> tuple[jax.Array, KVCache]:
         """token_ids: [B, T]; kv: the paged cache, written at this step's tokens. Returns the
         final-normed hidden states [B, T, E] and the cache."""
+        h, kv, _ = self.probed(token_ids, kv, layout, None)
+        return h, kv
+
+    def probed(
+        self, token_ids: jax.Array, kv: KVCache, layout: TokenLayout, probe: Probe | None
+    ) -> tuple[jax.Array, KVCache, jax.Array | None]:
+        """`hidden` with a `Probe`: each row's steering vector of layer l (times its scale) is
+        added to the residual stream after layer l, and the residual stream after the layers of
+        its capture slots (steering included) is returned as `[B, T, C, E]` f32 (None without
+        capture slots). A row's own inputs change only that row."""
         x = self.embed(token_ids)
         if self.config.embedding_scale != 1.0:
             x = x * jnp.float32(self.config.embedding_scale)
         block_def, block_state = nnx.split(self.layers)
         inv_freq, windows = layer_schedule(self.config)
 
+        num_layers = self.config.num_layers
+        steer = probe is not None and probe.steering.shape[0] > 1
+        capture = probe is not None and probe.capture.shape[1] > 0
+
         def body(carry, xs):
-            x, kv = carry
-            layer_state, layer, inv_freq, window = xs
+            x, kv, kept = carry
+            layer_state, layer, inv_freq, window, vectors = xs
             block = nnx.merge(block_def, layer_state)
             x, kv = block(x, kv, layout, layer=layer, inv_freq=inv_freq, window=window)
-            return (x, kv), None
+            if steer:  # vectors: [S, E], this layer's row of every slot
+                add = vectors[probe.steer_slot] * probe.steer_scale[:, None]
+                x = x + add[:, None, :].astype(x.dtype)
+            if capture:
+                hit = probe.capture == layer  # [B, C]
+                here = x.astype(jnp.float32)[:, :, None, :]
+                kept = jnp.where(hit[:, None, :, None], here, kept)
+            return (x, kv, kept), None
 
-        layers = jnp.arange(self.config.num_layers, dtype=jnp.int32)
-        xs = (block_state, layers, jnp.asarray(inv_freq), jnp.asarray(windows))
-        (x, kv), _ = jax.lax.scan(body, (x, kv), xs)
-        return self.norm(x), kv
+        layers = jnp.arange(num_layers, dtype=jnp.int32)
+        vectors = jnp.swapaxes(probe.steering, 0, 1) if steer else jnp.zeros((num_layers, 0))
+        xs = (block_state, layers, jnp.asarray(inv_freq), jnp.asarray(windows), vectors)
+        b, t = token_ids.shape
+        kept = None
+        if capture:
+            c, e = probe.capture.shape[1], self.config.hidden_size
+            kept = jnp.zeros((b, t, c, e), jnp.float32)
+        (x, kv, kept), _ = jax.lax.scan(body, (x, kv, kept), xs)
+        return self.norm(x), kv, kept
 
     def logits(self, h: jax.Array) -> jax.Array:
         """h: [..., E] -> logits [..., V] (f32), soft-capped when the config says so."""

@@ -23,19 +23,22 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from jaxserve.config import ModelConfig
-from jaxserve.engine.device import DecodeResult, PrefillResult, PromptLogprobs
+from jaxserve.engine.device import DecodeResult, PrefillResult, ProbeResult, PromptLogprobs
 from jaxserve.engine.mappings import CLEAR_AT, MIN_DROP, mapping_use
 from jaxserve.engine.rows import (
     DECODE_ROW_BUCKETS,
+    NO_PROBE,
     PREFILL_ROW_BUCKETS,
     TOKEN_BUCKETS,
     DecodeRow,
     EmbedRow,
     PrefillRow,
+    ProbeRow,
     bucket,
     page_buckets,
     prefill_chunk_cap,
 )
+from jaxserve.models.decoder import Probe
 from jaxserve.runtime import parallel
 from jaxserve.runtime.kv_cache import NULL_PAGE, KVCache
 from jaxserve.runtime.step import DecodeBatch, PrefillBatch, RowInputs, make_steps
@@ -80,9 +83,14 @@ class ModelRunner:
         grammar_states: int = 0,
         token_bytes: Sequence[bytes] = (),
         mesh: Mesh | None = None,
+        capture_slots: int = 0,
+        steering_slots: int = 0,
     ) -> None:
         """`grammar_states`: capacity of the on-device constraint tables (0: constraints are
         masked from the host only); `token_bytes`: each token's bytes, for walking them;
+        `capture_slots`: layers a row may capture (hidden states, logit lens) at once;
+        `steering_slots`: steering vectors the device table holds (both 0: the hooks are not
+        compiled in);
         `mesh`: a (data, model) mesh to shard parameters, the KV cache and batches over
         (`jaxserve.runtime.parallel`), None for one device."""
         graphdef, self.params = nnx.split(model)
@@ -114,6 +122,31 @@ class ModelRunner:
         self._shapes: set[tuple] = set()
         self.grammar_states = grammar_states
         self.grammar = self._grammar_tables(token_bytes)
+        self.capture_slots = capture_slots
+        self.steering_slots = steering_slots
+        self.steering = self._shared(
+            np.zeros((steering_slots + 1, config.num_layers, config.hidden_size), np.float32)
+        )
+
+    @mirrored
+    def load_steering(self, table: np.ndarray) -> None:
+        """Replace the steering table (`[steering_slots + 1, layers, hidden]`, row 0 zeros)."""
+        if table.shape != self.steering.shape:
+            raise ValueError(f"the steering table must have shape {self.steering.shape}")
+        self.steering = self._shared(np.asarray(table, np.float32))
+
+    def _probe(self, rows: Sequence[ProbeRow], num_rows: int) -> Probe | None:
+        """The batch's probe, or None when the runner has neither capture nor steering slots."""
+        if not self.capture_slots and not self.steering_slots:
+            return None
+        capture = np.full((num_rows, self.capture_slots), -1, np.int32)
+        slot, scale = np.zeros(num_rows, np.int32), np.zeros(num_rows, np.float32)
+        lens = np.zeros(num_rows, bool)
+        for i, r in enumerate(rows):
+            capture[i, : len(r.capture)] = r.capture
+            slot[i], scale[i], lens[i] = r.steer_slot, r.steer_scale, r.lens
+        arrays = map(self._rows, (capture, slot, scale))
+        return Probe(*arrays, steering=self.steering, lens=self._rows(lens))
 
     def _rows(self, x: np.ndarray) -> jax.Array:
         """A per-row host array on device: rows split over the mesh's `data` axis if any."""
@@ -212,7 +245,10 @@ class ModelRunner:
             page_table[i, : len(r.pages)] = r.pages
         sampling, row_inputs = self._sampling([r.sampling for r in rows], num_rows, num_pages)
         return PrefillBatch(
-            *map(self._rows, (token_ids, start, num_new, page_table)), sampling, row_inputs
+            *map(self._rows, (token_ids, start, num_new, page_table)),
+            sampling,
+            row_inputs,
+            self._probe([r.probe for r in rows], num_rows),
         )
 
     @mirrored
@@ -233,8 +269,23 @@ class ModelRunner:
             scores = self.steps.prompt_logprobs(self.params, out.hidden, self._rows(target_ids))
             prompt = PromptLogprobs(*self._host(scores, len(rows)))
         s = out.sampled
-        sampled = (s.token_ids, s.logprobs, s.top_ids, s.top_logprobs, s.mirostat_mu, s.nonfinite)
-        return PrefillResult(*self._host(sampled, len(rows)), prompt=prompt)
+        sampled = (
+            s.token_ids,
+            s.logprobs,
+            s.top_ids,
+            s.top_logprobs,
+            s.mirostat_mu,
+            s.nonfinite,
+            s.uncertainty,
+        )
+        probe = hidden = None
+        if out.probe is not None and any(r.probe.keep for r in rows):
+            p = out.probe
+            kept = (p.captured, p.lens_ids, p.lens_logprobs, out.hidden)
+            *fields, hidden = self._host(kept, len(rows))
+            probe = ProbeResult(*fields)
+        result = PrefillResult(*self._host(sampled, len(rows)), prompt=prompt, probe=probe)
+        return dataclasses.replace(result, hidden=hidden)
 
     @mirrored
     def embed(self, rows: Sequence[EmbedRow], *, max_rows: int, chunk: int) -> np.ndarray:
@@ -276,7 +327,8 @@ class ModelRunner:
                 token_ids[i, : len(piece)] = piece
                 starts[i], num_new[i] = (start, len(piece)) if piece else (0, 0)
             arrays = map(self._rows, (token_ids, starts, num_new, page_table))
-            batch = PrefillBatch(*arrays, sampling, row_inputs)
+            probe = self._probe([NO_PROBE] * len(rows), num_rows)
+            batch = PrefillBatch(*arrays, sampling, row_inputs, probe)
             self._guard("prefill", token_ids.shape, page_table.shape)
             self._guard("pool", token_ids.shape)
             self.kv, out = self.steps.prefill(self.params, self.kv, batch, self.key)
@@ -302,7 +354,8 @@ class ModelRunner:
             page_table[i, : len(r.pages)] = r.pages
         sampling, row_inputs = self._sampling([r.sampling for r in rows], num_rows, num_pages)
         arrays = map(self._rows, (token_ids, start, page_table, remaining, grammar_state))
-        return DecodeBatch(*arrays, sampling, row_inputs)
+        probe = self._probe([r.probe for r in rows], num_rows)
+        return DecodeBatch(*arrays, sampling, row_inputs, probe)
 
     @mirrored
     def decode(self, rows: Sequence[DecodeRow], *, num_steps: int) -> DecodeResult:
@@ -312,7 +365,13 @@ class ModelRunner:
         self.kv, out = self.steps.decode(
             self.params, self.kv, batch, self.key, self.grammar, num_steps=num_steps
         )
-        out = DecodeResult(*self._host(out, len(rows)))
+        probe = None
+        if out.probe is not None and any(r.probe.keep for r in rows):
+            p = out.probe
+            kept = (p.captured, p.lens_ids, p.lens_logprobs, p.final)
+            probe = ProbeResult(*self._host(kept, len(rows)))
+        out = DecodeResult(*self._host(dataclasses.replace(out, probe=None), len(rows)))
+        out = dataclasses.replace(out, probe=probe)
         self.num_real_tokens += int(out.num_generated.sum())
         self.num_padded_tokens += batch.token_ids.shape[0] * int(out.num_generated.max(initial=0))
         return out

@@ -4,6 +4,8 @@
   final hidden states, which stay on device and feed `prompt_logprobs` or `pool` when asked.
 - `decode`: rows of one token, run for up to `num_steps` tokens inside one `lax.while_loop`, with
   each row stopping on device at a stop id or its token limit, so the host syncs once per k tokens.
+A batch's `probe` (None unless the runner has capture or steering slots) steers rows, keeps their
+residual stream after chosen layers and, for rows that ask, the logit lens of those layers.
 `kv` is donated in both: the cache is updated in place.
 
 Embeddings reuse `prefill` (its hidden states) and add one small pure step, `pool`.
@@ -22,12 +24,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxserve.models.decoder import Probe
 from jaxserve.runtime.kv_cache import KVCache, TokenLayout
 from jaxserve.runtime.parallel import tracing_mesh
 from jaxserve.sampling.chain import LogitsHook, SampleOutput, advance, initial_counts, sample
 from jaxserve.sampling.draw import TOP_LOGPROBS_MAX, logprobs_of
 from jaxserve.sampling.grammar import DeviceGrammarTables, advance_rows, is_complete, mask_rows
 from jaxserve.sampling.tensors import RowState, SamplingTensors
+from jaxserve.sampling.uncertainty import NUM_MEASURES
+from jaxserve.sampling_params import LENS_TOP_K
 
 
 @jax.tree_util.register_dataclass
@@ -51,6 +56,7 @@ class PrefillBatch:
     page_table: jax.Array  # [B, P] int32
     sampling: SamplingTensors
     rows: RowInputs
+    probe: Probe | None = None
 
 
 @jax.tree_util.register_dataclass
@@ -63,6 +69,18 @@ class DecodeBatch:
     grammar_state: jax.Array  # [B] int32, global constraint state (-1 = none on device)
     sampling: SamplingTensors  # its stop_ids end a row
     rows: RowInputs
+    probe: Probe | None = None
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class ProbeOutput:
+    """What a step's probe kept, per row and per drawn token (N: 1 in a prefill step)."""
+
+    captured: jax.Array  # [B, T, C, E] f32 in a prefill step (every token), [B, N, C, E] in decode
+    final: jax.Array | None  # [B, N, E] f32, the final norm's output (decode; prefill: `hidden`)
+    lens_ids: jax.Array  # [B, N, C, K] int32, the logit lens of each capture slot
+    lens_logprobs: jax.Array  # [B, N, C, K] f32
 
 
 @jax.tree_util.register_dataclass
@@ -75,6 +93,8 @@ class DecodeOutput:
     num_generated: jax.Array  # [B] int32
     mirostat_mu: jax.Array  # [B] f32, each row's Mirostat state after its last token
     nonfinite: jax.Array  # [B] bool, the row's logits held NaN or +inf (the row stopped there)
+    uncertainty: jax.Array  # [B, N, 3] f32 (see `sampling.uncertainty`)
+    probe: ProbeOutput | None = None
 
 
 @jax.tree_util.register_dataclass
@@ -82,6 +102,7 @@ class DecodeOutput:
 class PrefillOutput:
     sampled: SampleOutput  # one token per row, drawn after its last valid token
     hidden: jax.Array  # [B, T, E] f32, final hidden states (after the final norm)
+    probe: ProbeOutput | None = None
 
 
 @jax.tree_util.register_dataclass
@@ -101,6 +122,8 @@ class DecodeCarry:
     top_logprobs: jax.Array  # [B, N, K] f32
     grammar_state: jax.Array  # [B] int32, global constraint state (-1 = none on device)
     nonfinite: jax.Array  # [B] bool, a draw of the row saw NaN or +inf logits
+    uncertainty: jax.Array  # [B, N, 3] f32
+    probe: ProbeOutput | None  # the probe's outputs so far (None without a probe)
 
 
 class TraceCounter:
@@ -185,9 +208,13 @@ def make_steps(
             page_table=batch.page_table,
             page_size=kv.k.shape[3],
         )
-        h, kv = model.hidden(batch.token_ids, kv, layout)
+        h, kv, kept = model.probed(batch.token_ids, kv, layout, batch.probe)
         last = jnp.clip(batch.num_new - 1, 0, t - 1)
         logits = head(model, h[jnp.arange(b), last])
+        probe = None
+        if kept is not None:
+            lens_ids, lens_lp = lens(model, kept[jnp.arange(b), last], batch.probe.lens)
+            probe = ProbeOutput(kept, None, lens_ids[:, None], lens_lp[:, None])
         state = _row_state(batch.rows, layout.kv_lens, batch.sampling, model.config.vocab_size)
         out = sample(
             logits,
@@ -198,7 +225,23 @@ def make_steps(
             hook=hook,
             kernels=model.config.kernels,
         )
-        return keep(kv), PrefillOutput(sampled=out, hidden=h)
+        return keep(kv), PrefillOutput(sampled=out, hidden=h, probe=probe)
+
+    def lens(model: nnx.Module, kept: jax.Array, want: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """kept [B, C, E] -> the top LENS_TOP_K (ids, logprobs) [B, C, K] of the final norm and
+        head applied to each slot; zeros (nothing computed) when no row `want`s them."""
+        b, c, _ = kept.shape
+
+        def compute(_):
+            logp = jax.nn.log_softmax(head(model, model.norm(kept)), axis=-1)
+            top_lp, top_ids = jax.lax.top_k(logp, LENS_TOP_K)
+            return top_ids.astype(jnp.int32), top_lp
+
+        def skip(_):
+            zeros = jnp.zeros((b, c, LENS_TOP_K))
+            return zeros.astype(jnp.int32), zeros
+
+        return jax.lax.cond(jnp.any(want), compute, skip, None)
 
     def prompt_logprobs(
         params: nnx.State, hidden: jax.Array, target_ids: jax.Array
@@ -244,6 +287,8 @@ def make_steps(
             top_logprobs=jnp.zeros((b, num_steps, k_top), jnp.float32),
             grammar_state=batch.grammar_state,
             nonfinite=jnp.zeros(b, bool),
+            uncertainty=jnp.zeros((b, num_steps, NUM_MEASURES), jnp.float32),
+            probe=_empty_probe(batch.probe, b, num_steps, model.config.hidden_size),
         )
 
         def cond(c: DecodeCarry) -> jax.Array:
@@ -259,7 +304,7 @@ def make_steps(
                 page_table=batch.page_table,
                 page_size=page_size,
             )
-            h, kv = model.hidden(c.token_ids[:, None], c.kv, layout)
+            h, kv, kept = model.probed(c.token_ids[:, None], c.kv, layout, batch.probe)
             bitmask, use_bitmask = mask_rows(grammar, c.grammar_state, t.bitmask, t.use_bitmask)
             s = sample(
                 head(model, h[:, 0]),
@@ -277,6 +322,15 @@ def make_steps(
             advanced = advance_rows(grammar, c.grammar_state, s.token_ids)
             grammar_state = jnp.where(write, advanced, c.grammar_state)
             done = is_complete(grammar, grammar_state)
+            probe = c.probe
+            if kept is not None:
+                lens_ids, lens_lp = lens(model, kept[:, 0], batch.probe.lens & write)
+                probe = ProbeOutput(
+                    probe.captured.at[:, i].set(kept[:, 0]),
+                    probe.final.at[:, i].set(h[:, 0].astype(jnp.float32)),
+                    probe.lens_ids.at[:, i].set(lens_ids),
+                    probe.lens_logprobs.at[:, i].set(lens_lp),
+                )
             return DecodeCarry(
                 step=i + 1,
                 kv=kv,
@@ -290,6 +344,8 @@ def make_steps(
                 top_logprobs=c.top_logprobs.at[:, i].set(s.top_logprobs),
                 grammar_state=grammar_state,
                 nonfinite=c.nonfinite | bad,
+                uncertainty=c.uncertainty.at[:, i].set(s.uncertainty),
+                probe=probe,
             )
 
         c = jax.lax.while_loop(cond, body, init)
@@ -301,6 +357,8 @@ def make_steps(
             c.num_new,
             c.state.mirostat_mu,
             c.nonfinite,
+            c.uncertainty,
+            c.probe,
         )
         return keep(c.kv), out
 
@@ -323,6 +381,19 @@ def make_steps(
         decode=jax.jit(wrap(decode), static_argnames=("num_steps",), donate_argnames=("kv",)),
         pool=jax.jit(wrap(pool)),
         traces=traces,
+    )
+
+
+def _empty_probe(probe: Probe | None, b: int, n: int, e: int) -> ProbeOutput | None:
+    """The decode loop's probe buffers, or None when the batch keeps nothing."""
+    if probe is None or probe.capture.shape[1] == 0:
+        return None
+    c = probe.capture.shape[1]
+    return ProbeOutput(
+        captured=jnp.zeros((b, n, c, e), jnp.float32),
+        final=jnp.zeros((b, n, e), jnp.float32),
+        lens_ids=jnp.zeros((b, n, c, LENS_TOP_K), jnp.int32),
+        lens_logprobs=jnp.zeros((b, n, c, LENS_TOP_K), jnp.float32),
     )
 
 

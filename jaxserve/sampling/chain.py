@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jaxserve.sampling import filters, mirostat, penalties, restrict
 from jaxserve.sampling.draw import draw, logprobs_of, row_keys
 from jaxserve.sampling.tensors import RowState, SamplingTensors
+from jaxserve.sampling.uncertainty import measures
 from jaxserve.sampling_params import SAMPLER_STAGES
 
 # (logits [B, V], row state) -> logits: a pure function compiled into every step's chain.
@@ -34,6 +35,7 @@ class SampleOutput:
     top_logprobs: jax.Array  # [B, K] f32
     mirostat_mu: jax.Array  # [B] f32, the rows' Mirostat state after this draw
     nonfinite: jax.Array  # [B] bool, NaN or +inf in the row's logits (raw, or after the chain)
+    uncertainty: jax.Array  # [B, 3] f32, entropy / processed entropy / top-2 margin (or zeros)
 
 
 def _stateful(fn):
@@ -129,7 +131,8 @@ def sample(
     The row's key is `fold_in(fold_in(key, seed), position)` (position = `state.length`), so a
     row's tokens depend on its own seed and sequence only. Greedy rows (temperature 0, no
     Mirostat) take the argmax of the processed logits. Logprobs (chosen + top-K) are computed
-    only when some row wants them (`want_logprobs` [B] bool).
+    only when some row wants them (`want_logprobs` [B] bool), the per-token uncertainty only
+    when some row's `want_uncertainty` is set.
     """
     keys = row_keys(key, t.seeds, state.length)
     processed = process(logits, t, state, keys, hook, kernels)
@@ -151,7 +154,8 @@ def sample(
         jnp.any(want_logprobs), lambda _: logprobs_of(source, ids), no_logprobs, None
     )
     nonfinite = _nonfinite(logits) | _nonfinite(processed)
-    return SampleOutput(ids, chosen, top_ids, top_lp, mu, nonfinite)
+    uncertainty = measures(logits, processed, t.want_uncertainty)
+    return SampleOutput(ids, chosen, top_ids, top_lp, mu, nonfinite, uncertainty)
 
 
 def _nonfinite(x: jax.Array) -> jax.Array:

@@ -122,6 +122,7 @@ def pack(
         "bad_word_lens": full(0, i32, BAD_WORD_SEQUENCES),
         "stage_slot": full(-1, i32, len(SAMPLER_STAGES)),
         "processed_logprobs": full(False, bool),
+        "want_uncertainty": full(False, bool),
     }
     state = {
         "history": full(-1, i32, history_width),
@@ -173,6 +174,7 @@ def pack(
             t["bad_word_lens"][i, j] = len(seq)
         t["stage_slot"][i] = stage_slots(p)
         t["processed_logprobs"][i] = p.logprobs_mode == "processed"
+        t["want_uncertainty"][i] = p.return_uncertainty
         want_logprobs[i] = p.logprobs is not None
         state["prompt_len"][i] = row.prompt_len
         state["num_generated"][i] = row.num_generated

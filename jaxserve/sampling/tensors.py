@@ -48,6 +48,7 @@ class SamplingTensors:
     bad_word_lens: jax.Array  # [B, NW] int32 (0 = unused)
     stage_slot: jax.Array  # [B, len(SAMPLER_STAGES)] int32, position in the row's order or -1
     processed_logprobs: jax.Array  # [B] bool: logprobs of the processed distribution
+    want_uncertainty: jax.Array  # [B] bool: entropies and top-2 margin of each drawn token
 
 
 @jax.tree_util.register_dataclass
