@@ -8,6 +8,7 @@ unchanged on device.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -394,10 +395,12 @@ def _steering(value: Mapping) -> dict[int, str | tuple[float, ...]]:
                 _fail(f"steering[{layer}]", "a vector or a control vector's name", vector)
             out[layer] = vector
             continue
+        if hasattr(vector, "tolist"):  # a numpy array
+            vector = vector.tolist()
         if isinstance(vector, Mapping) or not _is_sequence(vector) or not vector:
             _fail(f"steering[{layer}]", "a list of numbers or a control vector's name", vector)
         for x in vector:
-            ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+            ok = isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
             if not ok:
                 _fail(f"steering[{layer}]", "a list of finite numbers", x)
         out[layer] = tuple(float(x) for x in vector)

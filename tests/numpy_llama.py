@@ -44,7 +44,15 @@ class NumpyLlama:
 
     def hidden(self, token_ids: list[int]) -> np.ndarray:
         """[T, E] final hidden states (after the output norm) at every position."""
+        return self.forward(token_ids)[1]
+
+    def forward(
+        self, token_ids: list[int], steering: dict[int, np.ndarray] | None = None
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """([T, E] residual stream after each layer, [T, E] final hidden states); `steering`
+        {layer: [E]} is added to the residual stream after that layer."""
         t = self.t
+        residuals = []
         x = t["token_embd.weight"][token_ids]
         n = len(token_ids)
         for i in range(self.layers):
@@ -69,4 +77,7 @@ class NumpyLlama:
                 + ((g / (1 + np.exp(-g))) * (h @ t[p + "ffn_up.weight"].T))
                 @ t[p + "ffn_down.weight"].T
             )
-        return self._norm(x, t["output_norm.weight"])
+            if steering and i in steering:
+                x = x + steering[i]
+            residuals.append(x)
+        return residuals, self._norm(x, t["output_norm.weight"])

@@ -93,7 +93,7 @@ class Research:
         field for what this engine cannot do, QueueFullError when the steering table is full.
         Call `release` once the request ends."""
         layers = params.captured_layers
-        if not layers and params.steering is None:
+        if params.return_hidden_states is None and not layers and params.steering is None:
             return None
         capture = Capture()
         if params.return_hidden_states is not None or layers:
