@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from jaxserve.errors import OutOfPagesError
-from jaxserve.outputs import FinishReason, TokenLogprob
+from jaxserve.outputs import FinishReason, TokenLogprob, TokenUncertainty
 from jaxserve.sampling_params import SamplingParams
 
 EMBED_BATCH = 16  # inputs embedded per engine-loop turn
@@ -50,6 +50,11 @@ class StreamOutput:
     index: int = 0
     logprobs: tuple[TokenLogprob, ...] | None = None
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    # research hooks: one entry per new token, and the hidden states once the sequence ends
+    logit_lens: tuple[dict, ...] | None = None
+    uncertainty: tuple[TokenUncertainty, ...] | None = None
+    hidden_states: dict | None = None
+    hidden_positions: tuple[int, ...] | None = None
 
 
 class RequestFailedError(RuntimeError):
@@ -341,4 +346,15 @@ def _to_stream(event: StepEvent) -> StreamOutput:
         index=getattr(out, "index", 0),  # the sequence, once outputs carry one (n > 1)
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
+        logit_lens=_last(getattr(out, "logit_lens", None), len(new)),
+        uncertainty=_last(getattr(out, "uncertainty", None), len(new)),
+        hidden_states=getattr(out, "hidden_states", None),
+        hidden_positions=tuple(getattr(out, "hidden_positions", None) or ()),
     )
+
+
+def _last(entries: list | None, n: int) -> tuple | None:
+    """The entries of the last `n` tokens (None when the request did not ask for them)."""
+    if entries is None:
+        return None
+    return tuple(entries[len(entries) - n :]) if n else ()

@@ -87,6 +87,10 @@ class Choice:
     completion_tokens: int = 0
     cached_tokens: int = 0
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    logit_lens: list | None = None
+    uncertainty: list | None = None
+    hidden_states: dict | None = None
+    hidden_positions: tuple[int, ...] | None = None
 
     def add(self, out: StreamOutput) -> None:
         self.text += out.delta
@@ -98,6 +102,12 @@ class Choice:
         self.cached_tokens = out.cached_tokens
         if out.prompt_logprobs is not None:
             self.prompt_logprobs = out.prompt_logprobs
+        if out.logit_lens is not None:
+            self.logit_lens = (self.logit_lens or []) + list(out.logit_lens)
+        if out.uncertainty is not None:
+            self.uncertainty = (self.uncertainty or []) + list(out.uncertainty)
+        if out.hidden_states is not None:
+            self.hidden_states, self.hidden_positions = out.hidden_states, out.hidden_positions
 
 
 def total_usage(choices: Sequence[Choice], num_sequences: int) -> dict[str, Any]:

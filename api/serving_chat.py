@@ -18,6 +18,7 @@ from jaxserve.api.errors import APIError, bad_request, unsupported
 from jaxserve.api.generation import Job, merged, submit
 from jaxserve.api.protocol import ChatCompletionRequest, ChatMessage
 from jaxserve.api.reasoning import ReasoningFormat, reasoning_format
+from jaxserve.api.research import research_fields, stream_fields
 from jaxserve.api.responses import Choice, Envelope, chat_logprob_entry, new_id, sse, total_usage
 from jaxserve.api.sampling import ALIASES, build_params, check_stream_options
 from jaxserve.api.server_state import Served, ServerState
@@ -237,6 +238,7 @@ def _choice(
         "message": message,
         "logprobs": lp,
         "finish_reason": finish_reason(choice.finish_reason, len(calls)),
+        **research_fields(served.tokenizer, choice),
     }
 
 
@@ -252,8 +254,10 @@ async def _stream(
 ) -> AsyncIterator[bytes]:
     extra = {"usage": None} if include_usage else {}
 
-    def chunk(index: int, delta: dict, lp: Any = None, finish: str | None = None) -> bytes:
-        choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
+    def chunk(
+        index: int, delta: dict, lp: Any = None, finish: str | None = None, **more: Any
+    ) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish, **more}
         return sse(envelope.wrap("chat.completion.chunk", choices=[choice], **extra))
 
     choices = {i: Choice(i) for i in range(n)}
@@ -264,6 +268,9 @@ async def _stream(
     try:
         async for index, out in outputs:
             choices[index].add(out)
+            fields = stream_fields(served.tokenizer, out)
+            if fields:  # research outputs of these tokens ride on a chunk of their own
+                yield chunk(index, {}, **fields)
             lp = None
             if logprobs and out.logprobs:
                 entries = [chat_logprob_entry(served.tokenizer, e) for e in out.logprobs]

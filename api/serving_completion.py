@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from jaxserve.api.errors import APIError, bad_request, unsupported
 from jaxserve.api.generation import Job, merged, submit
 from jaxserve.api.protocol import CompletionRequest
+from jaxserve.api.research import research_fields, stream_fields
 from jaxserve.api.responses import (
     Choice,
     Envelope,
@@ -130,6 +131,7 @@ async def create_completion(
                 "logprobs": view.join(logprobs, more),
                 "finish_reason": c.finish_reason,
                 **view.prompt_logprobs(c),
+                **research_fields(served.tokenizer, c),
             }
         )
     usage = total_usage(ordered, params.n)
@@ -231,8 +233,8 @@ async def _stream(
     offsets: dict[int, int] = {}
     announced: set[int] = set()
 
-    def chunk(index: int, text: str, lp: dict | None, finish: str | None) -> bytes:
-        choice = {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
+    def chunk(index: int, text: str, lp: dict | None, finish: str | None, **more) -> bytes:
+        choice = {"index": index, "text": text, "logprobs": lp, "finish_reason": finish, **more}
         if index not in announced:  # a choice's first chunk carries its prompt logprobs
             announced.add(index)
             choice.update(view.prompt_logprobs(choices[index]))
@@ -252,7 +254,8 @@ async def _stream(
             lp = view.join(lp, more)
             text += out.delta
             if text or out.finish_reason is not None or out.new_token_ids:
-                yield chunk(index, text, lp, out.finish_reason)
+                fields = stream_fields(view.tokenizer, out)
+                yield chunk(index, text, lp, out.finish_reason, **fields)
     except APIError as error:
         yield sse(error.body())
         return

@@ -128,6 +128,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         kv_cache_bytes=args.kv_cache_mb * 2**20,
         tensor_parallel=args.tensor_parallel,
         data_parallel=args.data_parallel,
+        capture_layers=args.capture_layers,
+        steering_slots=args.steering_slots,
+        control_vectors=_named_paths(args.control_vector or [], "--control-vector"),
     )
     if distributed.process_id > 0:  # a follower: mirror the leader's steps, serve nothing
         from jaxserve.llm import LLM
@@ -206,9 +209,39 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--tensor-parallel", type=int, default=1, help="devices per model replica")
     p.add_argument("--data-parallel", type=int, default=1, help="split each step's rows")
+    p.add_argument(
+        "--capture-layers",
+        type=int,
+        default=EngineConfig.capture_layers,
+        help="layers a request may capture at once (return_hidden_states, logit_lens); 0: off",
+    )
+    p.add_argument(
+        "--steering-slots",
+        type=int,
+        default=None,
+        help="steering vectors held at once (control vectors + requests' own); default: one "
+        "per --control-vector",
+    )
+    p.add_argument(
+        "--control-vector",
+        action="append",
+        metavar="NAME=PATH",
+        help="a llama.cpp control-vector GGUF, steered by name per request (repeatable)",
+    )
     p.add_argument("--coordinator-address", default=None, help="host:port of process 0")
     p.add_argument("--num-processes", type=int, default=1, help="processes (hosts) in all")
     p.add_argument("--process-id", type=int, default=0, help="this process (0 serves)")
+
+
+def _named_paths(items: list[str], flag: str) -> dict[str, str]:
+    """NAME=PATH arguments as a mapping; a malformed one exits with a usage error."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"{flag} takes NAME=PATH, got {item!r}")
+        out[name] = path
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
