@@ -23,6 +23,7 @@ from jaxserve.api.async_engine import StreamOutput
 from jaxserve.api.errors import APIError, bad_request
 from jaxserve.api.generation import Job, submit
 from jaxserve.api.grpc_health import SERVICE, HealthServicer
+from jaxserve.api.grpc_research import add_research
 from jaxserve.api.middleware import key_matches
 from jaxserve.api.reasoning import ReasoningFormat, ReasoningParser, reasoning_format
 from jaxserve.api.responses import token_text
@@ -304,6 +305,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         if out.prompt_logprobs is not None:
             pairs = zip(prompt_ids, out.prompt_logprobs, strict=True)
             response.prompt_logprobs.extend(entry(i, lp) for i, lp in pairs)
+        add_research(response, tok, out)
         if out.finish_reason is not None:
             response.finish_reason = FINISH[out.finish_reason]
             response.usage.CopyFrom(
