@@ -48,3 +48,24 @@ def test_unknown_model_is_a_clear_error(capsys):
     assert main(["generate", "no-such-model", "hi"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'no-such-model'" in err and "smollm2-135m" in err
+
+
+def test_serve_takes_the_research_flags(monkeypatch, tmp_path):
+    import pytest
+
+    import jaxserve.api.serve as serve_module
+
+    seen = {}
+
+    def fake_loader(model, *, max_queue, **kwargs):
+        seen.update(kwargs)
+        return lambda: None
+
+    monkeypatch.setattr(serve_module, "llm_loader", fake_loader)
+    monkeypatch.setattr(serve_module, "serve", lambda *a, **k: 0)
+    args = ["serve", "x.gguf", "--capture-layers", "4", "--control-vector", "happy=h.gguf"]
+    assert main(args) == 0
+    assert seen["capture_layers"] == 4 and seen["steering_slots"] is None
+    assert seen["control_vectors"] == {"happy": "h.gguf"}
+    with pytest.raises(SystemExit, match="NAME=PATH"):
+        main(["serve", "x.gguf", "--control-vector", "h.gguf"])
