@@ -279,3 +279,30 @@ def test_preemption_keeps_every_position_once(tiny_gguf):
         assert out.hidden_positions == alone.hidden_positions
         np.testing.assert_array_equal(out.hidden_states[0], alone.hidden_states[0])
         assert out.logit_lens == alone.logit_lens and out.uncertainty == alone.uncertainty
+
+
+def test_choosing_layers_and_vectors_never_recompiles(tiny_gguf):
+    llm = _llm(tiny_gguf, weights="int8", max_num_seqs=2, warmup=True)
+    compiled = llm.engine.runner.num_compiled()
+    e = llm.config.hidden_size
+    kinds = [
+        _with(GREEDY, return_hidden_states=(0,), hidden_positions="all"),
+        _with(GREEDY, return_hidden_states=(1, 0, -1), logit_lens=(0,)),
+        _with(GREEDY, steering={0: (1.0,) * e}, logit_lens=(1,), return_uncertainty=True),
+        _with(GREEDY, steering={1: (0.5,) * e}, steering_scale=-2.0),
+    ]
+    for params in kinds:
+        llm.generate(PROMPTS, params)
+    llm.generate([*PROMPTS, PROMPTS[0]], kinds)
+    assert llm.engine.runner.num_compiled() == compiled
+
+
+def test_lens_of_a_few_rows_equals_the_lens_of_all(llm8):
+    lens = _with(GREEDY, logit_lens=(0, 1), logit_lens_top_k=4)
+    prompts = [*PROMPTS, *PROMPTS, PROMPTS[0], PROMPTS[1]]  # 8 rows: a quarter is 2
+    few = llm8.generate(prompts, [lens] + [GREEDY] * 7)[0]
+    every = llm8.generate(prompts, [lens] * 8)
+    assert few.token_ids == every[0].token_ids
+    for a, b in zip(few.logit_lens, every[0].logit_lens, strict=True):
+        assert [t for t, _ in a[0]] == [t for t, _ in b[0]]
+        np.testing.assert_allclose([x for _, x in a[1]], [x for _, x in b[1]], atol=1e-5)

@@ -229,11 +229,13 @@ def make_steps(
 
     def lens(model: nnx.Module, kept: jax.Array, want: jax.Array) -> tuple[jax.Array, jax.Array]:
         """kept [B, C, E] -> the top LENS_TOP_K (ids, logprobs) [B, C, K] of the final norm and
-        head applied to each slot; zeros (nothing computed) when no row `want`s them."""
+        head applied to each slot of the rows that `want` them (zeros elsewhere). When at most a
+        quarter of the rows want them, only those rows go through the head."""
         b, c, _ = kept.shape
+        few_rows = max(1, b // 4)
 
-        def compute(_):
-            logp = jax.nn.log_softmax(head(model, model.norm(kept)), axis=-1)
+        def top(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+            logp = jax.nn.log_softmax(head(model, model.norm(x)), axis=-1)
             top_lp, top_ids = jax.lax.top_k(logp, LENS_TOP_K)
             return top_ids.astype(jnp.int32), top_lp
 
@@ -241,7 +243,15 @@ def make_steps(
             zeros = jnp.zeros((b, c, LENS_TOP_K))
             return zeros.astype(jnp.int32), zeros
 
-        return jax.lax.cond(jnp.any(want), compute, skip, None)
+        def few(_):
+            rows = jnp.argsort(~want, stable=True)[:few_rows]  # the rows that want it first
+            ids, lp = top(kept[rows])
+            zero_ids, zero_lp = skip(None)
+            return zero_ids.at[rows].set(ids), zero_lp.at[rows].set(lp)
+
+        wanted = jnp.sum(want, dtype=jnp.int32)
+        branch = jnp.where(wanted == 0, 0, jnp.where(wanted <= few_rows, 1, 2))
+        return jax.lax.switch(branch, [skip, few, lambda _: top(kept)], None)
 
     def prompt_logprobs(
         params: nnx.State, hidden: jax.Array, target_ids: jax.Array
