@@ -138,7 +138,8 @@ def system_prompt(use: ToolUse) -> str:
     lines = ["You can call these functions (tools); each is given as a JSON Schema signature:"]
     lines += [json.dumps(t.openai(), ensure_ascii=False) for t in use.tools]
     lines += ["", "To call a function, reply with exactly:"]
-    lines += [fmt.calls([("<function name>", "<arguments as a JSON object>")])]
+    placeholder = "<name>=<value>, ..." if fmt.style == "python" else "<arguments as a JSON object>"
+    lines += [fmt.calls([("<function name>", placeholder)])]
     if not use.parallel:
         lines += ["Call one function at a time."]
     elif fmt.open:
@@ -195,6 +196,8 @@ def _json_text(arguments: str) -> str:
 def _tool_result(message: Mapping[str, Any], name: str | None, fmt: CallFormat) -> str:
     if fmt is FORMATS["hermes"]:
         return f"<tool_response>\n{message['content']}\n</tool_response>"
+    if fmt is FORMATS["gemma"]:
+        return f"```tool_output\n{message['content']}\n```"
     response = {"name": name, "content": message["content"]} if name else message["content"]
     return json.dumps({"tool_response": response}, ensure_ascii=False)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .tools import FORMATS, NAME_ARGS
+from .tools_python import json_arguments
 
 _WS = " \t\r\n"
 _NAME = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -163,6 +164,44 @@ class _Value:
         return len(text)
 
 
+class _PythonArguments:
+    """Finds where a Python call's arguments end (before its closing parenthesis); they are
+    passed on as one JSON object once complete (`tools_python.json_arguments`)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.quote: str | None = None
+        self.escape = False
+        self.done = False
+        self.text = ""
+
+    def take(self, text: str) -> int:
+        for i, c in enumerate(text):
+            if self.quote:
+                if self.escape:
+                    self.escape = False
+                elif c == "\\":
+                    self.escape = True
+                elif c == self.quote:
+                    self.quote = None
+            elif c in "\"'":
+                self.quote = c
+            elif c in "([{":
+                self.depth += 1
+            elif c in ")]}":
+                if self.depth == 0:
+                    self.done = True
+                    self.text += text[:i]
+                    return i
+                self.depth -= 1
+        self.text += text
+        return len(text)
+
+    def arguments(self) -> str:
+        converted = json_arguments(self.text)
+        return self.text if converted is None else converted
+
+
 class ToolCallParser:
     """Splits generated text of one call `format` into content and call deltas."""
 
@@ -173,19 +212,23 @@ class ToolCallParser:
         self._lead += [("lit", fmt.begin), ("ws",)] if fmt.begin else []
         self._triggers = [fmt.trigger, *((fmt.lead,) if fmt.lead else ())]
         open_ = [("lit", fmt.open.strip()), ("ws",)] if fmt.open.strip() else []
-        if fmt.style == "name_args":
+        if fmt.style == "python":
+            self._head, self._close = [("ws",), *open_, ("name", "(")], [("lit", ")")]
+        elif fmt.style == "name_args":
             self._head, self._close = [("lit", fmt.open), ("name", NAME_ARGS)], []
         else:
             self._head, self._close = open_ + _OBJECT_HEAD, [("ws",), ("lit", "}")]
         if fmt.close.strip():
             self._close += [("ws",), ("lit", fmt.close.strip())]
         self._sep = [("ws",), ("lit", fmt.sep.strip()), ("ws",)] if fmt.sep.strip() else []
-        self._end = [("ws",), ("lit", fmt.end)] if fmt.end else []
+        self._end = [("ws",), ("lit", fmt.end.strip())] if fmt.end.strip() else []
+        # calls separated by whitespace inside one block (Gemma's tool_code lines)
+        self._joined = bool(self._sep) or bool(fmt.sep and self._end)
         self.num_calls = 0
         self._trigger = fmt.trigger  # the one that started the current call
         self._buf = ""
         self._state = "text"
-        self._value: _Value | None = None
+        self._value: _Value | _PythonArguments | None = None
         self._ws = ""  # whitespace held back after content
         self._open_text = False  # content was emitted and no call has started since
 
@@ -223,13 +266,24 @@ class ToolCallParser:
             self._buf, self._state = buf[at:], "first"
             return True
         if state == "args":
-            n = self._value.take(buf)
-            if n:
+            value = self._value
+            n = value.take(buf)
+            python = isinstance(value, _PythonArguments)
+            if n and not python:
                 out.append(CallDelta(self.num_calls - 1, arguments=buf[:n]))
             self._buf = buf[n:]
-            if self._value.done:
+            if value.done:
                 self._state = "close"
-            return bool(n) or self._value.done
+                if python:
+                    out.append(CallDelta(self.num_calls - 1, arguments=value.arguments()))
+            return bool(n) or value.done
+        if state == "sep" and self._end:  # after a call: the end, or a separator
+            status, end, _ = _match(self._end, buf)
+            if status == "more" and not final:
+                return False
+            if status == "ok":
+                self._buf, self._state = buf[end:], "text"
+                return True
         pattern = {
             "first": self._lead + self._head,
             "head": self._head,
@@ -245,7 +299,7 @@ class ToolCallParser:
         self._buf = buf[end:]
         if state in ("first", "head"):
             self._start_call(captured, out)
-        elif state == "close" and self._sep:
+        elif state == "close" and self._joined:
             self._state = "sep"
         elif state == "close":
             self._state = "end" if self._end else "text"
@@ -263,7 +317,8 @@ class ToolCallParser:
     def _start_call(self, captured: list[Any], out: list[Event]) -> None:
         [name] = captured
         self.num_calls += 1
-        self._state, self._value = "args", _Value()
+        python = self.format.style == "python"
+        self._state, self._value = "args", _PythonArguments() if python else _Value()
         self._open_text, self._ws = False, ""
         call_id = "call_" + uuid.uuid4().hex[:24]
         out.append(CallDelta(self.num_calls - 1, id=call_id, name=name))

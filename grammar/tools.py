@@ -8,8 +8,13 @@ Output formats (one call object per call, its `arguments` constrained by the fun
   llama3   `{"name": "f", "parameters": {...}}`, calls joined by "; ", optionally after
            `<|python_tag|>` (Llama 3.1+ write it before calls)
   mistral  `[TOOL_CALLS][{"name": "f", "arguments": {...}}, ...]` (Mistral / Mixtral)
+  pythonic `[f(a=1, b="x"), g()]` (Llama 3.2 / 4 pythonic templates)
+  gemma    a ```tool_code block of calls `f(a=1, b="x")`, one per line (Gemma 3's convention;
+           results come back in a ```tool_output block)
   generic  `{"tool_calls": [{"name": "f", "arguments": {...}}, ...]}` (templates without tool
-           markup, Gemma 3 among them)
+           markup)
+
+Python-style calls (`grammar/tools_python.py`) take the arguments as keyword arguments.
 
 `tool_format(template)` picks one from the chat template; a server's `--tool-call-parser`
 overrides it.
@@ -42,6 +47,7 @@ from .ir import (
     seq,
     star,
 )
+from .tools_python import arguments_rules, python_arguments
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 NAME_ARGS = "[ARGS]"  # between a call's name and its arguments, in the "name_args" style
@@ -61,11 +67,14 @@ class CallFormat:
     args_key: str  # "arguments" or "parameters"
     lead: str = ""  # a marker the model may write before the calls (`<|python_tag|>`)
     # "json": each call is `{"name": NAME, "<args_key>": ARGUMENTS}`; "name_args": the bare
-    # name, `NAME_ARGS`, then the arguments (Mistral's v11 `[TOOL_CALLS]f[ARGS]{...}`)
+    # name, `NAME_ARGS`, then the arguments (Mistral's v11 `[TOOL_CALLS]f[ARGS]{...}`);
+    # "python": `NAME(key=value, ...)`
     style: str = "json"
 
     def call(self, name: str, arguments: str) -> str:
         """One call written in this format (`arguments`: JSON text)."""
+        if self.style == "python":
+            return self.open + name + "(" + python_arguments(arguments) + ")" + self.close
         if self.style == "name_args":
             return self.open + name + NAME_ARGS + arguments + self.close
         obj = f'{{"name": {json.dumps(name)}, "{self.args_key}": {arguments}}}'
@@ -114,6 +123,26 @@ FORMATS: dict[str, CallFormat] = {
         args_key="arguments",
         style="name_args",
     ),
+    "pythonic": CallFormat(
+        trigger="[",
+        begin="[",
+        open="",
+        close="",
+        sep=", ",
+        end="]",
+        args_key="arguments",
+        style="python",
+    ),
+    "gemma": CallFormat(
+        trigger="```tool_code",
+        begin="```tool_code\n",
+        open="",
+        close="",
+        sep="\n",
+        end="\n```",
+        args_key="arguments",
+        style="python",
+    ),
     "generic": CallFormat(
         trigger='{"tool_calls"',
         begin='{"tool_calls": [',
@@ -161,6 +190,10 @@ def tool_format(template: str | None) -> str:
         return "mistral_v11"
     if "[TOOL_CALLS]" in template or "[AVAILABLE_TOOLS]" in template:
         return "mistral"
+    if "[func_name1(" in template:  # Llama 3.2 / 4 pythonic templates describe the syntax so
+        return "pythonic"
+    if "<start_of_turn>" in template:
+        return "gemma"
     return "generic"
 
 
@@ -251,11 +284,18 @@ def tool_grammar(
     rules: dict[str, Node] = {}
     objects = []
     for i, tool in enumerate(tools):
+        prefix = f"t{i}-"
+        if fmt.style == "python":
+            arg_rules, arguments = arguments_rules(
+                tool.name, tool.parameters, prefix, schema_grammar, _renamed
+            )
+            rules.update(arg_rules)
+            objects.append(seq(lit(tool.name + "("), arguments, lit(")")))
+            continue
         try:
             schema = schema_grammar(dict(tool.parameters))
         except UnsupportedConstraintError as error:
             raise UnsupportedConstraintError(f"tool {tool.name!r}: {error}") from None
-        prefix = f"t{i}-"
         rules.update({prefix + name: _renamed(node, prefix) for name, node in schema.rules.items()})
         if fmt.style == "name_args":
             objects.append(seq(lit(tool.name + NAME_ARGS), Ref(prefix + schema.start)))

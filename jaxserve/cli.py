@@ -194,7 +194,16 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tool-call-parser",
         default="auto",
-        choices=("auto", "hermes", "llama3", "mistral", "mistral_v11", "generic"),
+        choices=(
+            "auto",
+            "hermes",
+            "llama3",
+            "mistral",
+            "mistral_v11",
+            "pythonic",
+            "gemma",
+            "generic",
+        ),
         help="how the model writes tool calls (auto: from the chat template)",
     )
     p.add_argument("--max-model-len", type=int, default=EngineConfig.max_model_len)

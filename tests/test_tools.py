@@ -23,7 +23,17 @@ from jaxserve.grammar import (
     to_gbnf,
 )
 from jaxserve.grammar.automaton import DEAD
-from jaxserve.grammar.ir import NOTHING, Ref, Repeat, Seq, chars, lit, seq, star
+from jaxserve.grammar.ir import (
+    NOTHING,
+    Ref,
+    Repeat,
+    Seq,
+    UnsupportedConstraintError,
+    chars,
+    lit,
+    seq,
+    star,
+)
 from jaxserve.grammar.spec import spec_key
 from jaxserve.grammar.tool_parser import CallDelta, ToolCallParser, parse_tool_calls
 from jaxserve.grammar.tools import (
@@ -125,7 +135,9 @@ def test_the_format_follows_the_chat_template():
     assert tool_format(None) == "hermes"
     assert tool_format("{{ '<|im_start|>' }}") == "hermes"
     assert tool_format("<|start_header_id|>") == "llama3"
-    assert tool_format("<start_of_turn>") == "generic"
+    assert tool_format("<start_of_turn>") == "gemma"
+    assert tool_format("[func_name1(params_name1=params_value1, ...)]") == "pythonic"
+    assert tool_format("plain {{ messages }}") == "generic"
 
 
 def _sample(automaton: Automaton, rng: random.Random, limit: int = 400) -> str | None:
@@ -347,7 +359,7 @@ def test_the_format_of_qwen3_llama31_mistral_gemma3_templates():
         "hermes",
         "llama3",
         "mistral",
-        "generic",
+        "gemma",
         "hermes",
     ]
 
@@ -385,10 +397,51 @@ def test_mistral_v11_calls_parse_streamed_and_follow_their_template():
     assert parse_tool_calls("[TOOL_CALLS]a b[ARGS]{}", "mistral_v11")[1] == []
 
 
-def test_gemma3_without_an_embedded_template_gets_the_generic_format():
+def test_gemma3_without_an_embedded_template_gets_its_tool_code_format():
     """The Gemma 3 GGUF carries no chat template: its architecture's template is used, and its
-    tools go in the generic JSON format, not ChatML's <tool_call>."""
+    tools go in Gemma's ```tool_code blocks, not ChatML's <tool_call>."""
     from jaxserve.text.chat_template import ChatTemplate
 
-    assert tool_format(ChatTemplate(None, architecture="gemma3").source) == "generic"
+    assert tool_format(ChatTemplate(None, architecture="gemma3").source) == "gemma"
     assert tool_format(ChatTemplate(None).source) == "hermes"  # ChatML
+
+
+@pytest.mark.parametrize("fmt", ["pythonic", "gemma"])
+def test_python_style_calls(fmt):
+    """Keyword arguments in declared order, Python's True / False / None, JSON back out."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "q": {"type": "string"},
+            "flag": {"type": "boolean"},
+            "none": {"type": "null"},
+            "n": {"type": "array", "items": {"type": "integer"}},
+        },
+        "required": ["q"],
+    }
+    tools = parse_tools([{"type": "function", "function": {"name": "f", "parameters": schema}}])
+    spec = tool_constraint(tools, "required", format=fmt)
+    call = FORMATS[fmt].calls([("f", '{"q": "a\\"b)", "flag": false, "none": null, "n": [1]}')])
+    assert "flag=False, none=None, n=[1]" in call
+    assert matches(spec, call)
+    assert not matches(spec, call.replace("False", "false"))
+    assert not matches(spec, FORMATS[fmt].calls([("f", '{"flag": true}')]))  # q is required
+    assert matches(spec, FORMATS[fmt].calls([("f", '{"q": ""}')]))
+    _, calls = parse_tool_calls(call, fmt)
+    assert json.loads(calls[0]["function"]["arguments"]) == {
+        "q": 'a"b)',
+        "flag": False,
+        "none": None,
+        "n": [1],
+    }
+    # what a model may write unconstrained: single quotes, JSON literals
+    loose = call.replace('"a\\"b)"', "'x'").replace("False", "false")
+    args = json.loads(parse_tool_calls(loose, fmt)[1][0]["function"]["arguments"])
+    assert args["q"] == "x" and args["flag"] is False
+    with pytest.raises(UnsupportedConstraintError, match="keyword arguments"):
+        odd = {"type": "object", "additionalProperties": {"type": "integer"}}
+        tool_constraint(
+            parse_tools([{"type": "function", "function": {"name": "g", "parameters": odd}}]),
+            "required",
+            format=fmt,
+        )
