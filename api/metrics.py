@@ -17,6 +17,8 @@ _COUNTERS = frozenset(
         "prompt_tokens",
         "generated_tokens",
         "cached_tokens",
+        "draft_tokens",
+        "accepted_draft_tokens",
     }
 )
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)

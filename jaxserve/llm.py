@@ -12,16 +12,18 @@ import numpy as np
 from jaxserve.config import WeightFormat
 from jaxserve.engine import Engine, EngineConfig, SchedulerConfig
 from jaxserve.engine.admission import max_pages_per_row, num_pages_for
+from jaxserve.engine.speculation import SpeculativeConfig
 from jaxserve.kernels import resolve_mode, resolve_weights
 from jaxserve.loading.control_vector import load_control_vector
 from jaxserve.loading.loader import open_model
 from jaxserve.loading.pull import DEFAULT_MODEL, cache_dir, resolve_model
 from jaxserve.models.build import build_model
 from jaxserve.outputs import RequestOutput
+from jaxserve.runtime.compile_cache import enable_compilation_cache
 from jaxserve.runtime.distributed import Broadcaster, device_count, is_leader, process_count
 from jaxserve.runtime.kv_cache import kv_format_for
 from jaxserve.runtime.parallel import ParallelConfig, check_heads, make_mesh, prepare
-from jaxserve.runtime.runner import ModelRunner, enable_compilation_cache
+from jaxserve.runtime.runner import ModelRunner
 from jaxserve.sampling.chain import LogitsHook
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.text.chat_template import ChatTemplate
@@ -105,6 +107,8 @@ class LLM:
         capture_layers: int = EngineConfig.capture_layers,
         steering_slots: int | None = None,
         control_vectors: Mapping[str, str | Path] | None = None,
+        speculative: str | None = None,
+        num_speculative_tokens: int = SpeculativeConfig.num_tokens,
     ) -> None:
         control_vectors = dict(control_vectors or {})
         if steering_slots is None:
@@ -119,6 +123,11 @@ class LLM:
             grammar_states=grammar_states,
             capture_layers=capture_layers,
             steering_slots=steering_slots,
+            speculative=(
+                None
+                if speculative is None
+                else SpeculativeConfig(method=speculative, num_tokens=num_speculative_tokens)
+            ),
         )
         cache_path = config.compilation_cache_dir
         enable_compilation_cache(str(cache_dir() / "xla") if cache_path is None else cache_path)
@@ -165,6 +174,7 @@ class LLM:
             mesh=mesh,
             capture_slots=config.capture_layers,
             steering_slots=config.steering_slots,
+            verify_width=0 if speculative is None else num_speculative_tokens + 1,
         )
         self.is_leader = is_leader()
         if process_count() > 1 and self.is_leader:

@@ -127,6 +127,8 @@ class SamplingParams:
         residual stream after those layers, for this request only.
       return_uncertainty: per generated token, the entropy of the model's distribution and of
         the processed one, and the top-2 logprob margin (`RequestOutput.uncertainty`).
+    speculative: False keeps this request out of speculative decoding (when the engine has it;
+      its tokens are the same either way, only the number of forward passes changes).
     """
 
     max_tokens: int = 16
@@ -182,6 +184,7 @@ class SamplingParams:
     steering: Mapping[int, str | tuple[float, ...]] | str | None = None
     steering_scale: float = 1.0
     return_uncertainty: bool = False
+    speculative: bool = True
 
     def __post_init__(self) -> None:
         if self.choice is not None:
@@ -288,6 +291,7 @@ class SamplingParams:
             "skip_special_tokens",
             "token_healing",
             "unbounded_numbers",
+            "speculative",
         ):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, "a boolean", getattr(self, name))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jaxserve.config import WeightFormat
+from jaxserve.engine.speculation import SpeculativeConfig
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class EngineConfig:
     grammar_states: int = 1024  # on-device constraint table capacity (0: host masks only)
     capture_layers: int = 0  # layers a request may capture (hidden states, logit lens); 0: off
     steering_slots: int = 0  # steering vectors the device holds at once; 0: no steering
+    speculative: SpeculativeConfig | None = None  # speculative decoding (None: off)
 
     def __post_init__(self) -> None:
         if self.weights not in ("int8", "f32", "bf16"):

@@ -66,6 +66,19 @@ class DecodeResult:
     probe: ProbeResult | None = None  # when a row captures
 
 
+@dataclass(frozen=True)
+class VerifyResult:
+    """The draw after each position of each row of a speculative check (T: positions)."""
+
+    token_ids: np.ndarray  # [B, T] int32
+    logprobs: np.ndarray  # [B, T] f32
+    top_ids: np.ndarray  # [B, T, K] int32
+    top_logprobs: np.ndarray  # [B, T, K] f32
+    mirostat_mu: np.ndarray  # [B, T] f32
+    nonfinite: np.ndarray  # [B, T] bool
+    uncertainty: np.ndarray  # [B, T, 3] f32
+
+
 class Runner(Protocol):
     """One model over one paged KV cache, run in compiled buckets."""
 
@@ -83,6 +96,8 @@ class Runner(Protocol):
     def decode(self, rows: Sequence[DecodeRow], *, num_steps: int) -> DecodeResult: ...
 
     def embed(self, rows: Sequence[EmbedRow], *, max_rows: int, chunk: int) -> np.ndarray: ...
+
+    def verify(self, rows: Sequence[PrefillRow], *, num_tokens: int) -> VerifyResult: ...
 
     def load_grammar_tables(
         self, byte_next: np.ndarray, masks: np.ndarray, complete: np.ndarray

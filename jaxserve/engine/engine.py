@@ -11,7 +11,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -36,12 +36,14 @@ from jaxserve.engine.postprocess import (
     token_logprob,
     top_alternatives,
 )
-from jaxserve.engine.request import Request
+from jaxserve.engine.request import Request, StepEvent
 from jaxserve.engine.research import Research, keep_prefill, record_research
 from jaxserve.engine.rows import NO_PROBE, DecodeRow, PrefillRow
 from jaxserve.engine.sampling_inputs import SamplingInputs
 from jaxserve.engine.scheduler import PrefillChunk, Scheduler, SchedulerConfig
+from jaxserve.engine.speculation import Speculator
 from jaxserve.engine.stats import EngineStats
+from jaxserve.engine.verify import VerifySteps
 from jaxserve.grammar import (
     CompiledGrammar,
     GrammarCompiler,
@@ -50,7 +52,7 @@ from jaxserve.grammar import (
     TokenVocab,
     UnsupportedConstraintError,
 )
-from jaxserve.outputs import RequestOutput, TokenLogprob
+from jaxserve.outputs import TokenLogprob
 from jaxserve.sampling.rows import SamplingRow
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.text.detokenizer import IncrementalDetokenizer
@@ -60,16 +62,7 @@ log = logging.getLogger("jaxserve.engine")
 MAX_FAILED_CALLS = 3  # device calls in a row that may raise before the engine gives up
 
 
-@dataclass(frozen=True)
-class StepEvent:
-    """What one engine step produced for one request."""
-
-    output: RequestOutput
-    delta: str
-    new_token_ids: tuple[int, ...]
-
-
-class Engine:
+class Engine(VerifySteps):
     def __init__(
         self,
         tokenizer: Tokenizer,
@@ -106,6 +99,8 @@ class Engine:
         )
         words = (runner.config.vocab_size + 31) // 32
         self.grammar_slots = GrammarSlots(runner.grammar_states, words)
+        spec = config.speculative
+        self.speculator = Speculator(spec) if spec is not None else None
         self._to_warm: list[tuple[str, int, int, int]] = []  # buckets left to compile (idle)
         self.warmup_total = 0
         self._warm_started = 0.0
@@ -312,6 +307,7 @@ class Engine:
                 self.stats.on_finish(request)
         self.stats.on_step(self.scheduler, out)
         self.stats.on_runner(self.runner)
+        self.stats.on_speculation(self.speculator)
         return events
 
     def _sync_tables(self) -> None:
@@ -417,10 +413,13 @@ class Engine:
     def _run_decode(self, requests: list[Request], max_tokens: int) -> list[StepEvent]:
         """Decode up to `max_tokens` tokens per row. The device call always has the configured
         number of steps (one compiled shape); rows stop on device after their `remaining`."""
+        drafts = self._drafts(requests, self.scheduler.config.decode_steps)
+        events = self._run_verify(drafts) if drafts else []
+        requests = [r for r in requests if r not in drafts and not r.finished]
         in_use = {r.matcher.grammar for r in requests if r.matcher is not None}
         built = self._each(requests, lambda _, r: self._decode_row(r, in_use, max_tokens))
         if not built:
-            return []
+            return events
         requests, rows = [r for r, _ in built], [row for _, row in built]
         num_steps = self.scheduler.config.decode_steps
         self._sync_tables()
@@ -428,8 +427,8 @@ class Engine:
             "decode", requests, lambda: self.runner.decode(rows, num_steps=num_steps)
         )
         if out is None:
-            return []
-        return [e for _, e in self._each(requests, lambda i, r: self._decoded(r, out, i))]
+            return events
+        return events + [e for _, e in self._each(requests, lambda i, r: self._decoded(r, out, i))]
 
     def _decoded(self, request: Request, out: DecodeResult, i: int) -> StepEvent:
         check_finite(request, out.nonfinite, i)

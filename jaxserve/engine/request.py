@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jaxserve.engine.research import Capture
+from jaxserve.engine.speculation import SpecState
 from jaxserve.grammar import Matcher
 from jaxserve.outputs import RequestOutput, TokenLogprob
 from jaxserve.sampling_params import SamplingParams
@@ -43,6 +44,7 @@ class Request:
     mirostat_mu: float = 0.0
     matcher: Matcher | None = None  # the request's constraint, advanced per generated token
     capture: Capture | None = None  # research hooks: captured layers, steering, what was kept
+    spec: SpecState | None = None  # speculative decoding: drafts per check, misses
     output: RequestOutput = field(init=False)
     _pending: str = ""  # decoded text held back because it may begin a stop string
 
@@ -142,3 +144,12 @@ class Request:
         self._pending = self._pending[len(delta) :]
         self.output.text += delta
         return delta
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What one engine step produced for one request."""
+
+    output: RequestOutput
+    delta: str
+    new_token_ids: tuple[int, ...]

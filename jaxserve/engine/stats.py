@@ -31,6 +31,8 @@ class EngineStats:
     prefix_hit_rate: float = 0.0
     padding_ratio: float = 0.0  # token slots computed / tokens requests needed
     compiles_after_warmup: int = 0
+    num_draft_tokens: int = 0  # speculative decoding: drafts checked
+    num_accepted_tokens: int = 0  # of those, accepted
 
     def on_first_token(self, request: Request) -> None:
         now = time.monotonic()
@@ -66,6 +68,11 @@ class EngineStats:
         self.prefix_hit_rate = scheduler.pages.stats.hit_rate
         self.num_preemptions = scheduler.num_preemptions
 
+    def on_speculation(self, speculator) -> None:
+        if speculator is not None:
+            self.num_draft_tokens = speculator.num_proposed
+            self.num_accepted_tokens = speculator.num_accepted
+
     def on_runner(self, runner) -> None:
         """Padding waste and compiles since warm-up, read from the runner."""
         self.padding_ratio = runner.num_padded_tokens / max(runner.num_real_tokens, 1)
@@ -93,4 +100,6 @@ class EngineStats:
             "cached_tokens": self.num_cached_tokens,
             "padding_ratio": self.padding_ratio,
             "compiles_after_warmup": self.compiles_after_warmup,
+            "draft_tokens": self.num_draft_tokens,
+            "accepted_draft_tokens": self.num_accepted_tokens,
         }

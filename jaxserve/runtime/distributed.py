@@ -10,6 +10,7 @@ own runner. No other channel is used: the broadcast is itself a jax collective.
 
 from __future__ import annotations
 
+import functools
 import pickle
 from dataclasses import dataclass
 from typing import Any
@@ -93,3 +94,20 @@ def follow(runner: Any) -> int:
         getattr(runner, name)(*args, **kwargs)
         calls += 1
     return calls
+
+
+def mirrored(method):
+    """A device call the leader of a multi-process group first sends to its followers
+    (`jaxserve.runtime.distributed`); calls made inside another mirrored call are not sent again."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if self.mirror is not None and self._depth == 0:
+            self.mirror.send((method.__name__, args, kwargs))
+        self._depth += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._depth -= 1
+
+    return call

@@ -7,10 +7,8 @@ jitted step, and returns numpy results in one host transfer. `warmup` compiles e
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +21,13 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from jaxserve.config import ModelConfig
-from jaxserve.engine.device import DecodeResult, PrefillResult, ProbeResult, PromptLogprobs
+from jaxserve.engine.device import (
+    DecodeResult,
+    PrefillResult,
+    ProbeResult,
+    PromptLogprobs,
+    VerifyResult,
+)
 from jaxserve.engine.mappings import CLEAR_AT, MIN_DROP, mapping_use
 from jaxserve.engine.rows import (
     DECODE_ROW_BUCKETS,
@@ -40,6 +44,7 @@ from jaxserve.engine.rows import (
 )
 from jaxserve.models.decoder import Probe
 from jaxserve.runtime import parallel
+from jaxserve.runtime.distributed import mirrored
 from jaxserve.runtime.kv_cache import NULL_PAGE, KVCache
 from jaxserve.runtime.step import DecodeBatch, PrefillBatch, RowInputs, make_steps
 from jaxserve.sampling.chain import LogitsHook
@@ -48,23 +53,6 @@ from jaxserve.sampling.rows import SamplingRow, pack
 from jaxserve.sampling.tensors import SamplingTensors
 
 log = logging.getLogger(__name__)
-
-
-def mirrored(method):
-    """A device call the leader of a multi-process group first sends to its followers
-    (`jaxserve.runtime.distributed`); calls made inside another mirrored call are not sent again."""
-
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        if self.mirror is not None and self._depth == 0:
-            self.mirror.send((method.__name__, args, kwargs))
-        self._depth += 1
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            self._depth -= 1
-
-    return call
 
 
 class ModelRunner:
@@ -85,6 +73,7 @@ class ModelRunner:
         mesh: Mesh | None = None,
         capture_slots: int = 0,
         steering_slots: int = 0,
+        verify_width: int = 0,
     ) -> None:
         """`grammar_states`: capacity of the on-device constraint tables (0: constraints are
         masked from the host only); `token_bytes`: each token's bytes, for walking them;
@@ -124,6 +113,7 @@ class ModelRunner:
         self.grammar = self._grammar_tables(token_bytes)
         self.capture_slots = capture_slots
         self.steering_slots = steering_slots
+        self.verify_width = verify_width  # tokens of a speculative check (0: no speculation)
         self.steering = self._shared(
             np.zeros((steering_slots + 1, config.num_layers, config.hidden_size), np.float32)
         )
@@ -217,7 +207,13 @@ class ModelRunner:
                 len(self._shapes),
             )
             steps = self.steps
-            for step in (steps.prefill, steps.prompt_logprobs, steps.decode, steps.pool):
+            for step in (
+                steps.prefill,
+                steps.prompt_logprobs,
+                steps.decode,
+                steps.pool,
+                steps.verify,
+            ):
                 step.clear_cache()
             self._shapes.clear()
         self._shapes.add(key)
@@ -376,6 +372,29 @@ class ModelRunner:
         self.num_padded_tokens += batch.token_ids.shape[0] * int(out.num_generated.max(initial=0))
         return out
 
+    @mirrored
+    def verify(self, rows: Sequence[PrefillRow], *, num_tokens: int) -> VerifyResult:
+        """Speculative check: each row's last token and drafts (`token_ids`, at most
+        `num_tokens`, a fixed width: one compiled shape per row and page bucket), the draw after
+        each position (`runtime.step`'s `verify`)."""
+        num_rows = bucket(len(rows), DECODE_ROW_BUCKETS)
+        num_pages = bucket(max(len(r.pages) for r in rows), self.page_buckets)
+        token_ids = np.zeros((num_rows, num_tokens), np.int32)
+        start, num_new = np.zeros(num_rows, np.int32), np.zeros(num_rows, np.int32)
+        page_table = np.full((num_rows, num_pages), NULL_PAGE, np.int32)
+        for i, r in enumerate(rows):
+            token_ids[i, : len(r.token_ids)] = r.token_ids
+            start[i], num_new[i] = r.start, len(r.token_ids)
+            page_table[i, : len(r.pages)] = r.pages
+        sampling, row_inputs = self._sampling([r.sampling for r in rows], num_rows, num_pages)
+        arrays = map(self._rows, (token_ids, start, num_new, page_table))
+        batch = PrefillBatch(*arrays, sampling, row_inputs)
+        self._guard("verify", token_ids.shape, page_table.shape)
+        self.kv, out = self.steps.verify(self.params, self.kv, batch, self.key)
+        self.num_real_tokens += int(num_new.sum())
+        self.num_padded_tokens += token_ids.size
+        return VerifyResult(*self._host(out, len(rows)))
+
     def _sampling(
         self, rows: Sequence[SamplingRow], num_rows: int, num_pages: int
     ) -> tuple[SamplingTensors, RowInputs]:
@@ -441,6 +460,10 @@ class ModelRunner:
             : DECODE_ROW_BUCKETS.index(bucket(max_rows, DECODE_ROW_BUCKETS)) + 1
         ]:
             shapes += [("decode", rows, 1, pages) for pages in self.page_buckets]
+            if self.verify_width:
+                shapes += [
+                    ("verify", rows, self.verify_width, pages) for pages in self.page_buckets
+                ]
         for rows in PREFILL_ROW_BUCKETS[
             : PREFILL_ROW_BUCKETS.index(bucket(max_prefill_rows, PREFILL_ROW_BUCKETS)) + 1
         ]:
@@ -462,6 +485,8 @@ class ModelRunner:
         if kind == "decode":
             row = DecodeRow(0, 0, null, SamplingRow(), remaining=0)
             self.decode([row] * rows, num_steps=num_steps)
+        elif kind == "verify":
+            self.verify([PrefillRow([0] * tokens, 0, null)] * rows, num_tokens=tokens)
         else:
             self.prefill([PrefillRow([0] * tokens, 0, null, prompt_targets=[0])] * rows)
             self._guard("pool", (rows, tokens))
@@ -471,16 +496,3 @@ class ModelRunner:
         """Every bucket is compiled: later compiles count as recompiles (`stats`)."""
         self.compiled_at_warmup = self.num_compiled()
         self.num_real_tokens = self.num_padded_tokens = 0
-
-
-def enable_compilation_cache(path: str | None) -> None:
-    """Keep compiled programs on disk so a restart skips XLA compilation ("" or None: off).
-
-    The directory holds executable code: it must be writable by its owner only.
-    """
-    if not path:
-        return
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

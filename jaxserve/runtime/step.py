@@ -150,6 +150,7 @@ class Steps(NamedTuple):
     decode: Callable[..., tuple[KVCache, DecodeOutput]]
     pool: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
     traces: TraceCounter
+    verify: Callable[..., tuple[KVCache, SampleOutput]]
 
 
 def _row_state(rows: RowInputs, length: jax.Array, t: SamplingTensors, vocab: int) -> RowState:
@@ -208,7 +209,7 @@ def make_steps(
             page_table=batch.page_table,
             page_size=kv.k.shape[3],
         )
-        h, kv, kept = model.probed(batch.token_ids, kv, layout, batch.probe)
+        h, kv, kept = _forward(model, batch.token_ids, kv, layout, batch.probe)
         last = jnp.clip(batch.num_new - 1, 0, t - 1)
         logits = head(model, h[jnp.arange(b), last])
         probe = None
@@ -314,7 +315,7 @@ def make_steps(
                 page_table=batch.page_table,
                 page_size=page_size,
             )
-            h, kv, kept = model.probed(c.token_ids[:, None], c.kv, layout, batch.probe)
+            h, kv, kept = _forward(model, c.token_ids[:, None], c.kv, layout, batch.probe)
             bitmask, use_bitmask = mask_rows(grammar, c.grammar_state, t.bitmask, t.use_bitmask)
             s = sample(
                 head(model, h[:, 0]),
@@ -372,6 +373,45 @@ def make_steps(
         )
         return keep(c.kv), out
 
+    def verify(
+        params: nnx.State, kv: KVCache, batch: PrefillBatch, key: jax.Array
+    ) -> tuple[KVCache, SampleOutput]:
+        """Speculative decoding's check: each row is its last token (not yet cached, at
+        `start`) followed by draft tokens, all written to the cache in one forward pass; the
+        token after every position is drawn exactly as a decode step would draw it there (the
+        position's key, the row's chain), so a draft is accepted when it equals the draw and
+        the accepted tokens are the ones decoding alone would give. Returns the draws,
+        `[B, T]` in every field. Rows need no token history (no penalties, DRY or bad words:
+        their counts are not advanced between positions) and no Mirostat."""
+        model = nnx.merge(graphdef, params)
+        t = batch.token_ids.shape[1]
+        layout = TokenLayout.build(
+            start=batch.start,
+            num_new=batch.num_new,
+            num_tokens=t,
+            page_table=batch.page_table,
+            page_size=kv.k.shape[3],
+        )
+        h, kv = model.hidden(batch.token_ids, kv, layout)
+        logits = head(model, h)
+        vocab = model.config.vocab_size
+        draws = []
+        for i in range(t):
+            rows = dataclasses.replace(batch.rows, num_generated=batch.rows.num_generated + i)
+            state = _row_state(rows, batch.start + 1 + i, batch.sampling, vocab)
+            draws.append(
+                sample(
+                    logits[:, i],
+                    batch.sampling,
+                    state,
+                    key,
+                    want_logprobs=batch.rows.want_logprobs,
+                    hook=hook,
+                    kernels=model.config.kernels,
+                )
+            )
+        return keep(kv), jax.tree.map(lambda *x: jnp.stack(x, axis=1), *draws)
+
     traces = TraceCounter()
     mesh = getattr(kv_sharding, "mesh", None)
 
@@ -391,7 +431,17 @@ def make_steps(
         decode=jax.jit(wrap(decode), static_argnames=("num_steps",), donate_argnames=("kv",)),
         pool=jax.jit(wrap(pool)),
         traces=traces,
+        verify=jax.jit(wrap(verify), donate_argnames=("kv",)),
     )
+
+
+def _forward(model, token_ids, kv, layout, probe):
+    """The model's hidden states, through its probe when the batch has one (a model without
+    research hooks, such as `jaxserve.testing.mock_model`, needs none)."""
+    if probe is None:
+        h, kv = model.hidden(token_ids, kv, layout)
+        return h, kv, None
+    return model.probed(token_ids, kv, layout, probe)
 
 
 def _empty_probe(probe: Probe | None, b: int, n: int, e: int) -> ProbeOutput | None:

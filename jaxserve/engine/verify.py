@@ -1,0 +1,82 @@
+"""The engine's speculative decode step (host only): requests with drafts (`speculation.py`)
+get one `Runner.verify` call instead of a k-step decode; each keeps the draws up to and including
+the first that differs from its draft (or ends it)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from jaxserve.engine.device import VerifyResult
+from jaxserve.engine.postprocess import check_finite, record_token, token_logprob
+from jaxserve.engine.request import StepEvent
+from jaxserve.engine.research import record_research
+from jaxserve.engine.rows import PrefillRow
+from jaxserve.engine.speculation import Speculator
+
+if TYPE_CHECKING:
+    from jaxserve.engine.request import Request
+
+
+class VerifySteps:
+    """Mixed into `Engine`: splits decode rows into speculating and plain ones."""
+
+    speculator: Speculator | None
+
+    def _drafts(self, requests: Sequence[Request], max_tokens: int) -> dict[Request, list[int]]:
+        """The requests that speculate this step, with their drafts."""
+        if self.speculator is None:
+            return {}
+        out = {}
+        for r in requests:
+            room = min(
+                r.params.max_tokens - len(r.output.token_ids), r.max_len - r.num_tokens, max_tokens
+            )
+            drafts = self.speculator.drafts(r, room)
+            if drafts:
+                out[r] = drafts
+        return out
+
+    def _run_verify(self, drafts: dict[Request, list[int]]) -> list:
+        requests = list(drafts)
+        built = self._each(requests, lambda _, r: self._verify_row(r, drafts[r]))
+        if not built:
+            return []
+        requests, rows = [r for r, _ in built], [row for _, row in built]
+        self._sync_tables()
+        width = self.speculator.config.num_tokens + 1
+        out = self._device_call(
+            "decode", requests, lambda: self.runner.verify(rows, num_tokens=width)
+        )
+        if out is None:
+            return []
+        done = self._each(requests, lambda i, r: self._verified(r, out, i, drafts[r]))
+        return [e for _, e in done]
+
+    def _verify_row(self, request: Request, drafts: list[int]) -> PrefillRow:
+        return PrefillRow(
+            token_ids=[request.all_token_ids[-1], *drafts],
+            start=request.num_tokens - 1,
+            pages=request.pages,
+            sampling=self.sampling.row(request, request.num_tokens),
+        )
+
+    def _verified(
+        self, request: Request, out: VerifyResult, i: int, drafts: list[int]
+    ) -> StepEvent:
+        delta, new, accepted = "", [], 0
+        for j in range(len(drafts) + 1):
+            check_finite(request, out.nonfinite[i], j)
+            token = int(out.token_ids[i, j])
+            lp = token_logprob(
+                request, token, out.logprobs[i, j], out.top_ids[i, j], out.top_logprobs[i, j]
+            )
+            record_research(request, out.uncertainty[i, j], None, i, j)
+            delta += record_token(request, token, lp, eos_ids=self.tokenizer.eos_ids)
+            new.append(token)
+            if request.finished or j == len(drafts) or token != drafts[j]:
+                break
+            accepted += 1
+        self.speculator.accepted(request, len(drafts), accepted)
+        request.num_computed = request.num_tokens - 1
+        return StepEvent(request.output, delta, tuple(new))

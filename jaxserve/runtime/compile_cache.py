@@ -1,0 +1,20 @@
+"""The persistent XLA compilation cache (a restart skips compiling what it compiled before)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+
+def enable_compilation_cache(path: str | None) -> None:
+    """Keep compiled programs on disk so a restart skips XLA compilation ("" or None: off).
+
+    The directory holds executable code: it must be writable by its owner only.
+    """
+    if not path:
+        return
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
