@@ -131,6 +131,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         capture_layers=args.capture_layers,
         steering_slots=args.steering_slots,
         control_vectors=_named_paths(args.control_vector or [], "--control-vector"),
+        speculative=args.speculative,
+        num_speculative_tokens=args.num_speculative_tokens,
     )
     if distributed.process_id > 0:  # a follower: mirror the leader's steps, serve nothing
         from jaxserve.llm import LLM
@@ -237,6 +239,13 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         metavar="NAME=PATH",
         help="a llama.cpp control-vector GGUF, steered by name per request (repeatable)",
     )
+    p.add_argument(
+        "--speculative",
+        choices=("ngram",),
+        default=None,
+        help="speculative decoding: ngram = drafts by prompt lookup (same tokens, fewer passes)",
+    )
+    p.add_argument("--num-speculative-tokens", type=int, default=4, help="drafts per check at most")
     p.add_argument("--coordinator-address", default=None, help="host:port of process 0")
     p.add_argument("--num-processes", type=int, default=1, help="processes (hosts) in all")
     p.add_argument("--process-id", type=int, default=0, help="this process (0 serves)")

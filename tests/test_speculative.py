@@ -1,0 +1,131 @@
+"""Speculative decoding by prompt lookup: the same tokens and logprobs as decoding without it
+(greedy and seeded, in any batch, with stops, preemption and rows that cannot speculate), fewer
+forward passes when the text repeats itself."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from jaxserve import LLM, SamplingParams
+from jaxserve.engine.speculation import SpeculativeConfig, Speculator, SpecState, propose
+
+PROMPTS = [
+    "one two three one two three one two three one two",
+    "hello world",
+    "abc abc abc abc abc abc abc",
+    "The ocean is deep. The ocean is",
+]
+GREEDY = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True, logprobs=2)
+SAMPLED = SamplingParams(max_tokens=40, temperature=0.9, top_p=0.95, seed=7, ignore_eos=True)
+
+
+def _llm(path, **kw) -> LLM:
+    config = dict(weights="int8", max_model_len=128, compilation_cache_dir="", max_num_seqs=8)
+    return LLM(str(path), **(config | kw))
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_gguf) -> LLM:
+    return _llm(tiny_gguf)
+
+
+@pytest.fixture(scope="module")
+def spec(tiny_gguf) -> LLM:
+    return _llm(tiny_gguf, speculative="ngram", num_speculative_tokens=4)
+
+
+def _same(a, b) -> None:
+    assert a.token_ids == b.token_ids
+    assert a.text == b.text and a.finish_reason == b.finish_reason
+    if a.logprobs is not None:
+        assert [x.logprob for x in a.logprobs] == [x.logprob for x in b.logprobs]
+        assert [x.top for x in a.logprobs] == [x.top for x in b.logprobs]
+
+
+def _accepted(llm: LLM) -> tuple[int, int]:
+    s = llm.engine.stats.snapshot()
+    return s["draft_tokens"], s["accepted_draft_tokens"]
+
+
+@pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "seeded"])
+def test_the_same_tokens_with_fewer_passes(plain, spec, params):
+    before = _accepted(spec)
+    for a, b in zip(plain.generate(PROMPTS, params), spec.generate(PROMPTS, params), strict=True):
+        _same(a, b)
+    proposed, accepted = (x - y for x, y in zip(_accepted(spec), before, strict=True))
+    assert proposed > 0 and (accepted > 0 or params is SAMPLED)  # the tiny model is near-flat
+    alone = [spec.generate(p, params)[0] for p in PROMPTS]  # one row at a time, too
+    for a, b in zip(plain.generate(PROMPTS, params), alone, strict=True):
+        _same(a, b)
+
+
+def test_rows_that_cannot_speculate_decode_beside_those_that_do(plain, spec):
+    others = [
+        dataclasses.replace(SAMPLED, repetition_penalty=1.3),
+        dataclasses.replace(SAMPLED, mirostat=2),
+        dataclasses.replace(GREEDY, regex="(one|two|three| )+"),
+        dataclasses.replace(GREEDY, speculative=False),
+        dataclasses.replace(GREEDY, stop=["three o"], ignore_eos=False),
+        dataclasses.replace(SAMPLED, n=2),
+    ]
+    params = [GREEDY, *others, SAMPLED]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(params))]
+    for a, b in zip(plain.generate(prompts, params), spec.generate(prompts, params), strict=True):
+        _same(a, b)
+    speculator = spec.engine.speculator
+    request = spec.engine.add_request([1, 2, 3], others[0])
+    assert not speculator.eligible(request)
+    spec.engine.abort(request)
+
+
+def test_preemption_and_a_short_context(tiny_gguf, plain):
+    # 7 pages of 16 tokens for 8 requests: later ones are preempted and recomputed
+    small = _llm(tiny_gguf, speculative="ngram", kv_cache_bytes=8 * 4608, max_model_len=64)
+    params = dataclasses.replace(GREEDY, max_tokens=60)
+    outs = small.generate(PROMPTS * 2, params)
+    assert small.engine.scheduler.num_preemptions > 0
+    for out in outs:
+        want = plain.generate(out.prompt_token_ids, params)[0]
+        assert out.token_ids == want.token_ids[: len(out.token_ids)]
+        assert out.finish_reason == "length"
+
+
+def test_no_compiles_after_warmup(tiny_gguf):
+    llm = _llm(tiny_gguf, speculative="ngram", max_num_seqs=2, warmup=True)
+    compiled = llm.engine.runner.num_compiled()
+    llm.generate(PROMPTS[:2], GREEDY)
+    llm.generate(PROMPTS[2], SAMPLED)
+    assert _accepted(llm)[0] > 0
+    assert llm.engine.runner.num_compiled() == compiled
+
+
+def test_propose_takes_what_followed_the_latest_match():
+    tokens = [1, 2, 3, 9, 1, 2, 3, 7, 8, 5, 1, 2, 3]
+    assert propose(tokens, 3, max_ngram=3, min_ngram=1) == [7, 8, 5]
+    assert propose(tokens, 1, max_ngram=3, min_ngram=1) == [7]
+    assert propose([4, 5, 6], 3, max_ngram=3, min_ngram=1) == []
+    assert propose([5, 6, 5], 4, max_ngram=2, min_ngram=1) == [6, 5]  # a 1-gram match
+    assert propose([5], 4, max_ngram=3, min_ngram=1) == []
+
+
+def test_a_request_whose_drafts_miss_slows_down_then_pauses():
+    config = SpeculativeConfig(num_tokens=4, patience=3, cooldown=5)
+    speculator = Speculator(config)
+
+    class Fake:
+        spec = SpecState(k=4)
+
+    request = Fake()
+    speculator.accepted(request, 4, 4)
+    assert request.spec.k == 4
+    for expected_k in (3, 2, 1):
+        speculator.accepted(request, 4, 0)
+        assert request.spec.k == expected_k
+    assert request.spec.paused == 5  # three misses in a row
+    speculator.accepted(request, 2, 2)
+    assert request.spec.k == 2 and request.spec.misses == 0
+    assert (speculator.num_proposed, speculator.num_accepted) == (18, 6)
+    with pytest.raises(ValueError, match="speculative"):
+        SpeculativeConfig(method="draft")
