@@ -107,7 +107,7 @@ class LLM:
         capture_layers: int = EngineConfig.capture_layers,
         steering_slots: int | None = None,
         control_vectors: Mapping[str, str | Path] | None = None,
-        speculative: str | None = None,
+        speculative: str | SpeculativeConfig | None = None,
         num_speculative_tokens: int = SpeculativeConfig.num_tokens,
     ) -> None:
         control_vectors = dict(control_vectors or {})
@@ -124,9 +124,9 @@ class LLM:
             capture_layers=capture_layers,
             steering_slots=steering_slots,
             speculative=(
-                None
-                if speculative is None
-                else SpeculativeConfig(method=speculative, num_tokens=num_speculative_tokens)
+                SpeculativeConfig(method=speculative, num_tokens=num_speculative_tokens)
+                if isinstance(speculative, str)
+                else speculative
             ),
         )
         cache_path = config.compilation_cache_dir
@@ -174,7 +174,8 @@ class LLM:
             mesh=mesh,
             capture_slots=config.capture_layers,
             steering_slots=config.steering_slots,
-            verify_width=0 if speculative is None else num_speculative_tokens + 1,
+            verify_width=0 if config.speculative is None else config.speculative.num_tokens + 1,
+            verify_rows=0 if config.speculative is None else config.speculative.max_rows,
         )
         self.is_leader = is_leader()
         if process_count() > 1 and self.is_leader:

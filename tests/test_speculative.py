@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 from jaxserve import LLM, SamplingParams
-from jaxserve.engine.speculation import SpeculativeConfig, Speculator, SpecState, propose
+from jaxserve.engine.speculation import SpecState, SpeculativeConfig, Speculator, propose
 
 PROMPTS = [
     "one two three one two three one two three one two",
@@ -61,7 +61,8 @@ def test_the_same_tokens_with_fewer_passes(plain, spec, params):
         _same(a, b)
 
 
-def test_rows_that_cannot_speculate_decode_beside_those_that_do(plain, spec):
+def test_rows_that_cannot_speculate_decode_beside_those_that_do(tiny_gguf, plain):
+    spec = _llm(tiny_gguf, speculative=SpeculativeConfig(num_tokens=3, max_rows=64))
     others = [
         dataclasses.replace(SAMPLED, repetition_penalty=1.3),
         dataclasses.replace(SAMPLED, mirostat=2),
@@ -75,6 +76,7 @@ def test_rows_that_cannot_speculate_decode_beside_those_that_do(plain, spec):
     for a, b in zip(plain.generate(prompts, params), spec.generate(prompts, params), strict=True):
         _same(a, b)
     speculator = spec.engine.speculator
+    assert speculator.num_accepted > 0
     request = spec.engine.add_request([1, 2, 3], others[0])
     assert not speculator.eligible(request)
     spec.engine.abort(request)
@@ -90,6 +92,16 @@ def test_preemption_and_a_short_context(tiny_gguf, plain):
         want = plain.generate(out.prompt_token_ids, params)[0]
         assert out.token_ids == want.token_ids[: len(out.token_ids)]
         assert out.finish_reason == "length"
+
+
+def test_a_busy_step_decodes_without_speculation(tiny_gguf, plain):
+    llm = _llm(tiny_gguf, speculative=SpeculativeConfig(max_rows=2))
+    prompts = PROMPTS[:3]
+    for a, b in zip(plain.generate(prompts, GREEDY), llm.generate(prompts, GREEDY), strict=True):
+        _same(a, b)
+    before = _accepted(llm)[0]
+    llm.generate(PROMPTS[0], GREEDY)  # alone: it speculates
+    assert _accepted(llm)[0] > before
 
 
 def test_no_compiles_after_warmup(tiny_gguf):

@@ -15,6 +15,8 @@ from jaxserve.sampling.rows import SamplingRow
 # one, so decode runs at least two rows (a request's tokens never depend on its batch).
 DECODE_ROW_BUCKETS = (2, 4, 8, 16, 32, 64)
 PREFILL_ROW_BUCKETS = (1, 2, 4)
+# A speculative check has several tokens per row, so one row is a matrix product already.
+VERIFY_ROW_BUCKETS = (1, *DECODE_ROW_BUCKETS)
 TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 

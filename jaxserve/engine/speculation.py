@@ -7,6 +7,7 @@ followed there. A draft is accepted when it equals the token the target draws at
 with that position's key, so speculation changes how many forward passes a text takes, never
 the text: greedy and seeded outputs are the ones decoding without it gives.
 
+Batch size: a step speculates only while it has at most `max_rows` decode rows.
 Adaptive: a request starts at `num_tokens` drafts per check, goes one up after a check that
 accepted all and one down after one that accepted none; after `patience` checks in a row that
 accepted nothing it stops speculating for `cooldown` steps.
@@ -34,6 +35,10 @@ class SpeculativeConfig:
     min_ngram: int = 1
     patience: int = 4
     cooldown: int = 16
+    # decode rows of a step at most for it to speculate: a check of k + 1 tokens per row costs
+    # little more than one decode step while rows are few (weights are read once either way),
+    # and up to k + 1 times as much once the step is compute-bound (experiments/RESULTS.md)
+    max_rows: int = 4
 
     def __post_init__(self) -> None:
         if self.method not in SPECULATIVE_METHODS:

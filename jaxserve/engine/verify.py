@@ -25,7 +25,7 @@ class VerifySteps:
 
     def _drafts(self, requests: Sequence[Request], max_tokens: int) -> dict[Request, list[int]]:
         """The requests that speculate this step, with their drafts."""
-        if self.speculator is None:
+        if self.speculator is None or len(requests) > self.speculator.config.max_rows:
             return {}
         out = {}
         for r in requests:

@@ -34,6 +34,7 @@ from jaxserve.engine.rows import (
     NO_PROBE,
     PREFILL_ROW_BUCKETS,
     TOKEN_BUCKETS,
+    VERIFY_ROW_BUCKETS,
     DecodeRow,
     EmbedRow,
     PrefillRow,
@@ -74,6 +75,7 @@ class ModelRunner:
         capture_slots: int = 0,
         steering_slots: int = 0,
         verify_width: int = 0,
+        verify_rows: int = 0,
     ) -> None:
         """`grammar_states`: capacity of the on-device constraint tables (0: constraints are
         masked from the host only); `token_bytes`: each token's bytes, for walking them;
@@ -113,7 +115,7 @@ class ModelRunner:
         self.grammar = self._grammar_tables(token_bytes)
         self.capture_slots = capture_slots
         self.steering_slots = steering_slots
-        self.verify_width = verify_width  # tokens of a speculative check (0: no speculation)
+        self.verify_width, self.verify_rows = verify_width, verify_rows  # speculative checks
         self.steering = self._shared(
             np.zeros((steering_slots + 1, config.num_layers, config.hidden_size), np.float32)
         )
@@ -374,10 +376,9 @@ class ModelRunner:
 
     @mirrored
     def verify(self, rows: Sequence[PrefillRow], *, num_tokens: int) -> VerifyResult:
-        """Speculative check: each row's last token and drafts (`token_ids`, at most
-        `num_tokens`, a fixed width: one compiled shape per row and page bucket), the draw after
-        each position (`runtime.step`'s `verify`)."""
-        num_rows = bucket(len(rows), DECODE_ROW_BUCKETS)
+        """Speculative check: each row's last token and drafts (at most `num_tokens`, a fixed
+        width), the draw after each position (`runtime.step`'s `verify`)."""
+        num_rows = bucket(len(rows), VERIFY_ROW_BUCKETS)
         num_pages = bucket(max(len(r.pages) for r in rows), self.page_buckets)
         token_ids = np.zeros((num_rows, num_tokens), np.int32)
         start, num_new = np.zeros(num_rows, np.int32), np.zeros(num_rows, np.int32)
@@ -460,10 +461,11 @@ class ModelRunner:
             : DECODE_ROW_BUCKETS.index(bucket(max_rows, DECODE_ROW_BUCKETS)) + 1
         ]:
             shapes += [("decode", rows, 1, pages) for pages in self.page_buckets]
-            if self.verify_width:
-                shapes += [
-                    ("verify", rows, self.verify_width, pages) for pages in self.page_buckets
-                ]
+        if self.verify_width:
+            most = bucket(min(max_rows, self.verify_rows), VERIFY_ROW_BUCKETS)
+            for rows in VERIFY_ROW_BUCKETS[: VERIFY_ROW_BUCKETS.index(most) + 1]:
+                width = self.verify_width
+                shapes += [("verify", rows, width, pages) for pages in self.page_buckets]
         for rows in PREFILL_ROW_BUCKETS[
             : PREFILL_ROW_BUCKETS.index(bucket(max_prefill_rows, PREFILL_ROW_BUCKETS)) + 1
         ]:
