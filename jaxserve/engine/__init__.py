@@ -7,6 +7,7 @@
 - `rows.py`, `device.py`: the rows and buckets handed to a `Runner`, and its results.
 - `postprocess.py`: tokens recorded, matchers advanced, logprobs shaped.
 - `research.py`: research hooks (captured layers, logit lens, steering table, uncertainty).
+- `speculation.py`, `verify.py`: speculative decoding (n-gram drafts, one forward pass to check).
 - `config.py`, `request.py`, `stats.py`, `grammar_slots.py`, `embed.py`.
 """
 
