@@ -61,8 +61,19 @@ def test_the_same_tokens_with_fewer_passes(plain, spec, params):
         _same(a, b)
 
 
-def test_rows_that_cannot_speculate_decode_beside_those_that_do(tiny_gguf, plain):
-    spec = _llm(tiny_gguf, speculative=SpeculativeConfig(num_tokens=3, max_rows=64))
+@pytest.fixture
+def wide(spec):
+    """`spec` speculating in steps of any number of rows, for one test."""
+    speculator = spec.engine.speculator
+    config = speculator.config
+    speculator.config = dataclasses.replace(config, max_rows=64)
+    yield spec
+    speculator.config = config
+
+
+def test_rows_that_cannot_speculate_decode_beside_those_that_do(wide, plain):
+    spec = wide
+    before = spec.engine.speculator.num_accepted
     others = [
         dataclasses.replace(SAMPLED, repetition_penalty=1.3),
         dataclasses.replace(SAMPLED, mirostat=2),
@@ -76,7 +87,7 @@ def test_rows_that_cannot_speculate_decode_beside_those_that_do(tiny_gguf, plain
     for a, b in zip(plain.generate(prompts, params), spec.generate(prompts, params), strict=True):
         _same(a, b)
     speculator = spec.engine.speculator
-    assert speculator.num_accepted > 0
+    assert speculator.num_accepted > before
     request = spec.engine.add_request([1, 2, 3], others[0])
     assert not speculator.eligible(request)
     spec.engine.abort(request)
@@ -94,23 +105,36 @@ def test_preemption_and_a_short_context(tiny_gguf, plain):
         assert out.finish_reason == "length"
 
 
-def test_a_busy_step_decodes_without_speculation(tiny_gguf, plain):
-    llm = _llm(tiny_gguf, speculative=SpeculativeConfig(max_rows=2))
-    prompts = PROMPTS[:3]
-    for a, b in zip(plain.generate(prompts, GREEDY), llm.generate(prompts, GREEDY), strict=True):
-        _same(a, b)
-    before = _accepted(llm)[0]
-    llm.generate(PROMPTS[0], GREEDY)  # alone: it speculates
-    assert _accepted(llm)[0] > before
+def test_a_busy_step_decodes_without_speculation(spec):
+    engine = spec.engine
+    requests = [engine.add_request(spec.tokenize(p), GREEDY) for p in [*PROMPTS, PROMPTS[0]]]
+    while not all(r.is_prefilled for r in requests):
+        engine.step()
+    assert engine._drafts(requests, 8) == {}  # 5 decode rows: more than max_rows (4)
+    assert engine._drafts(requests[:4], 8)  # 4 rows speculate (their text repeats)
+    for r in requests:
+        engine.abort(r)
 
 
-def test_no_compiles_after_warmup(tiny_gguf):
-    llm = _llm(tiny_gguf, speculative="ngram", max_num_seqs=2, warmup=True)
-    compiled = llm.engine.runner.num_compiled()
+def test_every_check_shape_is_in_the_warm_up(tiny_gguf):
+    llm = _llm(tiny_gguf, speculative="ngram", max_num_seqs=2)
     llm.generate(PROMPTS[:2], GREEDY)
     llm.generate(PROMPTS[2], SAMPLED)
-    assert _accepted(llm)[0] > 0
-    assert llm.engine.runner.num_compiled() == compiled
+    s = llm.engine.scheduler.config
+    warm = llm.engine.runner.warmup_shapes(
+        max_rows=s.max_num_seqs,
+        max_prefill_rows=s.max_prefill_rows,
+        max_chunk=s.prefill_chunk,
+        max_batched_tokens=s.max_num_batched_tokens,
+    )
+    used = {key for key in llm.engine.runner._shapes if key[0] == "verify"}
+    assert {rows for _, (rows, _), _ in used} == {1, 2}
+    for _, (rows, tokens), (_, pages) in used:
+        assert ("verify", rows, tokens, pages) in warm
+    runner, compiled = llm.engine.runner, llm.engine.runner.num_compiled()
+    for shape in [w for w in warm if w[0] == "verify" and w[1] <= 2]:
+        runner.warm(shape, num_steps=s.decode_steps)  # the warm-up compiles what checks use
+    assert runner.num_compiled() == compiled
 
 
 def test_propose_takes_what_followed_the_latest_match():
