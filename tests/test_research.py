@@ -206,6 +206,15 @@ def test_control_vector_files_steer_by_name(tiny_gguf, tmp_path):
         engine.step()
 
 
+def test_a_refused_steered_request_keeps_no_slot(llm):
+    e = llm.config.hidden_size
+    steer = _with(GREEDY, steering={0: (0.25,) * e}, bad_words=("x" * 40,))
+    with pytest.raises(ValueError, match="bad_words"):
+        llm.generate("x", steer)
+    assert not llm.engine.research._refs  # nothing holds a slot
+    assert not llm.engine.has_unfinished()
+
+
 def test_requests_the_engine_cannot_serve_are_refused(tiny_gguf, llm):
     with pytest.raises(ValueError, match="return_hidden_states: layer 2 is out of range"):
         llm.generate("x", _with(GREEDY, return_hidden_states=(2,)))

@@ -191,7 +191,6 @@ class Engine(VerifySteps):
             ids, pattern = healed_prompt(list(ids), self.tokenizer.token_bytes)
             compiled = self.grammars.compile({"regex": pattern}) if pattern else None
         seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
-        capture = self.research.admit(params)  # raises before anything is queued
         group: list[Request] = []
         for index in range(params.n):
             # Sequences after the first share the leader's prompt pages, so their prompt
@@ -212,11 +211,14 @@ class Engine(VerifySteps):
                 group=group,
             )
             self.sampling.prepare(request)
-            request.capture = capture if index == 0 else self.research.admit(params)
             if compiled is not None and params.grammar_triggers:
                 request.matcher = LazyMatcher(compiled, params.grammar_triggers)
             elif compiled is not None:
                 request.matcher = Matcher(compiled)
+        # Research hooks last (a steering slot is taken): what raises for one sequence raises
+        # for the first, before any slot is.
+        for request in group:
+            request.capture = self.research.admit(params)
         now = time.monotonic()
         for request in group:
             request.arrival_time = now
