@@ -229,10 +229,18 @@ class ModelRunner:
     def bytes_per_page(config: ModelConfig, page_size: int) -> int:
         return KVCache.bytes_per_page(config, page_size)
 
-    def prefill_batch(self, rows: Sequence[PrefillRow]) -> PrefillBatch:
-        """The padded device batch of prefill chunks, one per row."""
-        num_tokens = bucket(max(len(r.token_ids) for r in rows), TOKEN_BUCKETS)
-        num_rows = bucket(len(rows), PREFILL_ROW_BUCKETS)
+    def prefill_batch(
+        self,
+        rows: Sequence[PrefillRow],
+        *,
+        num_tokens: int | None = None,
+        row_buckets: Sequence[int] = PREFILL_ROW_BUCKETS,
+    ) -> PrefillBatch:
+        """The padded device batch of prefill chunks, one per row (`num_tokens`: a fixed width
+        instead of the token bucket)."""
+        if num_tokens is None:
+            num_tokens = bucket(max(len(r.token_ids) for r in rows), TOKEN_BUCKETS)
+        num_rows = bucket(len(rows), row_buckets)
         num_pages = bucket(max(len(r.pages) for r in rows), self.page_buckets)
         token_ids = np.zeros((num_rows, num_tokens), np.int32)
         start, num_new = np.zeros(num_rows, np.int32), np.zeros(num_rows, np.int32)
@@ -378,22 +386,11 @@ class ModelRunner:
     def verify(self, rows: Sequence[PrefillRow], *, num_tokens: int) -> VerifyResult:
         """Speculative check: each row's last token and drafts (at most `num_tokens`, a fixed
         width), the draw after each position (`runtime.step`'s `verify`)."""
-        num_rows = bucket(len(rows), VERIFY_ROW_BUCKETS)
-        num_pages = bucket(max(len(r.pages) for r in rows), self.page_buckets)
-        token_ids = np.zeros((num_rows, num_tokens), np.int32)
-        start, num_new = np.zeros(num_rows, np.int32), np.zeros(num_rows, np.int32)
-        page_table = np.full((num_rows, num_pages), NULL_PAGE, np.int32)
-        for i, r in enumerate(rows):
-            token_ids[i, : len(r.token_ids)] = r.token_ids
-            start[i], num_new[i] = r.start, len(r.token_ids)
-            page_table[i, : len(r.pages)] = r.pages
-        sampling, row_inputs = self._sampling([r.sampling for r in rows], num_rows, num_pages)
-        arrays = map(self._rows, (token_ids, start, num_new, page_table))
-        batch = PrefillBatch(*arrays, sampling, row_inputs)
-        self._guard("verify", token_ids.shape, page_table.shape)
+        batch = self.prefill_batch(rows, num_tokens=num_tokens, row_buckets=VERIFY_ROW_BUCKETS)
+        self._guard("verify", batch.token_ids.shape, batch.page_table.shape)
         self.kv, out = self.steps.verify(self.params, self.kv, batch, self.key)
-        self.num_real_tokens += int(num_new.sum())
-        self.num_padded_tokens += token_ids.size
+        self.num_real_tokens += sum(len(r.token_ids) for r in rows)
+        self.num_padded_tokens += batch.token_ids.size
         return VerifyResult(*self._host(out, len(rows)))
 
     def _sampling(
