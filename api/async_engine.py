@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jaxserve.api.model_registry import TokenRate
 from jaxserve.errors import OutOfPagesError
 from jaxserve.outputs import FinishReason, TokenLogprob, TokenUncertainty
 from jaxserve.sampling_params import SamplingParams
@@ -55,6 +56,10 @@ class StreamOutput:
     uncertainty: tuple[TokenUncertainty, ...] | None = None
     hidden_states: dict | None = None
     hidden_positions: tuple[int, ...] | None = None
+
+
+class EngineStoppedError(RuntimeError):
+    """The engine was shut down (its model unloaded) or its loop failed."""
 
 
 class RequestFailedError(RuntimeError):
@@ -131,12 +136,22 @@ class AsyncEngine:
         self._embeds = deque()
         self._stopped = False
         self._error: BaseException | None = None
+        self.rate = TokenRate()  # tokens generated over the last minute
         self._thread = threading.Thread(target=self._loop, name="jaxserve-engine", daemon=True)
         self._thread.start()
 
     @property
     def is_alive(self) -> bool:
         return self._thread.is_alive() and self._error is None
+
+    @property
+    def busy(self) -> bool:
+        """Whether any request or embedding call is queued, running or not yet delivered."""
+        return bool(self._streams or self._adds or self._embeds or self.engine.has_unfinished())
+
+    def compiled_shapes(self) -> int:
+        runner = getattr(self.engine, "runner", None)
+        return runner.num_compiled() if runner is not None else 0
 
     def warmup_progress(self) -> tuple[int, int]:
         """(buckets compiled, buckets in all) of a background warm-up; (0, 0) without one."""
@@ -153,8 +168,8 @@ class AsyncEngine:
     ) -> RequestStream:
         """Queue a request and stream its outputs. Bad input raises here, before any output
         (`ValueError`, `ContextLengthError`, `QueueFullError`)."""
-        if self._error is not None:
-            raise RuntimeError("the engine loop has stopped") from self._error
+        if self._error is not None or self._stopped:
+            raise EngineStoppedError("the engine loop has stopped") from self._error
         if params.constraint is not None:  # compiled here, not on the engine thread
             await asyncio.to_thread(self.engine.precompile, params)
         queue: asyncio.Queue = asyncio.Queue()
@@ -170,8 +185,8 @@ class AsyncEngine:
         steps, `EMBED_BATCH` inputs per turn so generation keeps going meanwhile. Bad input raises
         here (`ValueError`, `ContextLengthError`). While running requests hold the pages an input
         needs, it waits for them to finish."""
-        if self._error is not None:
-            raise RuntimeError("the engine loop has stopped") from self._error
+        if self._error is not None or self._stopped:
+            raise EngineStoppedError("the engine loop has stopped") from self._error
         ids = self.engine.check_embed_inputs(inputs)  # reads only the engine's fixed config
         loop = asyncio.get_running_loop()
         futures = []
@@ -199,7 +214,7 @@ class AsyncEngine:
         self._stopped = True
         self._wake.set()
         self._thread.join(timeout=10)
-        self._fail_adds(RuntimeError("the engine has stopped"))  # arrived after its last turn
+        self._fail_adds(EngineStoppedError("the engine has stopped"))  # arrived after its last turn
         # The leader of several processes releases its followers once its engine has stopped.
         mirror = getattr(getattr(self.engine, "runner", None), "mirror", None)
         if mirror is not None and not self._thread.is_alive():
@@ -215,6 +230,7 @@ class AsyncEngine:
                     self._run_embeds()
                     busy = self.engine.has_unfinished()
                     events = self.engine.step() if busy else []
+                    self.rate.add(sum(len(e.new_token_ids) for e in events))
                     deliveries = [
                         (self._streams.get(e.output.request_id), _to_stream(e)) for e in events
                     ]

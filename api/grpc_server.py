@@ -161,14 +161,9 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             return pb.DetokenizeResponse(text=served.tokenizer.decode(list(request.token_ids)))
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:  # noqa: N802
-        served = self.state.served
         models = [
-            pb.Model(
-                id=name,
-                created=served.created if served else 0,
-                max_model_len=served.max_model_len if served else 0,
-            )
-            for name in self.state.config.model_names
+            pb.Model(id=card["id"], created=card["created"], max_model_len=card["max_model_len"])
+            for card in (entry.card() for entry in self.state.models.ready())
         ]
         return pb.ListModelsResponse(models=models)
 
@@ -200,8 +195,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         return _Guard(context)
 
     def _start(self, model: str, constraint: pb.Constraint | None) -> Served:
-        served = self.state.ready()
-        self.state.check_model(model or None)
+        served = self.state.route(model or None).served
+        assert served is not None
         return served
 
     @staticmethod

@@ -24,23 +24,35 @@ _COUNTERS = frozenset(
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
+# model id -> that model's engine stats
+ModelStats = Callable[[], Mapping[str, Mapping[str, float]]]
+
+
 class _EngineCollector(Collector):
-    def __init__(self, stats: Callable[[], Mapping[str, float] | None]) -> None:
+    """Each loaded model's engine stats, labelled by model."""
+
+    def __init__(self, stats: ModelStats) -> None:
         self._stats = stats
 
     def collect(self) -> Iterator[Metric]:
-        for key, value in sorted((self._stats() or {}).items()):
+        by_model = self._stats()
+        keys = sorted({key for stats in by_model.values() for key in stats})
+        for key in keys:
             name = f"jaxserve_engine_{key}"
             if key in _COUNTERS:
-                yield CounterMetricFamily(name, f"engine {key} (total)", value=value)
+                family = CounterMetricFamily(name, f"engine {key} (total)", labels=["model"])
             else:
-                yield GaugeMetricFamily(name, f"engine {key}", value=value)
+                family = GaugeMetricFamily(name, f"engine {key}", labels=["model"])
+            for model, stats in sorted(by_model.items()):
+                if key in stats:
+                    family.add_metric([model], stats[key])
+            yield family
 
 
 class Metrics:
     """Request counts by route and status, request latency, time to first token, token counts."""
 
-    def __init__(self, stats: Callable[[], Mapping[str, float] | None]) -> None:
+    def __init__(self, stats: ModelStats) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "jaxserve_http_requests",

@@ -18,7 +18,7 @@ from jaxserve.api.metrics import Metrics
 
 log = logging.getLogger("jaxserve.api")
 
-OPEN_PATHS = frozenset({"/health", "/"})  # answered without an API key
+OPEN_PATHS = frozenset({"/health", "/ready", "/"})  # answered without an API key
 OPEN_PREFIXES = ("/playground/",)  # the playground's static files (it asks for the key itself)
 ROUTES = frozenset(
     {
@@ -29,7 +29,10 @@ ROUTES = frozenset(
         "/tokenize",
         "/detokenize",
         "/health",
+        "/ready",
         "/metrics",
+        "/admin/models",
+        "/admin/stats",
     }
 )
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
@@ -41,6 +44,8 @@ def route_label(path: str) -> str:
         return path
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
+    if path.startswith("/admin/models/"):
+        return "/admin/models/{model}"
     if path.startswith(OPEN_PREFIXES):
         return "/playground/{file}"
     return "other"
@@ -61,10 +66,26 @@ def key_matches(authorization: str, api_key: str) -> bool:
 
 
 class FrontMiddleware:
-    def __init__(self, app: ASGIApp, *, api_key: str | None, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_key: str | None,
+        metrics: Metrics,
+        admin_key: str | None = None,
+    ) -> None:
         self.app = app
         self.api_key = api_key
+        self.admin_key = admin_key
         self.metrics = metrics
+
+    def key_for(self, path: str) -> str | None:
+        """The key a path needs (None: open): the admin key, if any, for /admin routes."""
+        if path == "/admin" or path.startswith("/admin/"):
+            return self.admin_key or self.api_key
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            return None
+        return self.api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,12 +107,8 @@ class FrontMiddleware:
             await send(message)
 
         try:
-            if (
-                self.api_key is not None
-                and path not in OPEN_PATHS
-                and not path.startswith(OPEN_PREFIXES)
-                and not authorized(headers, self.api_key)
-            ):
+            key = self.key_for(path)
+            if key is not None and not authorized(headers, key):
                 error = APIError(
                     401,
                     "Missing or incorrect API key (send `Authorization: Bearer <key>`)",

@@ -2,9 +2,11 @@
 
 Routes: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models,
 GET /v1/models/{id}, POST /tokenize, POST /detokenize, GET /health (503 while loading, draining,
-or after the engine stopped), GET /metrics (Prometheus). Every error is OpenAI-shaped JSON
-(`api/errors.py`); every request field is applied or refused with a 400 naming it
-(`api/sampling.py`).
+or after the engine stopped), GET /ready (200 once every bucket is compiled), GET /metrics
+(Prometheus), and the admin routes of `api/admin.py` (models loaded and unloaded at run time,
+per-model stats). A request's `model` field picks one of the loaded models. Every error is
+OpenAI-shaped JSON (`api/errors.py`); every request field is applied or refused with a 400
+naming it (`api/sampling.py`).
 
 The app can start before the model is loaded (`served=None`): attach it later with
 `app.state.server.served = Served(...)`; until then generating routes and /health answer 503.
@@ -20,8 +22,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from jaxserve.api.admin import add_admin_routes, model_states
 from jaxserve.api.errors import APIError, bad_request, install_error_handlers
 from jaxserve.api.middleware import FrontMiddleware
+from jaxserve.api.model_registry import READY
 from jaxserve.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -29,7 +33,7 @@ from jaxserve.api.protocol import (
     EmbeddingRequest,
     TokenizeRequest,
 )
-from jaxserve.api.server_state import Served, ServerConfig, ServerState
+from jaxserve.api.server_state import ModelLoader, Served, ServerConfig, ServerState
 from jaxserve.api.serving_chat import create_chat_completion, plain_messages
 from jaxserve.api.serving_completion import create_completion
 from jaxserve.api.serving_embedding import create_embedding
@@ -41,18 +45,27 @@ __all__ = ["Served", "ServerConfig", "ServerState", "create_app"]
 PLAYGROUND = Path(__file__).parent / "playground"
 
 
-def create_app(config: ServerConfig, served: Served | None = None) -> FastAPI:
-    state = ServerState(config)
+def create_app(
+    config: ServerConfig, served: Served | None = None, *, loader: ModelLoader | None = None
+) -> FastAPI:
+    """`served`: the first model (None: attach it later); `loader`: loads further models for
+    `POST /admin/models` (None: that route answers 501)."""
+    state = ServerState(config, loader)
     state.served = served
     app = FastAPI(title="jaxserve", summary="OpenAI-compatible LLM server", version="0.1.0")
     app.state.server = state
     install_error_handlers(app)
-    app.add_middleware(FrontMiddleware, api_key=config.api_key, metrics=state.metrics)
+    app.add_middleware(
+        FrontMiddleware,
+        api_key=config.api_key,
+        admin_key=config.admin_key,
+        metrics=state.metrics,
+    )
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(config.cors_origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
@@ -66,32 +79,38 @@ def create_app(config: ServerConfig, served: Served | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await create_chat_completion(body, request, state)
+        async with state.hold(body.model) as (model, served):
+            return await create_chat_completion(body, request, state, model, served)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await create_completion(body, request, state)
+        async with state.hold(body.model) as (model, served):
+            return await create_completion(body, request, state, model, served)
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest) -> Response:
         """Each input's final hidden states (after the final norm), mean-pooled over its tokens
         and L2-normalized."""
-        return await create_embedding(body, state)
+        async with state.hold(body.model) as (model, served):
+            return await create_embedding(body, state, model, served)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card(state, name) for name in _names(state)]}
+        """The models that serve now (loading and failed ones are listed by /admin/models)."""
+        return {"object": "list", "data": [e.card() for e in state.models.ready()]}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> dict[str, Any]:
-        if model_id not in _names(state):
-            state.check_model(model_id)  # raises the 404
-        return _model_card(state, model_id)
+        entry = state.models.find(model_id)
+        if entry is None or entry.status != READY:
+            state.route(model_id)  # raises the 404 (or the 503 of a model still loading)
+        assert entry is not None
+        return entry.card()
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
-        served = state.ready()
-        state.check_model(body.model)
+        served = state.route(body.model).served
+        assert served is not None
         if (body.prompt is None) == (body.messages is None):
             raise bad_request("give exactly one of `prompt` and `messages`", "prompt")
         if body.messages is not None:
@@ -114,8 +133,8 @@ def create_app(config: ServerConfig, served: Served | None = None) -> FastAPI:
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
-        served = state.ready()
-        state.check_model(body.model)
+        served = state.route(body.model).served
+        assert served is not None
         vocab = served.tokenizer.vocab_size
         if any(not 0 <= t < vocab for t in body.tokens):
             raise bad_request(f"token ids must be in [0, {vocab})", "tokens")
@@ -123,32 +142,35 @@ def create_app(config: ServerConfig, served: Served | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
+        """200 while requests can be served (buckets compile in the background meanwhile:
+        `warmup` counts them for the first model, `models` for each one)."""
         status, code, reason = state.health()
         if status != 200:
             return APIError(status, reason, code=code).response()
         body: dict[str, Any] = {"status": reason}
         done, total = state.served.engine.warmup_progress() if state.served else (0, 0)
-        if total:  # buckets compiled so far; the others compile when idle or on first use
+        if total:
             body["warmup"] = {"compiled": done, "total": total}
+        body["models"] = model_states(state)
         return JSONResponse(body)
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        """200 once every loaded model has compiled all its buckets (no request will wait
+        for a compile); 503 with each model's progress before that."""
+        status, code, reason = state.health()
+        if status != 200:
+            return APIError(status, reason, code=code).response()
+        models = model_states(state)
+        warming = [m for m, info in models.items() if not info.get("warm", False)]
+        if not warming:
+            return JSONResponse({"status": "ready", "models": models})
+        error = APIError(503, f"warming up: {', '.join(warming)}", code="warming_up")
+        return JSONResponse({**error.body(), "models": models}, status_code=503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    add_admin_routes(app, state)
     return app
-
-
-def _names(state: ServerState) -> tuple[str, ...]:
-    return state.config.model_names
-
-
-def _model_card(state: ServerState, name: str) -> dict[str, Any]:
-    served = state.served
-    return {
-        "id": name,
-        "object": "model",
-        "created": served.created if served else 0,
-        "owned_by": "jaxserve",
-        "max_model_len": served.max_model_len if served else None,
-    }

@@ -1,4 +1,4 @@
-"""The HTTP front's configuration and per-app state: the served model (None while loading),
+"""The fronts' configuration and per-app state: the served models (`api/model_registry.py`),
 draining, in-flight requests, metrics. One `ServerState` per app; nothing module-global."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jaxserve.api.errors import APIError
 from jaxserve.api.generation import EngineLike
 from jaxserve.api.metrics import Metrics
+from jaxserve.api.model_registry import FAILED, LOADING, READY, ModelEntry, ModelRegistry
 from jaxserve.api.reasoning import REASONING_PARSERS
 from jaxserve.grammar.tools import FORMATS, tool_format
 from jaxserve.text.tokenizer import Tokenizer
@@ -31,6 +32,7 @@ RenderChat = Callable[..., str]
 class ServerConfig:
     """model_names: the names requests may use (the first is the one responses report).
     api_key: when set, every route but /health needs `Authorization: Bearer <api_key>`.
+    admin_key: when set, the /admin routes need it instead of the API key.
     cors_origins: origins allowed by CORS ("*" for any); empty turns CORS off.
     drain_timeout_s: how long in-flight requests may run after SIGTERM.
     retry_after_s: the Retry-After of a 429 (queue full).
@@ -41,6 +43,7 @@ class ServerConfig:
 
     model_names: tuple[str, ...]
     api_key: str | None = None
+    admin_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     drain_timeout_s: float = 30.0
     retry_after_s: int = 1
@@ -51,8 +54,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not self.model_names or not all(self.model_names):
             raise ValueError("model_names must hold at least one non-empty name")
-        if self.api_key is not None and not self.api_key:
-            raise ValueError("api_key must be None or non-empty")
+        if (self.api_key is not None and not self.api_key) or self.admin_key == "":
+            raise ValueError("api_key and admin_key must be None or non-empty")
         if self.drain_timeout_s < 0 or self.retry_after_s < 0:
             raise ValueError("drain_timeout_s and retry_after_s must be non-negative")
         if self.reasoning_parser not in REASONING_PARSERS:
@@ -109,25 +112,73 @@ class Served:
         )
 
 
+class ModelLoader(Protocol):
+    """Loads models at run time (`POST /admin/models`). `source`: a known model's name or a path;
+    `options`: load options (`weights`, `max_model_len`, `max_num_seqs`, `kv_cache_mb`)."""
+
+    def check(self, source: str, options: Mapping[str, Any]) -> None:
+        """Raise ValueError / FileNotFoundError, quickly, for a source that cannot load."""
+
+    def load(self, source: str, options: Mapping[str, Any]) -> Served:
+        """Load it (blocking; called on a worker thread)."""
+        ...
+
+
 class ServerState:
-    def __init__(self, config: ServerConfig) -> None:
+    """The models (`api/model_registry.py`), draining, in-flight requests and metrics of one
+    front. `served` is the first model's `Served` (the one named by `config.model_names`)."""
+
+    def __init__(self, config: ServerConfig, loader: ModelLoader | None = None) -> None:
         self.config = config
-        self._served: Served | None = None
-        self.load_error: str | None = None
+        self.models = ModelRegistry()
+        self.loader = loader
+        self.load_error: str | None = None  # a model given at start-up failed to load
         self.draining = False
         self.in_flight = 0
-        self.metrics = Metrics(lambda: self.served.stats() if self.served else None)
+        self.started = time.monotonic()
+        self.metrics = Metrics(self.model_stats)
 
     @property
     def served(self) -> Served | None:
-        return self._served
+        entry = self.models.get(self.config.model_names[0])
+        return entry.served if entry else None
 
     @served.setter
     def served(self, served: Served | None) -> None:
+        names = self.config.model_names
+        entry = self.models.get(names[0]) or self.models.add(names, names[0])
+        if served is None:
+            entry.status, entry.served = LOADING, None
+        else:
+            self.attach(entry, served)
+
+    def attach(self, entry: ModelEntry, served: Served) -> None:
+        """A loaded model starts taking requests."""
         parser = self.config.tool_call_parser
-        if served is not None and parser != "auto":
+        if parser != "auto":
             served = replace(served, tool_format=parser)
-        self._served = served
+        entry.served, entry.status, entry.error = served, READY, None
+        entry.loaded_at = time.monotonic()
+
+    def model_stats(self) -> dict[str, Mapping[str, float]]:
+        """Each ready model's engine stats, by model id, with its token rate over the last
+        minute, compiled shapes, KV pages in all and seconds since it turned ready."""
+        out: dict[str, Mapping[str, float]] = {}
+        now = time.monotonic()
+        for entry in self.models.ready():
+            if entry.served is None:
+                continue
+            stats = dict(entry.served.stats())
+            engine = entry.served.engine
+            rate = getattr(engine, "rate", None)
+            stats["tokens_per_second_1m"] = rate.per_second() if rate is not None else 0.0
+            compiled = getattr(engine, "compiled_shapes", None)
+            stats["compiled_shapes"] = compiled() if compiled is not None else 0
+            if "kv_pages_used" in stats and "kv_pages_free" in stats:
+                stats["kv_pages_total"] = stats["kv_pages_used"] + stats["kv_pages_free"]
+            stats["uptime_seconds"] = now - (entry.loaded_at or now)
+            out[entry.id] = stats
+        return out
 
     def health(self) -> tuple[int, str, str]:
         """(HTTP status, error code, reason) of /health; 200 only when requests can be served."""
@@ -135,26 +186,53 @@ class ServerState:
             return 503, "draining", "draining"
         if self.load_error is not None:
             return 503, "load_failed", f"failed to load: {self.load_error}"
-        if self.served is None:
-            return 503, "loading", "loading"
-        if not self.served.engine.is_alive:
-            return 503, "engine_stopped", "the engine stopped"
+        ready = self.models.ready()
+        if not ready:
+            if any(e.status == LOADING for e in self.models):
+                return 503, "loading", "loading"
+            return 503, "no_model", "no model is loaded"
+        stopped = [e.id for e in ready if e.served and not e.served.engine.is_alive]
+        if stopped:
+            return 503, "engine_stopped", f"the engine of {', '.join(stopped)} stopped"
         return 200, "ok", "ok"
 
-    def ready(self) -> Served:
-        """The served model, or a 503 while loading, draining or after the engine stopped."""
+    def route(self, name: str | None) -> ModelEntry:
+        """The ready model a request's `model` field names (the first model when None): 404
+        for a name nothing is loaded under, 503 while it loads, draining or stopped."""
         status, code, reason = self.health()
-        if status != 200 or self.served is None:
-            retry = {"Retry-After": str(max(self.config.retry_after_s, 1))}
-            raise APIError(503, f"The server is not ready: {reason}", code=code, headers=retry)
-        return self.served
-
-    def check_model(self, name: str | None) -> str:
-        names = self.config.model_names
-        if name is not None and name not in names:
-            message = f"The model `{name}` does not exist; this server serves {', '.join(names)}"
+        if status != 200 and code in ("draining", "load_failed"):
+            raise self._unavailable(f"The server is not ready: {reason}", code)
+        entry = self.models.default() if name is None else self.models.find(name)
+        if entry is None and name is None:
+            raise self._unavailable(f"The server is not ready: {reason}", code)
+        if entry is None:
+            served = ", ".join(n for e in self.models.ready() for n in e.names) or "nothing yet"
+            message = f"The model `{name}` does not exist; this server serves {served}"
             raise APIError(404, message, param="model", code="model_not_found")
-        return names[0]
+        if entry.status == LOADING:
+            raise self._unavailable(f"The model `{entry.id}` is loading", "loading")
+        if entry.status == FAILED or entry.served is None:
+            message = f"The model `{entry.id}` failed to load: {entry.error}"
+            raise self._unavailable(message, "load_failed")
+        if not entry.served.engine.is_alive:
+            raise self._unavailable(f"The engine of `{entry.id}` stopped", "engine_stopped")
+        return entry
+
+    @asynccontextmanager
+    async def hold(self, name: str | None) -> AsyncIterator[tuple[str, Served]]:
+        """Route a request and keep its model from being unloaded until the block ends (by then
+        its work is in the engine, which an unload waits for too)."""
+        entry = self.route(name)
+        assert entry.served is not None
+        entry.holds += 1
+        try:
+            yield entry.id, entry.served
+        finally:
+            entry.holds -= 1
+
+    def _unavailable(self, message: str, code: str) -> APIError:
+        retry = {"Retry-After": str(max(self.config.retry_after_s, 1))}
+        return APIError(503, message, code=code, headers=retry)
 
     @asynccontextmanager
     async def tracking(self) -> AsyncIterator[None]:

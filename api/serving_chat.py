@@ -129,11 +129,9 @@ def _check_tools(body: ChatCompletionRequest, use: ToolUse) -> None:
 
 
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, state: ServerState
+    body: ChatCompletionRequest, request: Request, state: ServerState, model: str, served: Served
 ) -> JSONResponse | StreamingResponse:
     started = time.perf_counter()
-    served = state.ready()
-    model = state.check_model(body.model)
     include_usage = check_stream_options(body)
     use = tool_use(body.tools, body.tool_choice, body.parallel_tool_calls, served)
     _check_tools(body, use)

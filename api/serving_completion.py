@@ -77,11 +77,9 @@ def prompts_of(body: CompletionRequest, tokenizer: Tokenizer) -> list[tuple[list
 
 
 async def create_completion(
-    body: CompletionRequest, request: Request, state: ServerState
+    body: CompletionRequest, request: Request, state: ServerState, model: str, served: Served
 ) -> JSONResponse | StreamingResponse:
     started = time.perf_counter()
-    served = state.ready()
-    model = state.check_model(body.model)
     include_usage = check_stream_options(body)
     n = body.n or 1
     if body.best_of is not None and body.best_of != n:

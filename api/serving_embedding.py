@@ -47,12 +47,12 @@ def inputs_of(body: EmbeddingRequest, tokenizer: Tokenizer) -> list[list[int]]:
     return out
 
 
-async def create_embedding(body: EmbeddingRequest, state: ServerState) -> JSONResponse:
+async def create_embedding(
+    body: EmbeddingRequest, state: ServerState, model: str, served: Served
+) -> JSONResponse:
     """Mean-pooled, L2-normalized final hidden states of each input (see the module docstring);
     `encoding_format: "base64"` gives each vector as base64 of little-endian float32, as OpenAI
     does. `dimensions` is accepted only when it equals the model's width (no truncation)."""
-    served = state.ready()
-    model = state.check_model(body.model)
     if body.dimensions is not None and body.dimensions != served.embedding_size > 0:
         message = (
             f"dimensions must equal the model's width, {served.embedding_size} "

@@ -134,27 +134,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
         speculative=args.speculative,
         num_speculative_tokens=args.num_speculative_tokens,
     )
+    models = list(args.model)
+    if len(models) > 1 and distributed.num_processes > 1:
+        raise ValueError("serving several models is not supported across processes yet")
     if distributed.process_id > 0:  # a follower: mirror the leader's steps, serve nothing
         from jaxserve.llm import LLM
 
-        llm = LLM(args.model, quiet=False, **llm_kwargs)
+        llm = LLM(models[0], quiet=False, **llm_kwargs)
         follow(llm.engine.runner)
         return 0
-    from jaxserve.api.serve import llm_loader, serve
+    from jaxserve.api.serve import LLMLoader, llm_loader, serve
     from jaxserve.api.server_state import ServerConfig
 
+    names = _served_names(models, args.served_model_name or [])
     config = ServerConfig(
-        model_names=tuple(args.served_model_name or [args.model]),
+        model_names=names[0],
         api_key=args.api_key or os.environ.get("JAXSERVE_API_KEY") or None,
+        admin_key=args.admin_key or os.environ.get("JAXSERVE_ADMIN_KEY") or None,
         cors_origins=tuple(args.cors_origin or ()),
         drain_timeout_s=args.drain_timeout,
         reasoning_parser=args.reasoning_parser,
         tool_call_parser=args.tool_call_parser,
     )
-    load = llm_loader(args.model, max_queue=args.max_queue, **llm_kwargs)
+    load = llm_loader(models[0], max_queue=args.max_queue, **llm_kwargs)
+    others = [
+        (more, model, llm_loader(model, max_queue=args.max_queue, **llm_kwargs))
+        for more, model in zip(names[1:], models[1:], strict=True)
+    ]
     return serve(
         config,
         load,
+        others=others,
+        loader=LLMLoader(max_queue=args.max_queue, **llm_kwargs),
         host=args.host,
         port=args.port,
         grpc_port=args.grpc_port,
@@ -162,12 +173,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def _served_names(models: list[str], served: list[str]) -> list[tuple[str, ...]]:
+    """Each model's names: one model takes every --served-model-name (aliases); several take
+    one each, in order (or their own names, without the flag)."""
+    if len(models) == 1:
+        return [tuple(served or models)]
+    if served and len(served) != len(models):
+        raise ValueError("give --served-model-name once per model when serving several")
+    names = [(name,) for name in (served or models)]
+    if len(set(names)) != len(names):
+        raise ValueError("the served models need distinct names (use --served-model-name)")
+    return names
+
+
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
-        nargs="?",
-        default=DEFAULT_MODEL,
-        help=f"known name ({', '.join(KNOWN_MODELS)}) or a .gguf path (default {DEFAULT_MODEL})",
+        nargs="*",
+        default=[DEFAULT_MODEL],
+        help=f"known names ({', '.join(KNOWN_MODELS)}) or .gguf paths, one per model to serve "
+        f"(default {DEFAULT_MODEL})",
     )
     p.add_argument(
         "--weights",
@@ -182,8 +207,17 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--api-key", default=None, help="require `Authorization: Bearer KEY` (or $JAXSERVE_API_KEY)"
     )
+    p.add_argument(
+        "--admin-key",
+        default=None,
+        help="require this key (not the API key) on the /admin routes (or $JAXSERVE_ADMIN_KEY)",
+    )
     p.add_argument("--max-queue", type=int, default=None, help="waiting requests before 429")
-    p.add_argument("--served-model-name", action="append", help="name(s) clients use")
+    p.add_argument(
+        "--served-model-name",
+        action="append",
+        help="name(s) clients use: aliases of one model, or one per model when serving several",
+    )
     p.add_argument("--cors-origin", action="append", help="allowed CORS origin ('*' for any)")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds, after SIGTERM")
     p.add_argument(

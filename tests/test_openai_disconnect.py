@@ -88,7 +88,8 @@ def test_the_server_keeps_serving_after_disconnects(setup):
 
 
 def _gauge(metrics: str, name: str) -> float:
-    line = next(x for x in metrics.splitlines() if x.startswith(f"jaxserve_engine_{name} "))
+    prefix = f"jaxserve_engine_{name}{{model="
+    line = next(x for x in metrics.splitlines() if x.startswith(prefix))
     return float(line.split()[1])
 
 

@@ -223,8 +223,9 @@ def test_metrics_count_requests_and_export_engine_stats(client):
     assert lines['jaxserve_http_request_duration_seconds_count{route="/v1/chat/completions"}'] >= 2
     assert lines["jaxserve_time_to_first_token_seconds_count"] >= 1
     assert lines['jaxserve_tokens_total{kind="completion"}'] >= 2
-    assert lines["jaxserve_engine_num_finished_total"] >= 1
-    assert "jaxserve_engine_kv_pages_free" in lines
+    assert lines['jaxserve_engine_num_finished_total{model="tiny"}'] >= 1
+    assert 'jaxserve_engine_kv_pages_free{model="tiny"}' in lines
+    assert 'jaxserve_engine_tokens_per_second_1m{model="tiny"}' in lines
 
 
 def test_api_key_guards_every_route_but_health(served):

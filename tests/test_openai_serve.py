@@ -125,12 +125,12 @@ def test_a_failed_load_is_reported_and_stops_the_server():
 
 def test_serve_arguments():
     args = build_parser().parse_args(["serve"])
-    assert args.model == DEFAULT_MODEL and args.port == 8000 and args.api_key is None
+    assert args.model == [DEFAULT_MODEL] and args.port == 8000 and args.api_key is None
     args = build_parser().parse_args(
         ["serve", "m.gguf", "--port", "9", "--api-key", "k", "--max-queue", "3"]
         + ["--served-model-name", "a", "--served-model-name", "b", "--cors-origin", "*"]
     )
-    assert (args.model, args.port, args.api_key, args.max_queue) == ("m.gguf", 9, "k", 3)
+    assert (args.model, args.port, args.api_key, args.max_queue) == (["m.gguf"], 9, "k", 3)
     assert args.served_model_name == ["a", "b"] and args.cors_origin == ["*"]
 
 

@@ -73,5 +73,5 @@ def test_metrics_count_drafts(pair):
         for line in metrics.splitlines()
         if line.startswith("jaxserve_engine_") and "draft" in line
     }
-    assert lines["jaxserve_engine_draft_tokens_total"] > 0
-    assert 0 < lines["jaxserve_engine_accepted_draft_tokens_total"]
+    assert lines['jaxserve_engine_draft_tokens_total{model="smol"}'] > 0
+    assert 0 < lines['jaxserve_engine_accepted_draft_tokens_total{model="smol"}']
