@@ -15,6 +15,7 @@ They take the API key, or `ServerConfig.admin_key` when set (`api/middleware.py`
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import time
@@ -126,8 +127,19 @@ async def unload(state: ServerState, entry: ModelEntry) -> None:
     if served is not None:
         await asyncio.to_thread(_stop, served.engine)
     del served
-    await asyncio.to_thread(gc.collect)  # the model's arrays go with its last reference
+    await asyncio.to_thread(_release_memory)
     log.info("model %s unloaded", entry.id)
+
+
+def _release_memory() -> None:
+    """Free the model's arrays (they go with their last reference, some in reference cycles)
+    and hand the freed heap back to the OS: glibc keeps freed chunks for reuse otherwise, and
+    the process's RSS would stay where it was with the model loaded."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the allocator keeps its own policy
+        pass
 
 
 def _stop(engine: object) -> None:

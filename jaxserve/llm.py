@@ -16,6 +16,7 @@ from jaxserve.engine.speculation import SpeculativeConfig
 from jaxserve.kernels import resolve_mode, resolve_weights
 from jaxserve.loading.control_vector import load_control_vector
 from jaxserve.loading.loader import open_model
+from jaxserve.loading.lora import load_lora
 from jaxserve.loading.pull import DEFAULT_MODEL, cache_dir, resolve_model
 from jaxserve.models.build import build_model
 from jaxserve.outputs import RequestOutput
@@ -109,8 +110,14 @@ class LLM:
         control_vectors: Mapping[str, str | Path] | None = None,
         speculative: str | SpeculativeConfig | None = None,
         num_speculative_tokens: int = SpeculativeConfig.num_tokens,
+        max_loras: int = EngineConfig.max_loras,
+        max_lora_rank: int = EngineConfig.max_lora_rank,
+        lora_adapters: Mapping[str, str | Path] | None = None,
     ) -> None:
         control_vectors = dict(control_vectors or {})
+        lora_adapters = dict(lora_adapters or {})
+        if lora_adapters and not max_loras:
+            max_loras = len(lora_adapters)
         if steering_slots is None:
             steering_slots = len(control_vectors)
         config = EngineConfig(
@@ -123,6 +130,8 @@ class LLM:
             grammar_states=grammar_states,
             capture_layers=capture_layers,
             steering_slots=steering_slots,
+            max_loras=max_loras,
+            max_lora_rank=max_lora_rank,
             speculative=(
                 SpeculativeConfig(method=speculative, num_tokens=num_speculative_tokens)
                 if isinstance(speculative, str)
@@ -151,6 +160,8 @@ class LLM:
                 f"data_parallel must use all of them, got {self.parallel.num_devices}"
             )
         mesh = None if self.parallel.is_single else make_mesh(self.parallel)
+        if mesh is not None and config.max_loras:
+            raise ValueError("LoRA adapters are not supported with tensor or data parallel yet")
         self.tokenizer = self.model_file.tokenizer()
         self.template = ChatTemplate(
             self.tokenizer.chat_template, architecture=file_config.architecture
@@ -174,6 +185,8 @@ class LLM:
             mesh=mesh,
             capture_slots=config.capture_layers,
             steering_slots=config.steering_slots,
+            lora_slots=config.max_loras,
+            lora_rank=config.max_lora_rank,
             verify_width=0 if config.speculative is None else config.speculative.num_tokens + 1,
             verify_rows=0 if config.speculative is None else config.speculative.max_rows,
         )
@@ -197,6 +210,8 @@ class LLM:
         )
         for name, path in control_vectors.items():
             self.load_control_vector(name, path)
+        for name, path in lora_adapters.items():
+            self.load_lora(name, path)
         if warmup == "background":
             self.engine.warm_in_background()
 
@@ -206,6 +221,18 @@ class LLM:
             path, num_layers=self.config.num_layers, hidden_size=self.config.hidden_size
         )
         self.engine.research.add_control_vector(name, directions)
+
+    def load_lora(self, name: str, path: str | Path) -> None:
+        """Load a LoRA adapter (a PEFT folder or a llama.cpp LoRA GGUF) under `name`, for
+        `SamplingParams(lora=name)`; it takes a free slot of the engine's `max_loras`."""
+        self.engine.adapters.load(name, load_lora(path, self.config))
+
+    def unload_lora(self, name: str) -> None:
+        """Free an adapter's slot (ValueError while unfinished requests use it)."""
+        try:
+            self.engine.adapters.unload(name)
+        except KeyError:
+            raise ValueError(f"no LoRA adapter named {name!r} is loaded") from None
 
     def _converted_cache(self, weights: WeightFormat) -> Path | None:
         """Pulled models keep their converted weights beside them (a faster next start)."""
@@ -225,10 +252,13 @@ class LLM:
         self,
         prompts: Prompt | Sequence[Prompt],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        lora: str | None = None,
     ) -> list[RequestOutput]:
         """Continue each prompt (text, or token ids); one output per prompt, in order (with
         `n > 1`, the prompt's n outputs follow each other, by `index`). `params` is one
-        `SamplingParams` for every prompt, or a list of one per prompt."""
+        `SamplingParams` for every prompt, or a list of one per prompt; `lora` sets every
+        prompt's adapter (`SamplingParams.lora`)."""
         batch = [prompts] if _is_single_prompt(prompts) else list(prompts)  # type: ignore[list-item]
         if params is None or isinstance(params, SamplingParams):
             per_prompt = [params or SamplingParams()] * len(batch)
@@ -241,6 +271,8 @@ class LLM:
                 )
             if not all(isinstance(p, SamplingParams) for p in per_prompt):
                 raise TypeError("params: every entry must be a SamplingParams")
+        if lora is not None:
+            per_prompt = [dataclasses.replace(p, lora=lora) for p in per_prompt]
         requests = []
         try:
             for prompt, prompt_params in zip(batch, per_prompt, strict=True):

@@ -129,6 +129,8 @@ class SamplingParams:
         the processed one, and the top-2 logprob margin (`RequestOutput.uncertainty`).
     speculative: False keeps this request out of speculative decoding (when the engine has it;
       its tokens are the same either way, only the number of forward passes changes).
+    lora: the name of a LoRA adapter loaded into the engine (`LLM.load_lora`), applied to this
+      request only, its output scaled by lora_scale (0 turns it off).
     """
 
     max_tokens: int = 16
@@ -185,6 +187,8 @@ class SamplingParams:
     steering_scale: float = 1.0
     return_uncertainty: bool = False
     speculative: bool = True
+    lora: str | None = None
+    lora_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.choice is not None:
@@ -321,6 +325,11 @@ class SamplingParams:
             _fail("steering_scale", "given only with steering", self.steering_scale)
         if not isinstance(self.return_uncertainty, bool):
             _fail("return_uncertainty", "a boolean", self.return_uncertainty)
+        if self.lora is not None and (not isinstance(self.lora, str) or not self.lora):
+            _fail("lora", "a loaded adapter's name", self.lora)
+        _check_range("lora_scale", self.lora_scale, -1e4, 1e4)
+        if self.lora is None and self.lora_scale != 1.0:
+            _fail("lora_scale", "given only with lora", self.lora_scale)
 
     @property
     def captured_layers(self) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""The engine's memory, model and research settings (host only)."""
+"""The engine's memory, model, research and adapter settings (host only)."""
 
 from __future__ import annotations
 
@@ -23,13 +23,17 @@ class EngineConfig:
     capture_layers: int = 0  # layers a request may capture (hidden states, logit lens); 0: off
     steering_slots: int = 0  # steering vectors the device holds at once; 0: no steering
     speculative: SpeculativeConfig | None = None  # speculative decoding (None: off)
+    max_loras: int = 0  # LoRA adapters the device holds at once; 0: no adapters
+    max_lora_rank: int = 16  # the largest rank an adapter may have (smaller ones are padded)
 
     def __post_init__(self) -> None:
         if self.weights not in ("int8", "f32", "bf16"):
             raise ValueError(f"weights must be 'int8', 'f32' or 'bf16', got {self.weights!r}")
         if self.page_size < 1 or self.kv_cache_bytes < 1:
             raise ValueError("page_size and kv_cache_bytes must be positive")
-        for name in ("capture_layers", "steering_slots"):
+        if not isinstance(self.max_lora_rank, int) or not 1 <= self.max_lora_rank <= 512:
+            raise ValueError(f"max_lora_rank must be in [1, 512], got {self.max_lora_rank!r}")
+        for name in ("capture_layers", "steering_slots", "max_loras"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value <= 256:
                 raise ValueError(f"{name} must be an integer in [0, 256], got {value!r}")

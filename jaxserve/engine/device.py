@@ -6,7 +6,7 @@ so it never imports jax. Results are plain numpy arrays, padding rows already sl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -87,6 +87,8 @@ class Runner(Protocol):
     grammar_states: int  # capacity of the on-device constraint tables (0: host masks only)
     capture_slots: int  # layers a row may capture at once (0: no capture)
     steering_slots: int  # steering vectors the device table holds (0: no steering)
+    lora_slots: int  # LoRA adapters the device table holds (0: none)
+    lora_rank: int  # the table's rank (smaller adapters are zero-padded)
     num_real_tokens: int  # tokens computed for requests
     num_padded_tokens: int  # token slots computed, padding included
     compiled_at_warmup: int | None
@@ -104,6 +106,10 @@ class Runner(Protocol):
     ) -> None: ...
 
     def load_steering(self, table: np.ndarray) -> None: ...
+
+    def load_lora(self, slot: int, pairs: Mapping) -> None: ...
+
+    def close(self) -> None: ...
 
     def warmup(
         self,

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxserve.engine.adapters import Adapters
 from jaxserve.engine.admission import (
     check_embed_inputs,
     check_prompt,
@@ -97,6 +98,7 @@ class Engine(VerifySteps):
             num_layers=runner.config.num_layers,
             hidden=runner.config.hidden_size,
         )
+        self.adapters = Adapters(slots=runner.lora_slots, rank=runner.lora_rank)
         words = (runner.config.vocab_size + 31) // 32
         self.grammar_slots = GrammarSlots(runner.grammar_states, words)
         spec = config.speculative
@@ -215,10 +217,11 @@ class Engine(VerifySteps):
                 request.matcher = LazyMatcher(compiled, params.grammar_triggers)
             elif compiled is not None:
                 request.matcher = Matcher(compiled)
-        # Research hooks last (a steering slot is taken): what raises for one sequence raises
-        # for the first, before any slot is.
+        # Research hooks and the adapter last (a steering slot is taken): what raises for one
+        # sequence raises for the first, before any slot is.
+        self.adapters.check(params)
         for request in group:
-            request.capture = self.research.admit(params)
+            request.capture = self.adapters.admit(params, self.research.admit(params))
         now = time.monotonic()
         for request in group:
             request.arrival_time = now
@@ -251,6 +254,7 @@ class Engine(VerifySteps):
             if self._requests.pop((seq.request_id, seq.index), None) is not None:
                 self.scheduler.remove(seq)
                 self.research.release(seq.capture)
+                self.adapters.release(seq.capture)
                 seq.finish("abort")
         self.stats.on_occupancy(self.scheduler)
 
@@ -306,6 +310,7 @@ class Engine(VerifySteps):
                     self._groups.pop(request.request_id, None)
                 self.scheduler.remove(request)
                 self.research.finish(request)
+                self.adapters.release(request.capture)
                 self.stats.on_finish(request)
         self.stats.on_step(self.scheduler, out)
         self.stats.on_runner(self.runner)
@@ -313,7 +318,7 @@ class Engine(VerifySteps):
         return events
 
     def _sync_tables(self) -> None:
-        """Load changed device tables (constraints, steering) before a device call."""
+        """Load changed device tables (constraints, steering, adapters) before a device call."""
         slots = self.grammar_slots
         if slots.dirty:
             self.runner.load_grammar_tables(slots.byte_next, slots.masks, slots.complete)
@@ -321,6 +326,8 @@ class Engine(VerifySteps):
         if self.research.dirty:
             self.runner.load_steering(self.research.table)
             self.research.dirty = False
+        while self.adapters.pending:
+            self.runner.load_lora(*self.adapters.pending.pop(0))
 
     def _prefill_row(self, chunk: PrefillChunk) -> PrefillRow:
         r, start, end = chunk.request, chunk.start, chunk.start + chunk.num_tokens

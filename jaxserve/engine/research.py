@@ -36,6 +36,8 @@ class Capture:
     lens: tuple[int, ...] = ()  # slots whose logit lens is returned
     steer_slot: int = 0
     steer_scale: float = 0.0
+    lora_slot: int = 0  # the request's LoRA adapter (`engine/adapters.py`)
+    lora_scale: float = 0.0
     cache_salt: bytes | None = None
     # position -> [len(hidden) + 1, E]: the hidden slots' states, then the final norm's output
     kept: dict[int, np.ndarray] = field(default_factory=dict)
@@ -43,10 +45,17 @@ class Capture:
     keep: bool = False  # the request returns hidden states or the logit lens
 
     def row(self) -> ProbeRow:
-        if not self.keep and not self.steer_slot:
+        if not self.keep and not self.steer_slot and not self.lora_slot:
             return NO_PROBE
-        lens = bool(self.lens)
-        return ProbeRow(self.layers, lens, self.steer_slot, self.steer_scale, keep=self.keep)
+        return ProbeRow(
+            self.layers,
+            bool(self.lens),
+            self.steer_slot,
+            self.steer_scale,
+            keep=self.keep,
+            lora_slot=self.lora_slot,
+            lora_scale=self.lora_scale,
+        )
 
     def hidden_states(self, leader: Capture | None = None) -> tuple[dict, list[int]]:
         """({layer: [P, E], "final": [P, E]}, the P positions in order); positions this

@@ -22,14 +22,17 @@ TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 @dataclass(frozen=True)
 class ProbeRow:
-    """A row's research hooks (`jaxserve.models.decoder.Probe`): the layers its capture slots
-    keep, whether it wants their logit lens, and its steering vector's slot and scale."""
+    """A row's hooks (`jaxserve.models.decoder.Probe`): the layers its capture slots keep,
+    whether it wants their logit lens, its steering vector's slot and scale, and its LoRA
+    adapter's slot and scale."""
 
     capture: Sequence[int] = ()
     lens: bool = False
     steer_slot: int = 0
     steer_scale: float = 0.0
     keep: bool = False  # the step's captured states and lens are fetched for this row
+    lora_slot: int = 0
+    lora_scale: float = 0.0
 
 
 NO_PROBE = ProbeRow()

@@ -5,8 +5,9 @@ A family supplies its block class (one layer, parameters stacked over a leading 
 place. Per-layer differences (RoPE frequencies, sliding windows) come in as scanned arrays, so
 local and global layers run the same compiled code.
 
-A `Probe` (research hooks, per row) adds steering vectors to the residual stream after chosen
-layers and keeps the residual stream after others (`Decoder.probed`).
+A `Probe` (per-row hooks) adds steering vectors to the residual stream after chosen layers,
+keeps the residual stream after others, and gives each row its LoRA adapter
+(`models/lora.py`) in every projection (`Decoder.probed`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from jaxserve.config import ModelConfig, rope_inv_freq
 from jaxserve.kernels.online_softmax import NO_WINDOW
 from jaxserve.loading.weights import ModelWeights
 from jaxserve.models.layers import Embedding, Linear, RMSNorm
+from jaxserve.models.lora import LayerLoRA, LoRATable
 from jaxserve.runtime.kv_cache import KVCache, TokenLayout
 
 
@@ -53,14 +55,18 @@ def linear(w: dict, name: str, config: ModelConfig) -> Linear:
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class Probe:
-    """Per-row research inputs of a step. Rows that use none hold -1 / slot 0 / scale 0, and an
-    empty capture axis (C = 0) or a one-row table (S = 1) compiles the hook out altogether."""
+    """Per-row hooks of a step: research inputs and LoRA adapters. Rows that use none hold
+    -1 / slot 0 / scale 0, and an empty capture axis (C = 0), a one-row steering table (S = 1)
+    or an empty LoRA table compiles that hook out altogether."""
 
     capture: jax.Array  # [B, C] int32, the layer whose output slot c keeps (-1: none)
     steer_slot: jax.Array  # [B] int32, the row of `steering` added to the row (0: zeros)
     steer_scale: jax.Array  # [B] f32
     steering: jax.Array  # [S, L, E] f32, vectors added after each layer (row 0 all zeros)
     lens: jax.Array  # [B] bool, the row wants the logit lens of its captured layers
+    lora_slot: jax.Array  # [B] int32, the row's adapter in `lora` (0: none)
+    lora_scale: jax.Array  # [B] f32
+    lora: LoRATable
 
 
 class Decoder(nnx.Module):
@@ -101,12 +107,17 @@ class Decoder(nnx.Module):
         num_layers = self.config.num_layers
         steer = probe is not None and probe.steering.shape[0] > 1
         capture = probe is not None and probe.capture.shape[1] > 0
+        adapters = probe is not None and bool(probe.lora.a)
+        active = jnp.any(probe.lora_slot > 0) if adapters else None
 
         def body(carry, xs):
             x, kv, kept = carry
-            layer_state, layer, inv_freq, window, vectors = xs
+            layer_state, layer, inv_freq, window, vectors, (lora_a, lora_b) = xs
             block = nnx.merge(block_def, layer_state)
-            x, kv = block(x, kv, layout, layer=layer, inv_freq=inv_freq, window=window)
+            lora = None
+            if adapters:
+                lora = LayerLoRA(probe.lora_slot, probe.lora_scale, active, lora_a, lora_b)
+            x, kv = block(x, kv, layout, layer=layer, inv_freq=inv_freq, window=window, lora=lora)
             if steer:  # vectors: [S, E], this layer's row of every slot
                 add = vectors[probe.steer_slot] * probe.steer_scale[:, None]
                 x = x + add[:, None, :].astype(x.dtype)
@@ -118,7 +129,8 @@ class Decoder(nnx.Module):
 
         layers = jnp.arange(num_layers, dtype=jnp.int32)
         vectors = jnp.swapaxes(probe.steering, 0, 1) if steer else jnp.zeros((num_layers, 0))
-        xs = (block_state, layers, jnp.asarray(inv_freq), jnp.asarray(windows), vectors)
+        tables = (probe.lora.a, probe.lora.b) if adapters else ({}, {})
+        xs = (block_state, layers, jnp.asarray(inv_freq), jnp.asarray(windows), vectors, tables)
         b, t = token_ids.shape
         kept = None
         if capture:

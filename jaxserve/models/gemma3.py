@@ -23,6 +23,7 @@ from jaxserve.config import ModelConfig
 from jaxserve.loading.weights import LayerWeights
 from jaxserve.models.decoder import Decoder, linear
 from jaxserve.models.layers import RMSNorm, attention, rope_neox
+from jaxserve.models.lora import LayerLoRA, plain
 from jaxserve.runtime.kv_cache import KVCache, TokenLayout
 
 # llama.cpp hard-codes these for Gemma 3 (llama-model.cpp): every 6th layer is global, the
@@ -60,16 +61,18 @@ class Gemma3Block(nnx.Module):
         layer: jax.Array,
         inv_freq: jax.Array,
         window: jax.Array,
+        lora: LayerLoRA | None = None,
     ) -> tuple[jax.Array, KVCache]:
         """x: [B, T, E]; kv: every layer's K/V pages, written in place at `layer`;
         inv_freq: [D/2] this layer's RoPE frequencies; window: [] int32 keys visible behind a query.
         """
         c = self.config
         b, t, _ = x.shape
+        p = plain if lora is None else lora  # each projection, with the rows' adapters
         h = self.attn_norm(x)
-        q = self.q_norm(self.q(h).reshape(b, t, c.num_heads, c.head_dim))
-        k = self.k_norm(self.k(h).reshape(b, t, c.num_kv_heads, c.head_dim))
-        v = self.v(h).reshape(b, t, c.num_kv_heads, c.head_dim)
+        q = self.q_norm(p("attn_q", self.q, h).reshape(b, t, c.num_heads, c.head_dim))
+        k = self.k_norm(p("attn_k", self.k, h).reshape(b, t, c.num_kv_heads, c.head_dim))
+        v = p("attn_v", self.v, h).reshape(b, t, c.num_kv_heads, c.head_dim)
         q = rope_neox(q, layout.positions, inv_freq)
         k = rope_neox(k, layout.positions, inv_freq)
         kv = kv.write(layer, layout, k, v)
@@ -84,9 +87,10 @@ class Gemma3Block(nnx.Module):
             window=window,
             kernels=c.kernels,
         )
-        x = x + self.post_attn_norm(self.o(attn.reshape(b, t, -1)))
+        x = x + self.post_attn_norm(p("attn_output", self.o, attn.reshape(b, t, -1)))
         h = self.mlp_norm(x)
-        mlp = self.down(jax.nn.gelu(self.gate(h), approximate=True) * self.up(h))
+        gate = jax.nn.gelu(p("ffn_gate", self.gate, h), approximate=True)
+        mlp = p("ffn_down", self.down, gate * p("ffn_up", self.up, h))
         x = x + self.post_mlp_norm(mlp)
         return x, kv
 

@@ -22,6 +22,7 @@ from jaxserve.errors import GGUFError
 from jaxserve.loading.weights import LayerWeights
 from jaxserve.models.decoder import Decoder, linear
 from jaxserve.models.layers import RMSNorm, attention, rope_interleaved, rope_neox
+from jaxserve.models.lora import LayerLoRA, plain
 from jaxserve.runtime.kv_cache import KVCache, TokenLayout
 
 
@@ -54,16 +55,18 @@ class LlamaBlock(nnx.Module):
         layer: jax.Array,
         inv_freq: jax.Array,
         window: jax.Array,
+        lora: LayerLoRA | None = None,
     ) -> tuple[jax.Array, KVCache]:
         """x: [B, T, E]; kv: every layer's K/V pages, written in place at `layer`;
         inv_freq: [D/2] this layer's RoPE frequencies; window: [] int32 keys visible behind a query.
         """
         c = self.config
         b, t, _ = x.shape
+        p = plain if lora is None else lora  # each projection, with the rows' adapters
         h = self.attn_norm(x)
-        q = self.q(h).reshape(b, t, c.num_heads, c.head_dim)
-        k = self.k(h).reshape(b, t, c.num_kv_heads, c.head_dim)
-        v = self.v(h).reshape(b, t, c.num_kv_heads, c.head_dim)
+        q = p("attn_q", self.q, h).reshape(b, t, c.num_heads, c.head_dim)
+        k = p("attn_k", self.k, h).reshape(b, t, c.num_kv_heads, c.head_dim)
+        v = p("attn_v", self.v, h).reshape(b, t, c.num_kv_heads, c.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         rope = rope_neox if c.rope_style == "neox" else rope_interleaved
@@ -81,9 +84,13 @@ class LlamaBlock(nnx.Module):
             window=window,
             kernels=c.kernels,
         )
-        x = x + self.o(attn.reshape(b, t, -1))
+        x = x + p("attn_output", self.o, attn.reshape(b, t, -1))
         h = self.mlp_norm(x)
-        x = x + self.down(jax.nn.silu(self.gate(h)) * self.up(h))
+        x = x + p(
+            "ffn_down",
+            self.down,
+            jax.nn.silu(p("ffn_gate", self.gate, h)) * p("ffn_up", self.up, h),
+        )
         return x, kv
 
 

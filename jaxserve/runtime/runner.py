@@ -38,14 +38,14 @@ from jaxserve.engine.rows import (
     DecodeRow,
     EmbedRow,
     PrefillRow,
-    ProbeRow,
     bucket,
     page_buckets,
     prefill_chunk_cap,
 )
-from jaxserve.models.decoder import Probe
 from jaxserve.runtime import parallel
+from jaxserve.runtime.compile_cache import release_lowerings
 from jaxserve.runtime.distributed import mirrored
+from jaxserve.runtime.hooks import DeviceHooks
 from jaxserve.runtime.kv_cache import NULL_PAGE, KVCache
 from jaxserve.runtime.step import DecodeBatch, PrefillBatch, RowInputs, make_steps
 from jaxserve.sampling.chain import LogitsHook
@@ -74,14 +74,16 @@ class ModelRunner:
         mesh: Mesh | None = None,
         capture_slots: int = 0,
         steering_slots: int = 0,
+        lora_slots: int = 0,
+        lora_rank: int = 0,
         verify_width: int = 0,
         verify_rows: int = 0,
     ) -> None:
         """`grammar_states`: capacity of the on-device constraint tables (0: constraints are
         masked from the host only); `token_bytes`: each token's bytes, for walking them;
         `capture_slots`: layers a row may capture (hidden states, logit lens) at once;
-        `steering_slots`: steering vectors the device table holds (both 0: the hooks are not
-        compiled in);
+        `steering_slots`: steering vectors the device table holds; `lora_slots`, `lora_rank`:
+        the LoRA adapters it holds and their largest rank (all 0: no hooks compiled in);
         `mesh`: a (data, model) mesh to shard parameters, the KV cache and batches over
         (`jaxserve.runtime.parallel`), None for one device."""
         graphdef, self.params = nnx.split(model)
@@ -115,30 +117,30 @@ class ModelRunner:
         self.grammar = self._grammar_tables(token_bytes)
         self.capture_slots = capture_slots
         self.steering_slots = steering_slots
+        self.lora_slots, self.lora_rank = lora_slots, lora_rank
         self.verify_width, self.verify_rows = verify_width, verify_rows  # speculative checks
-        self.steering = self._shared(
-            np.zeros((steering_slots + 1, config.num_layers, config.hidden_size), np.float32)
+        self.hooks = DeviceHooks(
+            config,
+            capture_slots=capture_slots,
+            steering_slots=steering_slots,
+            lora_slots=lora_slots,
+            lora_rank=lora_rank,
+            put_rows=self._rows,
+            put_shared=self._shared,
         )
+        self._probe = self.hooks.probe
 
     @mirrored
     def load_steering(self, table: np.ndarray) -> None:
-        """Replace the steering table (`[steering_slots + 1, layers, hidden]`, row 0 zeros)."""
-        if table.shape != self.steering.shape:
-            raise ValueError(f"the steering table must have shape {self.steering.shape}")
-        self.steering = self._shared(np.asarray(table, np.float32))
+        self.hooks.load_steering(table)
 
-    def _probe(self, rows: Sequence[ProbeRow], num_rows: int) -> Probe | None:
-        """The batch's probe, or None when the runner has neither capture nor steering slots."""
-        if not self.capture_slots and not self.steering_slots:
-            return None
-        capture = np.full((num_rows, self.capture_slots), -1, np.int32)
-        slot, scale = np.zeros(num_rows, np.int32), np.zeros(num_rows, np.float32)
-        lens = np.zeros(num_rows, bool)
-        for i, r in enumerate(rows):
-            capture[i, : len(r.capture)] = r.capture
-            slot[i], scale[i], lens[i] = r.steer_slot, r.steer_scale, r.lens
-        arrays = map(self._rows, (capture, slot, scale))
-        return Probe(*arrays, steering=self.steering, lens=self._rows(lens))
+    @mirrored
+    def load_lora(self, slot: int, pairs: dict) -> None:
+        self.hooks.load_lora(slot, pairs)
+
+    def close(self) -> None:
+        """The runner is done: release what the process keeps of its compiled programs."""
+        release_lowerings()
 
     def _rows(self, x: np.ndarray) -> jax.Array:
         """A per-row host array on device: rows split over the mesh's `data` axis if any."""
