@@ -149,6 +149,27 @@ class AsyncEngine:
         """Whether any request or embedding call is queued, running or not yet delivered."""
         return bool(self._streams or self._adds or self._embeds or self.engine.has_unfinished())
 
+    def lora_names(self) -> list[str]:
+        """The engine's loaded LoRA adapters, in load order (llama.cpp's adapter ids)."""
+        adapters = getattr(self.engine, "adapters", None)
+        return list(adapters.named) if adapters is not None else []
+
+    async def load_lora(self, name: str, path: str) -> None:
+        """Read an adapter (on a worker thread) and place it between two steps; ValueError or
+        a file error when it cannot be."""
+        from jaxserve.loading.lora import load_lora
+
+        adapter = await asyncio.to_thread(load_lora, path, self.engine.runner.config)
+        await asyncio.to_thread(self._locked, self.engine.adapters.load, name, adapter)
+
+    async def unload_lora(self, name: str) -> None:
+        """Free an adapter's slot; KeyError when none has that name, ValueError while in use."""
+        await asyncio.to_thread(self._locked, self.engine.adapters.unload, name)
+
+    def _locked(self, fn: Callable, *args):
+        with self._lock:
+            return fn(*args)
+
     def compiled_shapes(self) -> int:
         runner = getattr(self.engine, "runner", None)
         return runner.num_compiled() if runner is not None else 0
@@ -215,6 +236,9 @@ class AsyncEngine:
         self._wake.set()
         self._thread.join(timeout=10)
         self._fail_adds(EngineStoppedError("the engine has stopped"))  # arrived after its last turn
+        close = getattr(getattr(self.engine, "runner", None), "close", None)
+        if close is not None and not self._thread.is_alive():
+            close()
         # The leader of several processes releases its followers once its engine has stopped.
         mirror = getattr(getattr(self.engine, "runner", None), "mirror", None)
         if mirror is not None and not self._thread.is_alive():

@@ -33,6 +33,8 @@ ROUTES = frozenset(
         "/metrics",
         "/admin/models",
         "/admin/stats",
+        "/v1/load_lora_adapter",
+        "/v1/unload_lora_adapter",
     }
 )
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")

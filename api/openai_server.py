@@ -22,10 +22,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from jaxserve.api.adapters import adapter_cards, add_adapter_routes
 from jaxserve.api.admin import add_admin_routes, model_states
 from jaxserve.api.errors import APIError, bad_request, install_error_handlers
 from jaxserve.api.middleware import FrontMiddleware
-from jaxserve.api.model_registry import READY
 from jaxserve.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -97,15 +97,15 @@ def create_app(
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         """The models that serve now (loading and failed ones are listed by /admin/models)."""
-        return {"object": "list", "data": [e.card() for e in state.models.ready()]}
+        cards = [e.card() for e in state.models.ready()] + adapter_cards(state)
+        return {"object": "list", "data": cards}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> dict[str, Any]:
-        entry = state.models.find(model_id)
-        if entry is None or entry.status != READY:
-            state.route(model_id)  # raises the 404 (or the 503 of a model still loading)
-        assert entry is not None
-        return entry.card()
+        entry, adapter = state.resolve(model_id)  # a 404, or a 503 while it loads
+        if adapter is None:
+            return entry.card()
+        return next(c for c in adapter_cards(state) if c["id"] == adapter)
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
@@ -173,4 +173,5 @@ def create_app(
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     add_admin_routes(app, state)
+    add_adapter_routes(app, state)
     return app

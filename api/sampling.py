@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -78,10 +78,49 @@ def field_values(body: BaseModel, handled: Iterable[str]) -> dict[str, Any]:
 
 
 def build_params(
-    body: BaseModel, *, handled: Iterable[str], fixed: Mapping[str, Any]
+    body: BaseModel,
+    *,
+    handled: Iterable[str],
+    fixed: Mapping[str, Any],
+    adapters: Sequence[str] = (),
+    routed: str | None = None,
 ) -> SamplingParams:
-    """`fixed` holds the SamplingParams values the front computed itself (max_tokens, logprobs)."""
-    return params_from_values(field_values(body, handled), fixed)
+    """`fixed` holds the SamplingParams values the front computed itself (max_tokens, logprobs);
+    `adapters`: the model's LoRA adapters in load order; `routed`: the adapter the request's
+    `model` named."""
+    values = field_values(body, handled)
+    lora = values.get("lora")
+    if isinstance(lora, list):  # llama.cpp: [{"id": i, "scale": s}, ...]
+        values.pop("lora")
+        values.update(llama_cpp_lora(lora, adapters))
+    if routed is not None:
+        if "lora" in values:
+            message = f"lora: the model `{routed}` already selects an adapter"
+            raise bad_request(message, "lora")
+        values["lora"] = routed
+    return params_from_values(values, fixed)
+
+
+def llama_cpp_lora(entries: list, adapters: Sequence[str]) -> dict[str, Any]:
+    """llama.cpp's per-request adapters as `lora` / `lora_scale`: entries with scale 0 are off,
+    and one adapter at most may be on."""
+    on = []
+    for i, entry in enumerate(entries):
+        where = f"lora[{i}]"
+        if not isinstance(entry, dict) or set(entry) - {"id", "scale"} or "id" not in entry:
+            raise bad_request(f'{where}: expected {{"id": int, "scale": number}}', "lora")
+        index, scale = entry["id"], entry.get("scale", 1.0)
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise bad_request(f"{where}.id: an adapter id (an integer)", "lora")
+        if not 0 <= index < len(adapters):
+            raise bad_request(f"{where}.id: no adapter {index} ({len(adapters)} loaded)", "lora")
+        if not isinstance(scale, int | float) or isinstance(scale, bool):
+            raise bad_request(f"{where}.scale: a number", "lora")
+        if scale != 0:
+            on.append((adapters[index], float(scale)))
+    if len(on) > 1:
+        raise unsupported("lora", "may enable one adapter per request (the others with scale 0)")
+    return {"lora": on[0][0], "lora_scale": on[0][1]} if on else {}
 
 
 def params_from_values(values: Mapping[str, Any], fixed: Mapping[str, Any]) -> SamplingParams:

@@ -83,6 +83,12 @@ class Served:
     tool_format: str = "hermes"
     template_tools: bool = False
     embedding_size: int = 0
+    lora: str | None = None  # the LoRA adapter a request's `model` routed it to
+
+    def adapters(self) -> list[str]:
+        """The engine's LoRA adapters in load order (llama.cpp's adapter ids)."""
+        names = getattr(self.engine, "lora_names", None)
+        return names() if names is not None else []
 
     @classmethod
     def from_llm(cls, llm: LLM, engine: AsyncEngine) -> Served:
@@ -199,14 +205,22 @@ class ServerState:
     def route(self, name: str | None) -> ModelEntry:
         """The ready model a request's `model` field names (the first model when None): 404
         for a name nothing is loaded under, 503 while it loads, draining or stopped."""
+        return self.resolve(name)[0]
+
+    def resolve(self, name: str | None) -> tuple[ModelEntry, str | None]:
+        """`route`, with the LoRA adapter the name selects: a model's own name (None), an
+        adapter's name, or "MODEL:ADAPTER"."""
         status, code, reason = self.health()
         if status != 200 and code in ("draining", "load_failed"):
             raise self._unavailable(f"The server is not ready: {reason}", code)
         entry = self.models.default() if name is None else self.models.find(name)
+        adapter = None
         if entry is None and name is None:
             raise self._unavailable(f"The server is not ready: {reason}", code)
         if entry is None:
-            served = ", ".join(n for e in self.models.ready() for n in e.names) or "nothing yet"
+            entry, adapter = self._adapter(name)
+        if entry is None:
+            served = ", ".join(self.served_names()) or "nothing yet"
             message = f"The model `{name}` does not exist; this server serves {served}"
             raise APIError(404, message, param="model", code="model_not_found")
         if entry.status == LOADING:
@@ -216,17 +230,41 @@ class ServerState:
             raise self._unavailable(message, "load_failed")
         if not entry.served.engine.is_alive:
             raise self._unavailable(f"The engine of `{entry.id}` stopped", "engine_stopped")
-        return entry
+        return entry, adapter
+
+    def _adapter(self, name: str) -> tuple[ModelEntry | None, str | None]:
+        """The ready model holding the adapter `name` ("MODEL:ADAPTER" or the adapter alone)."""
+        base, sep, adapter = name.rpartition(":")
+        if sep:
+            entry = self.models.find(base)
+            if entry is not None and entry.served and adapter in entry.served.adapters():
+                return entry, adapter
+        for entry in self.models.ready():
+            if entry.served and name in entry.served.adapters():
+                return entry, name
+        return None, None
+
+    def served_names(self) -> list[str]:
+        """Every name a request may use: the ready models' names and their adapters'."""
+        out = []
+        for entry in self.models.ready():
+            out += entry.names
+            out += entry.served.adapters() if entry.served else []
+        return out
 
     @asynccontextmanager
     async def hold(self, name: str | None) -> AsyncIterator[tuple[str, Served]]:
         """Route a request and keep its model from being unloaded until the block ends (by then
-        its work is in the engine, which an unload waits for too)."""
-        entry = self.route(name)
+        its work is in the engine, which an unload waits for too). Yields the name responses
+        report and the model, with `lora` set when the name selects an adapter."""
+        entry, adapter = self.resolve(name)
         assert entry.served is not None
         entry.holds += 1
         try:
-            yield entry.id, entry.served
+            if adapter is None:
+                yield entry.id, entry.served
+            else:
+                yield name or entry.id, replace(entry.served, lora=adapter)
         finally:
             entry.holds -= 1
 

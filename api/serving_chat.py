@@ -159,7 +159,9 @@ async def create_chat_completion(
     fixed.update(response_format_fields(body.response_format))
     fixed.update(use.constraint())
     try:
-        params = build_params(body, handled=HANDLED, fixed=fixed)
+        params = build_params(
+            body, handled=HANDLED, fixed=fixed, adapters=served.adapters(), routed=served.lora
+        )
     except APIError as error:
         if body.response_format is not None and error.param == "json_schema":
             error.param = "response_format"

@@ -95,7 +95,9 @@ async def create_completion(
     prompt_k = _prompt_logprobs(body)
     if prompt_k is not None:
         fixed["prompt_logprobs"] = max(prompt_k, fixed.get("prompt_logprobs", 0))
-    params = build_params(body, handled=HANDLED, fixed=fixed)
+    params = build_params(
+        body, handled=HANDLED, fixed=fixed, adapters=served.adapters(), routed=served.lora
+    )
     priority = (body.model_extra or {}).get("priority", 0)
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise bad_request("priority must be an integer", "priority")

@@ -133,6 +133,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         control_vectors=_named_paths(args.control_vector or [], "--control-vector"),
         speculative=args.speculative,
         num_speculative_tokens=args.num_speculative_tokens,
+        lora_adapters=_named_paths(args.lora or [], "--lora"),
+        max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank,
     )
     models = list(args.model)
     if len(models) > 1 and distributed.num_processes > 1:
@@ -280,6 +283,21 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         help="speculative decoding: ngram = drafts by prompt lookup (same tokens, fewer passes)",
     )
     p.add_argument("--num-speculative-tokens", type=int, default=4, help="drafts per check at most")
+    p.add_argument(
+        "--lora",
+        action="append",
+        metavar="NAME=PATH",
+        help="a LoRA adapter (PEFT folder or llama.cpp LoRA GGUF), served as model NAME and "
+        "MODEL:NAME (repeatable)",
+    )
+    p.add_argument(
+        "--max-loras",
+        type=int,
+        default=0,
+        help="LoRA adapters held at once, loaded ones included (default: one per --lora; "
+        "POST /v1/load_lora_adapter needs free slots)",
+    )
+    p.add_argument("--max-lora-rank", type=int, default=16, help="the largest adapter rank")
     p.add_argument("--coordinator-address", default=None, help="host:port of process 0")
     p.add_argument("--num-processes", type=int, default=1, help="processes (hosts) in all")
     p.add_argument("--process-id", type=int, default=0, help="this process (0 serves)")

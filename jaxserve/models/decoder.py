@@ -112,11 +112,11 @@ class Decoder(nnx.Module):
 
         def body(carry, xs):
             x, kv, kept = carry
-            layer_state, layer, inv_freq, window, vectors, (lora_a, lora_b) = xs
+            layer_state, layer, inv_freq, window, vectors, tables_l = xs
             block = nnx.merge(block_def, layer_state)
             lora = None
             if adapters:
-                lora = LayerLoRA(probe.lora_slot, probe.lora_scale, active, lora_a, lora_b)
+                lora = LayerLoRA(probe.lora_slot, probe.lora_scale, active, *tables_l)
             x, kv = block(x, kv, layout, layer=layer, inv_freq=inv_freq, window=window, lora=lora)
             if steer:  # vectors: [S, E], this layer's row of every slot
                 add = vectors[probe.steer_slot] * probe.steer_scale[:, None]
@@ -129,7 +129,8 @@ class Decoder(nnx.Module):
 
         layers = jnp.arange(num_layers, dtype=jnp.int32)
         vectors = jnp.swapaxes(probe.steering, 0, 1) if steer else jnp.zeros((num_layers, 0))
-        tables = (probe.lora.a, probe.lora.b) if adapters else ({}, {})
+        lora = probe.lora if adapters else None
+        tables = (lora.a, lora.b, lora.a_scale, lora.b_scale) if lora else ({}, {}, {}, {})
         xs = (block_state, layers, jnp.asarray(inv_freq), jnp.asarray(windows), vectors, tables)
         b, t = token_ids.shape
         kept = None

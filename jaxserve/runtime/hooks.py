@@ -12,7 +12,7 @@ import numpy as np
 from jaxserve.config import ModelConfig
 from jaxserve.engine.rows import ProbeRow
 from jaxserve.models.decoder import Probe
-from jaxserve.models.lora import PROJECTIONS, LoRATable, projection_dims
+from jaxserve.models.lora import PROJECTIONS, LoRATable, projection_dims, quantize_columns
 
 Put = Callable[[np.ndarray], jax.Array]
 
@@ -38,7 +38,8 @@ class DeviceHooks:
         self._rows, self._shared = put_rows, put_shared
         shape = (steering_slots + 1, config.num_layers, config.hidden_size)
         self.steering = put_shared(np.zeros(shape, np.float32))
-        table = LoRATable.zeros(config, lora_slots, lora_rank)
+        self.exact = config.kv_format == "fixed"  # int8 weights: integer LoRA dots too
+        table = LoRATable.zeros(config, lora_slots, lora_rank, exact=self.exact)
         self.lora = jax.tree.map(lambda x: put_shared(np.asarray(x)), table)
 
     @property
@@ -61,7 +62,8 @@ class DeviceHooks:
         if not 1 <= slot <= self.lora_slots:
             raise ValueError(f"LoRA slot {slot} is outside 1..{self.lora_slots}")
         c, rank = self.config, self.lora_rank
-        a, b = dict(self.lora.a), dict(self.lora.b)
+        table = self.lora
+        a, b, a_scale, b_scale = (dict(d) for d in (table.a, table.b, table.a_scale, table.b_scale))
         for name in PROJECTIONS:
             d_in, d_out = projection_dims(c, name)
             new_a = np.zeros((c.num_layers, d_in, rank), np.float32)
@@ -72,9 +74,14 @@ class DeviceHooks:
                         raise ValueError(f"rank {pa.shape[1]} exceeds the table's {rank}")
                     new_a[layer, :, : pa.shape[1]] = pa
                     new_b[layer, : pb.shape[0]] = pb
+            if self.exact:
+                new_a, scale_a = quantize_columns(new_a)
+                new_b, scale_b = quantize_columns(new_b)
+                a_scale[name] = a_scale[name].at[:, slot].set(self._shared(scale_a))
+                b_scale[name] = b_scale[name].at[:, slot].set(self._shared(scale_b))
             a[name] = a[name].at[:, slot].set(self._shared(new_a))
             b[name] = b[name].at[:, slot].set(self._shared(new_b))
-        self.lora = LoRATable(a, b)
+        self.lora = LoRATable(a, b, a_scale, b_scale)
 
     def probe(self, rows: Sequence[ProbeRow], num_rows: int) -> Probe | None:
         """The batch's probe, or None when the runner has no hooks at all."""
