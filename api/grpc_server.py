@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -110,6 +111,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 request.priority,
                 default_max=16,
                 constraint=self._constraint(request.constraint),
+                lora=served.lora,
             )
         async for response in self._run(served, job, "prompt", context):
             yield response
@@ -135,6 +137,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 request.priority,
                 default_max=default,
                 constraint=constraint | use.constraint(),
+                lora=served.lora,
             )
         async for response in self._run(served, job, "messages", context, use, thinking):
             yield response
@@ -195,9 +198,10 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         return _Guard(context)
 
     def _start(self, model: str, constraint: pb.Constraint | None) -> Served:
-        served = self.state.route(model or None).served
-        assert served is not None
-        return served
+        """The model a request names, with `lora` set when the name selects an adapter."""
+        entry, adapter = self.state.resolve(model or None)
+        assert entry.served is not None
+        return entry.served if adapter is None else replace(entry.served, lora=adapter)
 
     @staticmethod
     def _constraint(constraint: pb.Constraint) -> dict[str, Any]:
@@ -228,8 +232,13 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         *,
         default_max: int,
         constraint: dict[str, Any],
+        lora: str | None = None,
     ) -> Job:
         values = sampling_values(sampling) | constraint
+        if lora is not None:
+            if "lora" in values:
+                raise bad_request(f"lora: the model `{lora}` already selects an adapter", "lora")
+            values["lora"] = lora
         fixed = {
             name: values.pop(name) for name in ("logprobs", "prompt_logprobs") if name in values
         }
