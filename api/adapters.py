@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
 from jaxserve.api.errors import APIError, bad_request
+from jaxserve.api.model_registry import ModelEntry
 from jaxserve.api.server_state import ServerState
 from jaxserve.errors import JaxserveError
 
@@ -45,10 +46,7 @@ def adapter_cards(state: ServerState) -> list[dict[str, Any]]:
 def add_adapter_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/load_lora_adapter")
     async def load_adapter(body: LoadAdapterRequest) -> dict[str, Any]:
-        entry = state.route(body.model)
-        engine = entry.served.engine if entry.served else None
-        if getattr(engine, "load_lora", None) is None:
-            raise bad_request(f"`{entry.id}` cannot load adapters", "model")
+        entry, engine = _adapter_engine(state, body.model)
         if body.lora_name in state.served_names():
             message = f"The name `{body.lora_name}` is taken (unload it first)"
             raise APIError(409, message, param="lora_name", code="model_exists")
@@ -62,10 +60,7 @@ def add_adapter_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/unload_lora_adapter")
     async def unload_adapter(body: UnloadAdapterRequest) -> dict[str, Any]:
-        entry = state.route(body.model)
-        engine = entry.served.engine if entry.served else None
-        if getattr(engine, "unload_lora", None) is None:
-            raise bad_request(f"`{entry.id}` has no adapters", "model")
+        entry, engine = _adapter_engine(state, body.model)
         try:
             await engine.unload_lora(body.lora_name)
         except KeyError:
@@ -74,3 +69,12 @@ def add_adapter_routes(app: FastAPI, state: ServerState) -> None:
         except ValueError as error:
             raise APIError(409, str(error), param="lora_name", code="adapter_in_use") from None
         return {"object": "lora_adapter", "lora_name": body.lora_name, "deleted": True}
+
+
+def _adapter_engine(state: ServerState, model: str | None) -> tuple[ModelEntry, Any]:
+    """The model a request names and its engine, which must take adapters."""
+    entry = state.route(model)
+    engine = entry.served.engine if entry.served else None
+    if getattr(engine, "load_lora", None) is None:
+        raise bad_request(f"`{entry.id}` does not take LoRA adapters", "model")
+    return entry, engine

@@ -166,7 +166,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:  # noqa: N802
         models = [
             pb.Model(id=card["id"], created=card["created"], max_model_len=card["max_model_len"])
-            for card in (entry.card() for entry in self.state.models.ready())
+            for card in (e.card(name) for e in self.state.models.ready() for name in e.names)
         ]
         return pb.ListModelsResponse(models=models)
 

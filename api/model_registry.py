@@ -71,11 +71,11 @@ class ModelEntry:
     holds: int = 0  # requests between routing and handing their work to the engine
     loading: asyncio.Task | None = field(default=None, repr=False)  # a load at run time
 
-    def card(self) -> dict:
-        """The model as `/v1/models` lists it."""
+    def card(self, name: str | None = None) -> dict:
+        """The model as `/v1/models` lists it (under one of its names)."""
         served = self.served
         return {
-            "id": self.id,
+            "id": name or self.id,
             "object": "model",
             "created": served.created if served else self.created,
             "owned_by": "jaxserve",

@@ -97,14 +97,14 @@ def create_app(
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         """The models that serve now (loading and failed ones are listed by /admin/models)."""
-        cards = [e.card() for e in state.models.ready()] + adapter_cards(state)
+        cards = [e.card(n) for e in state.models.ready() for n in e.names] + adapter_cards(state)
         return {"object": "list", "data": cards}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> dict[str, Any]:
         entry, adapter = state.resolve(model_id)  # a 404, or a 503 while it loads
         if adapter is None:
-            return entry.card()
+            return entry.card(model_id)
         return next(c for c in adapter_cards(state) if c["id"] == adapter)
 
     @app.post("/tokenize")

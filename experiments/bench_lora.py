@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.bench_research import decode_rate, prompts  # noqa: E402
+from experiments.bench_research import compare, prompts  # noqa: E402
 from jaxserve import LLM, SamplingParams  # noqa: E402
 from jaxserve.loading.pull import resolve_model  # noqa: E402
 from tests.tiny_lora import write_random_peft  # noqa: E402
@@ -62,18 +62,7 @@ def main() -> None:
         "4 adapters": (lora, four),
         "4 adapters + base": (lora, half),
     }
-    for llm, params in runs.values():  # compile every shape the runs use (page buckets grow)
-        decode_rate(llm, texts[:2], params[:2])
-        decode_rate(llm, texts, params)
-    best: dict[str, float] = {}
-    for _ in range(args.repeats):
-        for name, (llm, params) in runs.items():
-            rate = decode_rate(llm, texts, params)
-            best[name] = max(best.get(name, 0.0), rate)
-            print(f"{name:>20}: {rate:6.1f} tok/s", flush=True)
-    print(f"\n| run | decode tok/s ({args.rows} rows) | vs off |\n|---|---|---|")
-    for name, rate in best.items():
-        print(f"| {name} | {rate:.1f} | {rate / best['off']:.2f}x |")
+    compare(runs, texts, rows=args.rows, repeats=args.repeats)
 
 
 if __name__ == "__main__":

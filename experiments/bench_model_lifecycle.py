@@ -4,8 +4,9 @@ tokens/s while the second one loads.
 
     .venv/bin/python experiments/bench_model_lifecycle.py [--second gemma3-270m]
 
-Starts `jaxserve serve smollm2-135m` (int8, defaults), waits for /health, sends requests to it,
-then `POST /admin/models` the second model, streams requests to the first one while it loads,
+Starts `jaxserve serve smollm2-135m` (int8, defaults), waits for /ready (every shape compiled:
+the background warm-up grows RSS until then), sends requests to it, then `POST /admin/models`
+the second model, streams requests to the first one while it loads,
 sends requests to the second, `DELETE /admin/models/{id}`, sends requests to the first again.
 RSS is read from /proc/PID/status (VmRSS) after a short settle.
 """
@@ -69,6 +70,9 @@ def main() -> None:
     try:
         while _call(base + "/health")[0] != 200:
             time.sleep(0.2)
+        complete(base, args.first)
+        while _call(base + "/ready")[0] != 200:  # its background warm-up grows RSS meanwhile
+            time.sleep(1)
         complete(base, args.first)
         time.sleep(2)
         before = rss_mb(proc.pid)

@@ -44,6 +44,26 @@ def decode_rate(llm: LLM, texts: list[str], params: list[SamplingParams]) -> flo
     return (sum(len(r.output.token_ids) for r in requests) - done) / elapsed
 
 
+def compare(
+    runs: dict[str, tuple[LLM, list[SamplingParams]]], texts: list[str], *, rows: int, repeats: int
+) -> None:
+    """Warm every run's shapes, alternate the runs `repeats` times, print the best of each
+    against the first run."""
+    for llm, params in runs.values():  # compile every shape the runs use (page buckets grow)
+        decode_rate(llm, texts[:2], params[:2])
+        decode_rate(llm, texts, params)
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for name, (llm, params) in runs.items():
+            rate = decode_rate(llm, texts, params)
+            best[name] = max(best.get(name, 0.0), rate)
+            print(f"{name:>24}: {rate:6.1f} tok/s", flush=True)
+    first = next(iter(best.values()))
+    print(f"\n| run | decode tok/s ({rows} rows) | vs {next(iter(best))} |\n|---|---|---|")
+    for name, rate in best.items():
+        print(f"| {name} | {rate:.1f} | {rate / first:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m")
@@ -78,18 +98,7 @@ def main() -> None:
         "4 capture + 4 steered": (hooked, mixed),
         "+ 4 lens": (hooked, lens),
     }
-    for llm, params in runs.values():  # compile every shape the runs use (page buckets grow)
-        decode_rate(llm, texts[:2], params[:2])
-        decode_rate(llm, texts, params)
-    best: dict[str, float] = {}
-    for _ in range(args.repeats):
-        for name, (llm, params) in runs.items():
-            rate = decode_rate(llm, texts, params)
-            best[name] = max(best.get(name, 0.0), rate)
-            print(f"{name:>24}: {rate:6.1f} tok/s", flush=True)
-    print(f"\n| run | decode tok/s ({args.rows} rows) | vs off |\n|---|---|---|")
-    for name, rate in best.items():
-        print(f"| {name} | {rate:.1f} | {rate / best['off']:.2f}x |")
+    compare(runs, texts, rows=args.rows, repeats=args.repeats)
 
 
 if __name__ == "__main__":

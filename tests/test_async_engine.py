@@ -245,8 +245,12 @@ def test_background_warmup_serves_at_once_and_compiles_while_idle(llm, tiny_gguf
                 assert time.monotonic() < deadline, engine.warmup_progress()
                 time.sleep(0.2)
             body = client.get("/health").json()
+            ready = client.get("/ready")
         total = fresh.engine.warmup_total
-        assert body == {"status": "ok", "warmup": {"compiled": total, "total": total}}
+        assert body["status"] == "ok" and body["warmup"] == {"compiled": total, "total": total}
+        state = {"status": "ready", "compiled": total, "total": total, "warm": True}
+        assert body["models"] == {"tiny": state}
+        assert ready.status_code == 200 and ready.json()["models"] == {"tiny": state}
         assert runner.compiled_at_warmup == runner.num_compiled()
         assert [ids for ids, _, _ in asyncio.run(main())] == expected
         assert runner.num_compiled() == runner.compiled_at_warmup  # no compile after warm-up

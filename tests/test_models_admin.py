@@ -80,7 +80,7 @@ def test_requests_go_to_the_model_they_name(server, expected):
             r = sdk.completions.create(model=model, prompt=PROMPT, max_tokens=6, temperature=0)
             assert r.choices[0].text == expected[want]
             assert r.model == want  # responses name the model by its id
-        assert [m.id for m in sdk.models.list().data] == ["a", "b"]
+        assert [m.id for m in sdk.models.list().data] == ["a", "first", "b"]
         with pytest.raises(openai.NotFoundError) as info:
             sdk.completions.create(model="nope", prompt=PROMPT, max_tokens=2)
     message = info.value.body["message"]
@@ -100,7 +100,8 @@ def test_grpc_lists_the_loaded_models(server):
 
     with grpc.insecure_channel(server[3]) as channel:
         models = pb_grpc.GenerationStub(channel).ListModels(pb.ListModelsRequest()).models
-    assert [m.id for m in models] == ["a", "b"] and all(m.max_model_len == 64 for m in models)
+    assert [m.id for m in models] == ["a", "first", "b"]
+    assert all(m.max_model_len == 64 for m in models)
 
 
 def test_load_serve_and_unload_at_run_time(server, tiny_gguf_untied, expected):
@@ -119,7 +120,8 @@ def test_load_serve_and_unload_at_run_time(server, tiny_gguf_untied, expected):
         _wait(client, "c", "ready")
         r = client.post("/v1/completions", json={**GREEDY, "model": "c"}).json()
         assert r["choices"][0]["text"] == expected["b"]  # the same file as "b"
-        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["a", "b", "c"]
+        ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        assert ids == ["a", "first", "b", "c"]
 
         stats = {m["id"]: m for m in client.get("/admin/stats").json()["models"]}
         c = stats["c"]
@@ -152,7 +154,7 @@ def test_load_serve_and_unload_at_run_time(server, tiny_gguf_untied, expected):
         assert chunks[-1] == "data: [DONE]" and any('"finish_reason":"length"' in c for c in chunks)
         r = client.post("/v1/completions", json={**GREEDY, "model": "c"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
-        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["a", "b"]
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["a", "first", "b"]
         assert client.delete("/admin/models/c").status_code == 404
     gc.collect()
     assert engine() is None  # nothing holds the unloaded model's engine (or its arrays)
@@ -209,3 +211,28 @@ def served_stub(tiny_gguf):
     engine = AsyncEngine(llm.engine)
     yield Served.from_llm(llm, engine)
     engine.shutdown()
+
+
+def test_ready_answers_200_once_every_shape_is_compiled():
+    from fastapi.testclient import TestClient
+
+    from jaxserve.api.server_state import Served
+
+    class Warming:
+        is_alive = True
+        progress = (1, 5)
+
+        def warmup_progress(self):
+            return self.progress
+
+    engine = Warming()
+    served = Served(engine=engine, tokenizer=None, render_chat=None, max_model_len=64)
+    with TestClient(create_app(ServerConfig(model_names=("tiny",)), served)) as client:
+        assert client.get("/health").status_code == 200  # serving meanwhile
+        r = client.get("/ready")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "warming_up"
+        assert r.json()["models"]["tiny"] == {
+            "status": "ready", "compiled": 1, "total": 5, "warm": False
+        }  # fmt: skip
+        engine.progress = (5, 5)
+        assert client.get("/ready").status_code == 200
