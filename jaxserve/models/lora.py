@@ -1,10 +1,10 @@
 """LoRA adapters on device, many per batch: each row names a slot of a fixed table (slot 0 holds
 zeros: no adapter) and a scale, so loading an adapter writes the table and never recompiles.
 
-A projection's output gains `scale * (x @ A[slot]) @ B[slot]` per row, with each row's own
-pair gathered from the table and multiplied in batched dots. With int8 weights (the
-batch-invariant mode) the table is int8 too and both dots are integer dots on int8 tokens, so
-a token's numbers depend on nothing else its call computes; float weights use float dots. A
+A projection's output gains `scale * (x @ A[slot]) @ B[slot]` per row. With int8 weights (the
+batch-invariant mode) the table is int8 too and both dots are integer dots on int8 tokens
+against every slot at once, each row keeping its own slot's part, so a token's numbers depend
+on nothing else its call computes; float weights gather each row's pair and use float dots. A
 step where no row has an adapter skips the work.
 """
 
@@ -104,12 +104,18 @@ class LayerLoRA:
 
     def _exact(self, name: str, x: jax.Array) -> jax.Array:
         """Integer dots (exact in any order) on int8 tokens, so a token's delta is the same
-        whatever else its call computes (rows, chunk lengths, cached prefixes)."""
-        a, b = self.a[name][self.slot], self.b[name][self.slot]
-        a_scale = self.a_scale[name][self.slot][:, None, :]  # [B, 1, R]
-        b_scale = self.b_scale[name][self.slot][:, None, :]  # [B, 1, out]
+        whatever else its call computes (rows, chunk lengths, cached prefixes). Both dots run
+        against every slot at once, a row keeping its own slot's part (a one-hot select of
+        exact integers), which reads each table once instead of gathering it per row."""
+        a, b = self.a[name], self.b[name]  # [S, in, R], [S, R, out] int8
+        onehot = jnp.arange(a.shape[0])[None, :] == self.slot[:, None]  # [B, S]
+        pick = onehot[:, None, :, None]
         xq, xs = _quantize_rows(x.astype(jnp.float32))
-        t = jnp.einsum("bti,bir->btr", xq, a, preferred_element_type=jnp.int32)
+        full = jnp.einsum("bti,sir->btsr", xq, a, preferred_element_type=jnp.int32)
+        t = jnp.sum(jnp.where(pick, full, 0), axis=2)  # [B, T, R]
+        a_scale = self.a_scale[name][self.slot][:, None, :]  # [B, 1, R]
         tq, ts = _quantize_rows(t.astype(jnp.float32) * xs * a_scale)
-        d = jnp.einsum("btr,bro->bto", tq, b, preferred_element_type=jnp.int32)
+        spread = jnp.where(pick, tq[:, :, None, :], jnp.int8(0))  # [B, T, S, R]
+        d = jnp.einsum("btsr,sro->bto", spread, b, preferred_element_type=jnp.int32)
+        b_scale = self.b_scale[name][self.slot][:, None, :]  # [B, 1, out]
         return d.astype(jnp.float32) * ts * b_scale * self.scale[:, None, None]

@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
-import time
 from collections.abc import Sequence
 
 import jax
@@ -40,7 +38,6 @@ from jaxserve.engine.rows import (
     PrefillRow,
     bucket,
     page_buckets,
-    prefill_chunk_cap,
 )
 from jaxserve.runtime import parallel
 from jaxserve.runtime.compile_cache import release_lowerings
@@ -48,6 +45,7 @@ from jaxserve.runtime.distributed import mirrored
 from jaxserve.runtime.hooks import DeviceHooks
 from jaxserve.runtime.kv_cache import NULL_PAGE, KVCache
 from jaxserve.runtime.step import DecodeBatch, PrefillBatch, RowInputs, make_steps
+from jaxserve.runtime.warmup import WarmUp
 from jaxserve.sampling.chain import LogitsHook
 from jaxserve.sampling.grammar import DeviceGrammarTables
 from jaxserve.sampling.rows import SamplingRow, pack
@@ -56,7 +54,7 @@ from jaxserve.sampling.tensors import SamplingTensors
 log = logging.getLogger(__name__)
 
 
-class ModelRunner:
+class ModelRunner(WarmUp):
     """Runs padded steps of one model over one paged KV cache."""
 
     def __init__(
@@ -418,82 +416,3 @@ class ModelRunner:
             self._rows(np.zeros((rows, tokens, e), np.float32)),
             self._rows(np.zeros(rows, np.int32)),
         )
-
-    @mirrored
-    def warmup(
-        self,
-        *,
-        max_rows: int,
-        max_prefill_rows: int,
-        max_chunk: int,
-        max_batched_tokens: int,
-        num_steps: int,
-    ) -> int:
-        """Compile every bucket the engine can use; returns the number of shapes compiled."""
-        shapes = self.warmup_shapes(
-            max_rows=max_rows,
-            max_prefill_rows=max_prefill_rows,
-            max_chunk=max_chunk,
-            max_batched_tokens=max_batched_tokens,
-        )
-        started = time.perf_counter()
-        for n, shape in enumerate(shapes, start=1):
-            self.warm(shape, num_steps=num_steps)
-            elapsed = time.perf_counter() - started
-            print(
-                f"\rwarm-up: {n}/{len(shapes)} shapes compiled ({elapsed:.0f} s)",
-                end="",
-                file=sys.stderr,
-            )
-        print(file=sys.stderr)
-        self.warmed_up()
-        return len(shapes)
-
-    def warmup_shapes(
-        self, *, max_rows: int, max_prefill_rows: int, max_chunk: int, max_batched_tokens: int
-    ) -> list[tuple[str, int, int, int]]:
-        """Every (kind, rows, tokens, pages) bucket the engine can use, small ones first (the
-        shapes short requests need compile early when warming up in the background). Prompts
-        share a prefill call only while rows x tokens stays within `max_batched_tokens`."""
-        shapes = []
-        for rows in DECODE_ROW_BUCKETS[
-            : DECODE_ROW_BUCKETS.index(bucket(max_rows, DECODE_ROW_BUCKETS)) + 1
-        ]:
-            shapes += [("decode", rows, 1, pages) for pages in self.page_buckets]
-        if self.verify_width:
-            most = bucket(min(max_rows, self.verify_rows), VERIFY_ROW_BUCKETS)
-            for rows in VERIFY_ROW_BUCKETS[: VERIFY_ROW_BUCKETS.index(most) + 1]:
-                width = self.verify_width
-                shapes += [("verify", rows, width, pages) for pages in self.page_buckets]
-        for rows in PREFILL_ROW_BUCKETS[
-            : PREFILL_ROW_BUCKETS.index(bucket(max_prefill_rows, PREFILL_ROW_BUCKETS)) + 1
-        ]:
-            cap = prefill_chunk_cap(rows, max_batched_tokens, max_chunk)
-            if not cap:
-                break
-            for tokens in TOKEN_BUCKETS[: TOKEN_BUCKETS.index(bucket(cap, TOKEN_BUCKETS)) + 1]:
-                shapes += [
-                    ("prefill", rows, tokens, pages)
-                    for pages in self.page_buckets
-                    if pages * self.page_size > tokens // 2  # a chunk in this bucket fits
-                ]
-        return sorted(shapes, key=lambda s: (s[3], s[1], s[2]))
-
-    def warm(self, shape: tuple[str, int, int, int], *, num_steps: int) -> None:
-        """Compile one bucket by running it on null pages (nothing is written that is read)."""
-        kind, rows, tokens, pages = shape
-        null = [NULL_PAGE] * pages
-        if kind == "decode":
-            row = DecodeRow(0, 0, null, SamplingRow(), remaining=0)
-            self.decode([row] * rows, num_steps=num_steps)
-        elif kind == "verify":
-            self.verify([PrefillRow([0] * tokens, 0, null)] * rows, num_tokens=tokens)
-        else:
-            self.prefill([PrefillRow([0] * tokens, 0, null, prompt_targets=[0])] * rows)
-            self._guard("pool", (rows, tokens))
-            self.steps.pool(*self._pool_args(rows, tokens))
-
-    def warmed_up(self) -> None:
-        """Every bucket is compiled: later compiles count as recompiles (`stats`)."""
-        self.compiled_at_warmup = self.num_compiled()
-        self.num_real_tokens = self.num_padded_tokens = 0
