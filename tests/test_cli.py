@@ -69,3 +69,34 @@ def test_serve_takes_the_research_flags(monkeypatch, tmp_path):
     assert seen["control_vectors"] == {"happy": "h.gguf"}
     with pytest.raises(SystemExit, match="NAME=PATH"):
         main(["serve", "x.gguf", "--control-vector", "h.gguf"])
+
+
+def test_serve_takes_several_models_and_lora_flags(monkeypatch, capsys):
+    import jaxserve.api.serve as serve_module
+
+    loaded, served = [], {}
+
+    def fake_loader(model, *, max_queue, **kwargs):
+        loaded.append((model, kwargs))
+        return lambda: None
+
+    def fake_serve(config, load, **kwargs):
+        served.update(config=config, **kwargs)
+        return 0
+
+    monkeypatch.setattr(serve_module, "llm_loader", fake_loader)
+    monkeypatch.setattr(serve_module, "serve", fake_serve)
+    args = ["serve", "a.gguf", "b.gguf", "--served-model-name", "x", "--served-model-name", "y"]
+    args += ["--lora", "sql=./sql", "--max-lora-rank", "8", "--admin-key", "adm"]
+    assert main(args) == 0
+    assert [m for m, _ in loaded] == ["a.gguf", "b.gguf"]
+    assert loaded[0][1]["lora_adapters"] == {"sql": "./sql"}
+    assert loaded[0][1]["max_lora_rank"] == 8
+    config = served["config"]
+    assert config.model_names == ("x",) and config.admin_key == "adm"
+    assert [(names, source) for names, source, _ in served["others"]] == [(("y",), "b.gguf")]
+    assert served["loader"] is not None
+    assert main(["serve", "a.gguf", "b.gguf", "--served-model-name", "x"]) == 2
+    assert "once per model" in capsys.readouterr().err
+    assert main(["serve", "a.gguf", "--served-model-name", "x", "--served-model-name", "z"]) == 0
+    assert served["config"].model_names == ("x", "z")  # one model: aliases
