@@ -30,6 +30,7 @@ from jaxserve.api.model_registry import FAILED, READY, UNLOADING, ModelEntry
 from jaxserve.api.server_state import ServerState
 
 log = logging.getLogger("jaxserve.api")
+PENDING_LISTED = 8  # buckets not compiled yet that /ready names per model
 
 
 class LoadModelRequest(BaseModel):
@@ -177,8 +178,12 @@ def model_states(state: ServerState) -> dict[str, dict[str, Any]]:
     for entry in state.models:
         info: dict[str, Any] = {"status": entry.status}
         if entry.status == READY and entry.served is not None:
-            done, total = entry.served.engine.warmup_progress()
+            engine = entry.served.engine
+            done, total = engine.warmup_progress()
             info.update(compiled=done, total=total, warm=done >= total)
+            pending = getattr(engine, "warmup_pending", None)
+            if done < total and pending is not None:
+                info["pending"] = pending()[:PENDING_LISTED]
         out[entry.id] = info
     return out
 

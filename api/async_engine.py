@@ -179,6 +179,13 @@ class AsyncEngine:
         engine = self.engine
         return getattr(engine, "warmup_done", 0), getattr(engine, "warmup_total", 0)
 
+    def warmup_pending(self) -> list[str]:
+        """The buckets a background warm-up has yet to compile, as "kind rows x tokens, pages
+        pages" (a request in one of them compiles it first)."""
+        pending = getattr(self.engine, "warmup_pending", None)
+        shapes = pending() if pending is not None else []
+        return [f"{k} {rows}x{tokens}, {pages} pages" for k, rows, tokens, pages in shapes]
+
     async def generate(
         self,
         prompt_token_ids: Sequence[int],

@@ -157,7 +157,8 @@ def create_app(
     @app.get("/ready")
     async def ready() -> Response:
         """200 once every loaded model has compiled all its buckets (no request will wait
-        for a compile); 503 with each model's progress before that."""
+        for a compile); 503 before that, with each model's progress and the next buckets it
+        will compile (`pending`)."""
         status, code, reason = state.health()
         if status != 200:
             return APIError(status, reason, code=code).response()

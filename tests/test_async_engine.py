@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 
@@ -230,8 +231,12 @@ def test_background_warmup_serves_at_once_and_compiles_while_idle(llm, tiny_gguf
     )
     runner = fresh.engine.runner
     assert fresh.engine.warmup_total > 0 and fresh.engine.warmup_done == 0
+    assert len(fresh.engine.warmup_pending()) == fresh.engine.warmup_total
     assert runner.compiled_at_warmup is None
     engine = AsyncEngine(fresh.engine)
+    assert all(
+        re.fullmatch(r"(decode|prefill) \d+x\d+, \d+ pages", s) for s in engine.warmup_pending()
+    )
     try:
 
         async def main():
@@ -252,6 +257,7 @@ def test_background_warmup_serves_at_once_and_compiles_while_idle(llm, tiny_gguf
         assert body["models"] == {"tiny": state}
         assert ready.status_code == 200 and ready.json()["models"] == {"tiny": state}
         assert runner.compiled_at_warmup == runner.num_compiled()
+        assert engine.warmup_pending() == []
         assert [ids for ids, _, _ in asyncio.run(main())] == expected
         assert runner.num_compiled() == runner.compiled_at_warmup  # no compile after warm-up
     finally:

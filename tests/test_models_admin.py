@@ -225,6 +225,9 @@ def test_ready_answers_200_once_every_shape_is_compiled():
         def warmup_progress(self):
             return self.progress
 
+        def warmup_pending(self):
+            return ["prefill 4x512, 32 pages"]
+
     engine = Warming()
     served = Served(engine=engine, tokenizer=None, render_chat=None, max_model_len=64)
     with TestClient(create_app(ServerConfig(model_names=("tiny",)), served)) as client:
@@ -232,7 +235,8 @@ def test_ready_answers_200_once_every_shape_is_compiled():
         r = client.get("/ready")
         assert r.status_code == 503 and r.json()["error"]["code"] == "warming_up"
         assert r.json()["models"]["tiny"] == {
-            "status": "ready", "compiled": 1, "total": 5, "warm": False
+            "status": "ready", "compiled": 1, "total": 5, "warm": False,
+            "pending": ["prefill 4x512, 32 pages"],
         }  # fmt: skip
         engine.progress = (5, 5)
         assert client.get("/ready").status_code == 200

@@ -125,6 +125,10 @@ class Engine(VerifySteps):
         """Buckets compiled by the background warm-up so far (of `warmup_total`)."""
         return self.warmup_total - len(self._to_warm)
 
+    def warmup_pending(self) -> list[tuple[str, int, int, int]]:
+        """(kind, rows, tokens, pages) of the buckets the warm-up has yet to compile."""
+        return list(self._to_warm)
+
     def warm_one(self) -> bool:
         """Compile the next bucket of the background warm-up; False when none is left."""
         if not self._to_warm:
