@@ -132,6 +132,23 @@ def test_whole_steps_export_with_pallas_kernels(runner, platform, chip):
     assert steps["decode"].platforms == (platform,)
 
 
+@pytest.mark.parametrize(("platform", "chip"), TARGETS)
+def test_steps_with_lora_adapters_and_research_hooks_export(platform, chip):
+    """The accelerator default (bf16 weights, Pallas kernels) with 4 LoRA slots of rank 16,
+    capture and steering slots: the adapter and steering tables are step inputs, and the
+    steps still call the attention kernels."""
+    runner = lowering_runner(
+        SMOLLM2, weights="bf16", capture_slots=2, steering_slots=2, lora_slots=4, lora_rank=16
+    )
+    steps = export_steps(runner, platform, chip=chip or "v5e")
+    suffix = "_tpu" if platform == "tpu" else ""
+    for name in ("prefill", "decode"):
+        shapes = {tuple(a.shape) for a in steps[name].in_avals}
+        assert (30, 5, 576, 16) in shapes and (30, 5, 16, 1536) in shapes  # q's A, up's B
+        assert (3, 30, 576) in shapes  # the steering table
+        assert f"paged_{name}_attention{suffix}" in kernels_in(steps[name])
+
+
 @pytest.fixture(
     scope="module", params=["gemma3-tp2-int8", "gemma3-tp2-bf16", "smollm2-tp3-int8",
                             "smollm2-tp3-bf16"]

@@ -85,11 +85,13 @@ def lowering_runner(
     max_pages_per_row: int = 256,
     source_type: str = "Q4_1",
     tensor_parallel: int = 1,
+    **hooks: int,
 ) -> ModelRunner:
     """A runner over zero weights, with the cache format the engine picks for `weights`;
     `source_type`: the GGUF type the matrices are declared in (Q4_1: 64-value int8 blocks);
     `tensor_parallel`: the heads prepared for that split (kv heads repeated where fewer), for
-    `export_steps(..., tensor_parallel=)`."""
+    `export_steps(..., tensor_parallel=)`; `hooks`: the runner's per-row hook capacities
+    (`capture_slots`, `steering_slots`, `lora_slots`, `lora_rank`)."""
     config = dataclasses.replace(config, kernels=kernels, kv_format=kv_format_for(weights, kernels))
     config, loaded = prepare(config, zero_weights(config, weights, source_type), tensor_parallel)
     return ModelRunner(
@@ -98,6 +100,7 @@ def lowering_runner(
         num_pages=num_pages,
         page_size=page_size,
         max_pages_per_row=max_pages_per_row,
+        **hooks,
     )
 
 
