@@ -70,9 +70,10 @@ class Gemma3Block(nnx.Module):
         b, t, _ = x.shape
         p = plain if lora is None else lora  # each projection, with the rows' adapters
         h = self.attn_norm(x)
-        q = self.q_norm(p("attn_q", self.q, h).reshape(b, t, c.num_heads, c.head_dim))
-        k = self.k_norm(p("attn_k", self.k, h).reshape(b, t, c.num_kv_heads, c.head_dim))
-        v = p("attn_v", self.v, h).reshape(b, t, c.num_kv_heads, c.head_dim)
+        q, k, v = p.group(("attn_q", "attn_k", "attn_v"), (self.q, self.k, self.v), h)
+        q = self.q_norm(q.reshape(b, t, c.num_heads, c.head_dim))
+        k = self.k_norm(k.reshape(b, t, c.num_kv_heads, c.head_dim))
+        v = v.reshape(b, t, c.num_kv_heads, c.head_dim)
         q = rope_neox(q, layout.positions, inv_freq)
         k = rope_neox(k, layout.positions, inv_freq)
         kv = kv.write(layer, layout, k, v)
@@ -89,8 +90,8 @@ class Gemma3Block(nnx.Module):
         )
         x = x + self.post_attn_norm(p("attn_output", self.o, attn.reshape(b, t, -1)))
         h = self.mlp_norm(x)
-        gate = jax.nn.gelu(p("ffn_gate", self.gate, h), approximate=True)
-        mlp = p("ffn_down", self.down, gate * p("ffn_up", self.up, h))
+        gate, up = p.group(("ffn_gate", "ffn_up"), (self.gate, self.up), h)
+        mlp = p("ffn_down", self.down, jax.nn.gelu(gate, approximate=True) * up)
         x = x + self.post_mlp_norm(mlp)
         return x, kv
 

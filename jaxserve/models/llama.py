@@ -64,9 +64,10 @@ class LlamaBlock(nnx.Module):
         b, t, _ = x.shape
         p = plain if lora is None else lora  # each projection, with the rows' adapters
         h = self.attn_norm(x)
-        q = p("attn_q", self.q, h).reshape(b, t, c.num_heads, c.head_dim)
-        k = p("attn_k", self.k, h).reshape(b, t, c.num_kv_heads, c.head_dim)
-        v = p("attn_v", self.v, h).reshape(b, t, c.num_kv_heads, c.head_dim)
+        q, k, v = p.group(("attn_q", "attn_k", "attn_v"), (self.q, self.k, self.v), h)
+        q = q.reshape(b, t, c.num_heads, c.head_dim)
+        k = k.reshape(b, t, c.num_kv_heads, c.head_dim)
+        v = v.reshape(b, t, c.num_kv_heads, c.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         rope = rope_neox if c.rope_style == "neox" else rope_interleaved
@@ -86,11 +87,8 @@ class LlamaBlock(nnx.Module):
         )
         x = x + p("attn_output", self.o, attn.reshape(b, t, -1))
         h = self.mlp_norm(x)
-        x = x + p(
-            "ffn_down",
-            self.down,
-            jax.nn.silu(p("ffn_gate", self.gate, h)) * p("ffn_up", self.up, h),
-        )
+        gate, up = p.group(("ffn_gate", "ffn_up"), (self.gate, self.up), h)
+        x = x + p("ffn_down", self.down, jax.nn.silu(gate) * up)
         return x, kv
 
 

@@ -10,7 +10,7 @@ step where no row has an adapter skips the work.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -24,9 +24,17 @@ from jaxserve.loading.lora import projection_shape as projection_dims
 Project = Callable[[str, Callable[[jax.Array], jax.Array], jax.Array], jax.Array]
 
 
-def plain(name: str, linear: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
-    """A projection without adapters."""
-    return linear(x)
+class Plain:
+    """Projections without adapters (what blocks call when the batch has none)."""
+
+    def __call__(self, name: str, linear: Callable[[jax.Array], jax.Array], x: jax.Array):
+        return linear(x)
+
+    def group(self, names: Sequence[str], linears: Sequence[Callable], x: jax.Array) -> list:
+        return [linear(x) for linear in linears]
+
+
+plain = Plain()
 
 
 @jax.tree_util.register_dataclass
@@ -90,32 +98,63 @@ class LayerLoRA:
     def __call__(
         self, name: str, linear: Callable[[jax.Array], jax.Array], x: jax.Array
     ) -> jax.Array:
-        y = linear(x)
-        if name not in self.a:
-            return y
-        delta = self._exact if name in self.a_scale else self._float
-        return jax.lax.cond(self.active, lambda: y + delta(name, x), lambda: y)
+        return self.group((name,), (linear,), x)[0]
 
-    def _float(self, name: str, x: jax.Array) -> jax.Array:
-        a, b = self.a[name][self.slot], self.b[name][self.slot]  # [B, in, R], [B, R, out]
+    def group(
+        self,
+        names: Sequence[str],
+        linears: Sequence[Callable[[jax.Array], jax.Array]],
+        x: jax.Array,
+    ) -> list[jax.Array]:
+        """Projections of one input (q/k/v, gate/up): their adapters share the input's
+        quantization and one first dot."""
+        ys = [linear(x) for linear in linears]
+        used = [i for i, name in enumerate(names) if name in self.a]
+        if not used:
+            return ys
+
+        def with_adapters() -> list[jax.Array]:
+            chosen = [names[i] for i in used]
+            exact = chosen[0] in self.a_scale
+            deltas = (self._exact if exact else self._float)(chosen, x)
+            out = list(ys)
+            for i, delta in zip(used, deltas, strict=True):
+                out[i] = ys[i] + delta * self.scale[:, None, None]
+            return out
+
+        return jax.lax.cond(self.active, with_adapters, lambda: ys)
+
+    def _float(self, names: Sequence[str], x: jax.Array) -> list[jax.Array]:
+        """Each row's pairs gathered, f32 dots."""
+        rank = self.a[names[0]].shape[-1]
+        a = jnp.concatenate([self.a[n] for n in names], axis=-1)[self.slot]  # [B, in, G*R]
         hp = jax.lax.Precision.HIGHEST
         t = jnp.einsum("bti,bir->btr", x.astype(jnp.float32), a, precision=hp)
-        return jnp.einsum("btr,bro->bto", t, b, precision=hp) * self.scale[:, None, None]
+        return [
+            jnp.einsum("btr,bro->bto", t[..., g * rank : (g + 1) * rank], self.b[n][self.slot],
+                       precision=hp)
+            for g, n in enumerate(names)
+        ]  # fmt: skip
 
-    def _exact(self, name: str, x: jax.Array) -> jax.Array:
+    def _exact(self, names: Sequence[str], x: jax.Array) -> list[jax.Array]:
         """Integer dots (exact in any order) on int8 tokens, so a token's delta is the same
         whatever else its call computes (rows, chunk lengths, cached prefixes). Both dots run
         against every slot at once, a row keeping its own slot's part (a one-hot select of
         exact integers), which reads each table once instead of gathering it per row."""
-        a, b = self.a[name], self.b[name]  # [S, in, R], [S, R, out] int8
+        a = jnp.concatenate([self.a[n] for n in names], axis=-1)  # [S, in, G*R] int8
+        rank = self.a[names[0]].shape[-1]
         onehot = jnp.arange(a.shape[0])[None, :] == self.slot[:, None]  # [B, S]
         pick = onehot[:, None, :, None]
         xq, xs = _quantize_rows(x.astype(jnp.float32))
         full = jnp.einsum("bti,sir->btsr", xq, a, preferred_element_type=jnp.int32)
-        t = jnp.sum(jnp.where(pick, full, 0), axis=2)  # [B, T, R]
-        a_scale = self.a_scale[name][self.slot][:, None, :]  # [B, 1, R]
-        tq, ts = _quantize_rows(t.astype(jnp.float32) * xs * a_scale)
-        spread = jnp.where(pick, tq[:, :, None, :], jnp.int8(0))  # [B, T, S, R]
-        d = jnp.einsum("btsr,sro->bto", spread, b, preferred_element_type=jnp.int32)
-        b_scale = self.b_scale[name][self.slot][:, None, :]  # [B, 1, out]
-        return d.astype(jnp.float32) * ts * b_scale * self.scale[:, None, None]
+        t = jnp.sum(jnp.where(pick, full, 0), axis=2)  # [B, T, G*R]
+        a_scale = jnp.concatenate([self.a_scale[n] for n in names], axis=-1)
+        t = t.astype(jnp.float32) * xs * a_scale[self.slot][:, None, :]
+        deltas = []
+        for g, name in enumerate(names):
+            tq, ts = _quantize_rows(t[..., g * rank : (g + 1) * rank])
+            spread = jnp.where(pick, tq[:, :, None, :], jnp.int8(0))  # [B, T, S, R]
+            d = jnp.einsum("btsr,sro->bto", spread, self.b[name], preferred_element_type=jnp.int32)
+            b_scale = self.b_scale[name][self.slot][:, None, :]  # [B, 1, out]
+            deltas.append(d.astype(jnp.float32) * ts * b_scale)
+        return deltas
