@@ -3,7 +3,7 @@
 - `GET /admin/models`: every model with its state (loading, ready, failed, unloading).
 - `POST /admin/models` `{"model": NAME_OR_PATH, "name": ..., "weights": ..., ...}`: 202 at once;
   the model loads on a worker thread and serves once ready (`GET /admin/models/{id}` says when).
-  409 when a name is taken, 501 when the server was built without a loader.
+  409 when a name is taken, 400 when the server was built without a loader.
 - `DELETE /admin/models/{id}`: the model takes no new requests (404 for them), its in-flight
   ones finish, its engine stops and its memory is freed; answers once that is done.
 - `GET /admin/stats`: per model: running and waiting requests, tokens/s over the last minute,
@@ -65,7 +65,8 @@ def add_admin_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/admin/models", status_code=202)
     async def load_model(body: LoadModelRequest) -> JSONResponse:
         if state.loader is None:
-            raise APIError(501, "This server cannot load models at run time", code="no_loader")
+            message = "This server was started without a model loader: it cannot load models"
+            raise APIError(400, message, param="model", code="unsupported_parameter")
         options = body.options()
         try:
             state.loader.check(body.model, options)

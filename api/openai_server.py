@@ -49,7 +49,7 @@ def create_app(
     config: ServerConfig, served: Served | None = None, *, loader: ModelLoader | None = None
 ) -> FastAPI:
     """`served`: the first model (None: attach it later); `loader`: loads further models for
-    `POST /admin/models` (None: that route answers 501)."""
+    `POST /admin/models` (None: that route answers 400)."""
     state = ServerState(config, loader)
     state.served = served
     app = FastAPI(title="jaxserve", summary="OpenAI-compatible LLM server", version="0.1.0")

@@ -249,7 +249,10 @@ def burst(soak: Soak, size: int) -> None:
 
 def engine_numbers(url: str) -> dict[str, float]:
     text = httpx.get(url + "/metrics", timeout=30).text
-    return {m[1]: float(m[2]) for m in re.finditer(r"^jaxserve_engine_(\w+) (\S+)$", text, re.M)}
+    values: dict[str, float] = {}  # summed over the models (each line has a model label)
+    for m in re.finditer(r"^jaxserve_engine_(\w+)(?:\{[^}]*\})? (\S+)$", text, re.M):
+        values[m[1]] = values.get(m[1], 0.0) + float(m[2])
+    return values
 
 
 def rss_mb(pid: int) -> float:

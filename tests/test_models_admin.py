@@ -194,7 +194,8 @@ def test_admin_routes_take_the_admin_key(served_stub):
         assert client.get("/v1/models", headers=admin).status_code == 401
         assert client.get("/v1/models", headers=api).status_code == 200
         r = client.post("/admin/models", headers=admin, json={"model": "x"})
-        assert r.status_code == 501  # built without a loader
+        assert r.status_code == 400  # built without a loader
+        assert r.json()["error"]["code"] == "unsupported_parameter"
     config = ServerConfig(model_names=("tiny",), api_key="api-1")
     with running(create_app(config, served_stub)) as url, httpx.Client(base_url=url) as client:
         assert client.get("/admin/stats").status_code == 401

@@ -205,10 +205,10 @@ async function pollMetrics() {
   try {
     const response = await fetch("/metrics", { headers: headers() });
     if (!response.ok) return;
-    const values = {};
+    const values = {}; // summed over the served models (each line carries a model label)
     for (const line of (await response.text()).split("\n")) {
-      const m = line.match(/^(jaxserve_engine_\w+)\s+(\S+)$/);
-      if (m) values[m[1]] = Number(m[2]);
+      const m = line.match(/^(jaxserve_engine_\w+)(?:\{[^}]*\})?\s+(\S+)$/);
+      if (m) values[m[1]] = (values[m[1]] || 0) + Number(m[2]);
     }
     const show = (id, v) => { $(id).textContent = v === undefined ? "-" : String(Math.round(v)); };
     show("m-running", values.jaxserve_engine_num_running);

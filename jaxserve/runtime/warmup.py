@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 
+import jax
 import numpy as np
 
 from jaxserve.engine.rows import (
@@ -90,10 +91,10 @@ class WarmUp:
         """Compile one bucket ahead of time: lowered and compiled, not run, so a large bucket
         costs its compile (or its load from the persistent cache) and no computation. Later
         calls in that shape reuse the executable. Across processes the bucket is run on null
-        pages instead (followers compile what the leader's mirrored calls run)."""
+        pages instead: every process runs it, so their collectives match."""
         kind, rows, tokens, pages = shape
         null = [NULL_PAGE] * pages
-        if self.mirror is not None:
+        if jax.process_count() > 1:  # every process runs it, collectives included
             return self._warm_by_running(kind, rows, tokens, null, num_steps)
         if kind == "decode":
             batch = self.decode_batch([DecodeRow(0, 0, null, SamplingRow(), remaining=0)] * rows)
