@@ -137,6 +137,7 @@ class AsyncEngine:
         self._stopped = False
         self._error: BaseException | None = None
         self.rate = TokenRate()  # tokens generated over the last minute
+        self._note_adapters()
         self._thread = threading.Thread(target=self._loop, name="jaxserve-engine", daemon=True)
         self._thread.start()
 
@@ -150,9 +151,13 @@ class AsyncEngine:
         return bool(self._streams or self._adds or self._embeds or self.engine.has_unfinished())
 
     def lora_names(self) -> list[str]:
-        """The engine's loaded LoRA adapters, in load order (llama.cpp's adapter ids)."""
+        """The engine's loaded LoRA adapters, in load order (llama.cpp's adapter ids): a copy
+        taken after each load and unload, so readers never iterate what the engine changes."""
+        return list(self._lora_names)
+
+    def _note_adapters(self) -> None:
         adapters = getattr(self.engine, "adapters", None)
-        return list(adapters.named) if adapters is not None else []
+        self._lora_names = tuple(adapters.named) if adapters is not None else ()
 
     async def load_lora(self, name: str, path: str) -> None:
         """Read an adapter (on a worker thread) and place it between two steps; ValueError or
@@ -160,11 +165,17 @@ class AsyncEngine:
         from jaxserve.loading.lora import load_lora
 
         adapter = await asyncio.to_thread(load_lora, path, self.engine.runner.config)
-        await asyncio.to_thread(self._locked, self.engine.adapters.load, name, adapter)
+        try:
+            await asyncio.to_thread(self._locked, self.engine.adapters.load, name, adapter)
+        finally:
+            self._note_adapters()
 
     async def unload_lora(self, name: str) -> None:
         """Free an adapter's slot; KeyError when none has that name, ValueError while in use."""
-        await asyncio.to_thread(self._locked, self.engine.adapters.unload, name)
+        try:
+            await asyncio.to_thread(self._locked, self.engine.adapters.unload, name)
+        finally:
+            self._note_adapters()
 
     def _locked(self, fn: Callable, *args):
         with self._lock:
