@@ -52,7 +52,6 @@ NOT_YET = frozenset(
         "web_search_options",
         "prompt_logprobs",
         "n_probs",
-        "use_beam_search",
         "chat_template",
         "continue_final_message",
         "truncate_prompt_tokens",

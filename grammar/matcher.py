@@ -20,6 +20,14 @@ class Matcher:
         self._states = [grammar.automaton.start]
         self._terminated = [False]
 
+    def fork(self) -> Matcher:
+        """An independent matcher at the same point (a beam's continuation)."""
+        twin = Matcher.__new__(Matcher)
+        twin.grammar = self.grammar
+        twin._states = list(self._states)
+        twin._terminated = list(self._terminated)
+        return twin
+
     @property
     def state(self) -> int:
         return self._states[-1]

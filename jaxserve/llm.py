@@ -285,6 +285,33 @@ class LLM:
             self.engine.step()
         return [seq.output for r in requests for seq in r.group]
 
+    def beam_search(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        *,
+        beam_width: int = 4,
+        max_tokens: int = 16,
+        length_penalty: float = 1.0,
+        early_stopping: bool | str = False,
+        n: int | None = None,
+        params: SamplingParams | None = None,
+    ) -> list[list[RequestOutput]]:
+        """Beam search over each prompt: per prompt, the `n` (default: `beam_width`) best
+        finished beams, best first, each with its `beam_score` and `cumulative_logprob`.
+        `params` adds what else the beams follow (a constraint, `ignore_eos`, `logprobs`...);
+        see `SamplingParams` (beam search) for the rules."""
+        search = dataclasses.replace(
+            params or SamplingParams(),
+            use_beam_search=True,
+            beam_width=beam_width,
+            n=beam_width if n is None else n,
+            max_tokens=max_tokens,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+        )
+        outs = self.generate(prompts, search)
+        return [outs[i : i + search.n] for i in range(0, len(outs), search.n)]
+
     def embed(self, texts: Prompt | Sequence[Prompt]) -> np.ndarray:
         """Embeddings of texts (tokenized with the model's BOS) or token-id lists:
         `[len(texts), hidden]` float32, one row per input (a lone prompt gives one row).

@@ -50,6 +50,10 @@ class RequestOutput:
     hidden_positions: list[int] | None = None
     logit_lens: list[dict[int, tuple[tuple[int, float], ...]]] | None = None
     uncertainty: list[TokenUncertainty] | None = None
+    # Beam search: the summed logprob of the tokens, and the score beams are ranked by
+    # (cumulative_logprob / len(token_ids) ** length_penalty).
+    cumulative_logprob: float | None = None
+    beam_score: float | None = None
 
     @property
     def finished(self) -> bool:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 MAX_LOGPROBS = 20  # matches the device's static top-k width
 MAX_N = 16
+MAX_BEAM_WIDTH = 10  # 2 x width candidates per beam fit the device's top-20 logprobs
 MAX_BAD_WORDS = 16  # banned token sequences per request
 MAX_BAD_WORD_TOKENS = 8  # tokens per banned sequence
 MAX_DRY_BREAKERS = 16
@@ -131,6 +132,14 @@ class SamplingParams:
       its tokens are the same either way, only the number of forward passes changes).
     lora: the name of a LoRA adapter loaded into the engine (`LLM.load_lora`), applied to this
       request only, its output scaled by lora_scale (0 turns it off).
+    Beam search (`jaxserve.engine.beam`): use_beam_search keeps the beam_width (default: n)
+      best partial sequences by summed logprob, each step extending every beam by its best
+      tokens; the n best finished beams are returned, ranked by sum / length ** length_penalty.
+      early_stopping: True ends once beam_width beams finished; False (default) once no running
+      beam can beat the finished ones at its current length; "never" at max_tokens or once no
+      running beam can beat them at any length (Hugging Face `transformers`' rules). Tokens
+      are scored on the distribution the chain draws from (constraints, bias, penalties,
+      temperature applied; with none of them, the model's own); `logprobs` reports that one.
     """
 
     max_tokens: int = 16
@@ -189,6 +198,10 @@ class SamplingParams:
     speculative: bool = True
     lora: str | None = None
     lora_scale: float = 1.0
+    use_beam_search: bool = False
+    beam_width: int | None = None
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
 
     def __post_init__(self) -> None:
         if self.choice is not None:
@@ -307,6 +320,43 @@ class SamplingParams:
             _fail("logprobs_mode", "'raw' or 'processed'", self.logprobs_mode)
         self._validate_constraint()
         self._validate_research()
+        self._validate_beam()
+
+    def _validate_beam(self) -> None:
+        if not isinstance(self.use_beam_search, bool):
+            _fail("use_beam_search", "a boolean", self.use_beam_search)
+        if self.early_stopping not in (True, False, "never"):
+            _fail("early_stopping", "true, false or 'never'", self.early_stopping)
+        _check_range("length_penalty", self.length_penalty, -100.0, 100.0)
+        if not self.use_beam_search:
+            beam = {"beam_width": None, "length_penalty": 1.0, "early_stopping": False}
+            for name, default in beam.items():
+                if getattr(self, name) != default:
+                    _fail(name, "given only with use_beam_search", getattr(self, name))
+            return
+        if self.beam_width is not None:
+            _check_int("beam_width", self.beam_width, 1, MAX_BEAM_WIDTH)
+        if self.n > self.width:
+            _fail("n", f"at most beam_width ({self.width}) with use_beam_search", self.n)
+        _check_int("beam_width", self.width, 1, MAX_BEAM_WIDTH)
+        unsupported = {
+            "stop": bool(self.stop),
+            "prompt_logprobs": self.prompt_logprobs is not None,
+            "mirostat": self.mirostat != 0,
+            "grammar_triggers": bool(self.grammar_triggers),
+            "token_healing": self.token_healing,
+            "return_hidden_states": self.return_hidden_states is not None,
+            "logit_lens": self.logit_lens is not None,
+            "return_uncertainty": self.return_uncertainty,
+        }
+        for name, given in unsupported.items():
+            if given:
+                _fail(name, "left unset with use_beam_search", getattr(self, name))
+
+    @property
+    def width(self) -> int:
+        """Beams kept per step (beam search)."""
+        return self.beam_width if self.beam_width is not None else self.n
 
     def _validate_research(self) -> None:
         for name in ("return_hidden_states", "logit_lens"):

@@ -97,12 +97,13 @@ def write_tokenizer(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
 
 
-def write_tiny_hf(folder: Path, case: str, *, seed: int = 0) -> Path:
-    """A random `case` checkpoint; every parameter (norms, biases included) drawn at random."""
+def write_tiny_hf(folder: Path, case: str, *, seed: int = 0, vocab: int = VOCAB) -> Path:
+    """A random `case` checkpoint; every parameter (norms, biases included) drawn at random.
+    `vocab`: the embedding's rows (`NUM_TOKENS` for one without padded ids)."""
     spec = dict(CASES[case])
     arch = spec.pop("arch")
     config = CONFIGS[arch](
-        **COMMON, **spec, vocab_size=VOCAB, max_position_embeddings=256, bos_token_id=1,
+        **COMMON, **spec, vocab_size=vocab, max_position_embeddings=256, bos_token_id=1,
         eos_token_id=2, pad_token_id=0,
     )  # fmt: skip
     torch.manual_seed(seed)

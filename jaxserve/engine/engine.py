@@ -24,11 +24,12 @@ from jaxserve.engine.admission import (
     healed_prompt,
     sequence_seed,
 )
+from jaxserve.engine.background_warmup import BackgroundWarmUp
+from jaxserve.engine.beam import BeamSearches
 from jaxserve.engine.config import EngineConfig
 from jaxserve.engine.device import DecodeResult, PrefillResult, Runner
 from jaxserve.engine.embed import embed
 from jaxserve.engine.grammar_slots import GrammarSlots
-from jaxserve.engine.mappings import WARMUP_STOP, mapping_use
 from jaxserve.engine.page_allocator import PageAllocator
 from jaxserve.engine.postprocess import (
     check_finite,
@@ -63,7 +64,7 @@ log = logging.getLogger("jaxserve.engine")
 MAX_FAILED_CALLS = 3  # device calls in a row that may raise before the engine gives up
 
 
-class Engine(VerifySteps):
+class Engine(VerifySteps, BackgroundWarmUp):
     def __init__(
         self,
         tokenizer: Tokenizer,
@@ -106,55 +107,7 @@ class Engine(VerifySteps):
         self._to_warm: list[tuple[str, int, int, int]] = []  # buckets left to compile (idle)
         self.warmup_total = 0
         self._warm_started = 0.0
-
-    def warm_in_background(self) -> None:
-        """Compile the engine's buckets one at a time while it is idle (`warm_one`), instead of
-        before serving; a request meanwhile compiles the buckets it needs on first use."""
-        s = self.scheduler.config
-        self._to_warm = self.runner.warmup_shapes(
-            max_rows=s.max_num_seqs,
-            max_prefill_rows=s.max_prefill_rows,
-            max_chunk=s.prefill_chunk,
-            max_batched_tokens=s.max_num_batched_tokens,
-        )
-        self.warmup_total = len(self._to_warm)
-        self._warm_started = time.perf_counter()
-
-    @property
-    def warmup_done(self) -> int:
-        """Buckets compiled by the background warm-up so far (of `warmup_total`)."""
-        return self.warmup_total - len(self._to_warm)
-
-    def warmup_pending(self) -> list[tuple[str, int, int, int]]:
-        """(kind, rows, tokens, pages) of the buckets the warm-up has yet to compile."""
-        return list(self._to_warm)
-
-    def warm_one(self) -> bool:
-        """Compile the next bucket of the background warm-up; False when none is left."""
-        if not self._to_warm:
-            return False
-        use = mapping_use()
-        if use is not None and use > WARMUP_STOP:  # leave room for the shapes requests need
-            log.warning(
-                "warm-up stopped at %d/%d shapes: %.0f%% of vm.max_map_count is mapped; the rest "
-                "compile on first use",
-                self.warmup_done,
-                self.warmup_total,
-                100 * use,
-            )
-            self.warmup_total = self.warmup_done
-            self._to_warm.clear()
-            self.runner.warmed_up()
-            return False
-        self.runner.warm(self._to_warm[0], num_steps=self.scheduler.config.decode_steps)
-        if len(self._to_warm) == 1:
-            self.runner.warmed_up()
-        self._to_warm.pop(0)  # counted done (`warmup_done`, read by other threads) only now
-        elapsed = time.perf_counter() - self._warm_started
-        log.info(
-            "warm-up: %d/%d shapes compiled (%.0f s)", self.warmup_done, self.warmup_total, elapsed
-        )
-        return True
+        self.beams = BeamSearches(self)
 
     def precompile(self, params: SamplingParams) -> None:
         """Compile the request's constraint now, into the compiler's cache (thread-safe), so that
@@ -181,7 +134,10 @@ class Engine(VerifySteps):
         prompt: str | None = None,
         priority: int = 0,
     ) -> Request:
-        """Check and queue a request (its `n` sequences); returns its first sequence."""
+        """Check and queue a request (its `n` sequences); returns its first sequence. With
+        `use_beam_search` the sequences are the search's results (`engine/beam.py`)."""
+        if params.use_beam_search:
+            return self.beams.start(prompt_token_ids, params, prompt, priority)
         ids, max_len = check_prompt(
             prompt_token_ids,
             params,
@@ -235,6 +191,10 @@ class Engine(VerifySteps):
         self._next_id += 1
         return group[0]
 
+    def new_request_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
     def _compile_constraint(self, params: SamplingParams) -> CompiledGrammar | None:
         """The request's constraint against this vocabulary (cached); errors name the field."""
         spec = params.constraint
@@ -249,6 +209,8 @@ class Engine(VerifySteps):
     def abort(self, request: Request | int) -> None:
         """Drop a request (every one of its sequences) wherever it is; its pages are free
         before the next step."""
+        if self.beams.abort(request if isinstance(request, int) else request.request_id):
+            return
         if isinstance(request, int):
             request = self._groups.get(request)
             if request is None:
@@ -297,6 +259,9 @@ class Engine(VerifySteps):
         loop stops)."""
         self.failed = {}
         out = self.scheduler.schedule()
+        if self.scheduler.copies:  # pages forked by beams, copied before anyone writes them
+            self.runner.copy_pages(self.scheduler.copies)
+            self.scheduler.copies = []
         events: list[StepEvent] = []
         if out.prefill:
             events += self._run_prefill(out.prefill)
@@ -316,6 +281,7 @@ class Engine(VerifySteps):
                 self.research.finish(request)
                 self.adapters.release(request.capture)
                 self.stats.on_finish(request)
+        events = self.beams.after_step(events)
         self.stats.on_step(self.scheduler, out)
         self.stats.on_runner(self.runner)
         self.stats.on_speculation(self.speculator)

@@ -45,6 +45,7 @@ class Request:
     matcher: Matcher | None = None  # the request's constraint, advanced per generated token
     capture: Capture | None = None  # research hooks: captured layers, steering, what was kept
     spec: SpecState | None = None  # speculative decoding: drafts per check, misses
+    keep_pages: bool = False  # pages outlive the request until `Scheduler.release`
     output: RequestOutput = field(init=False)
     _pending: str = ""  # decoded text held back because it may begin a stop string
 

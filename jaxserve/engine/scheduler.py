@@ -91,6 +91,9 @@ class Scheduler:
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.num_preemptions = 0
+        # (source, destination) pages to copy on device before this step's calls: a page
+        # several sequences share (a beam's fork) is copied before one of them writes to it
+        self.copies: list[tuple[int, int]] = []
 
     def add(self, request: Request) -> None:
         if len(self.waiting) >= self.config.max_waiting:
@@ -98,12 +101,29 @@ class Scheduler:
         self.waiting.append(request)
 
     def remove(self, request: Request) -> None:
-        """Take a request out (finished or aborted) and free its pages."""
+        """Take a request out (finished or aborted) and free its pages, unless it keeps them
+        (`Request.keep_pages`: a beam whose continuations fork from it; `release` frees them)."""
         if request in self.waiting:
             self.waiting.remove(request)
         if request in self.running:
             self.running.remove(request)
+        if not request.keep_pages:
+            self._release(request)
+
+    def release(self, request: Request) -> None:
+        """Free the pages of a request taken out with `keep_pages`."""
+        request.keep_pages = False
         self._release(request)
+
+    def fork(self, child: Request, parent: Request) -> None:
+        """Start `child` where `parent` stopped: it shares every page holding the parent's
+        computed tokens (its tokens must extend the parent's); the last, partly filled page is
+        copied on write, when one of its holders first writes to it."""
+        count = math.ceil(parent.num_computed / self.pages.page_size)
+        shared = parent.pages[:count]
+        self.pages.share(shared)
+        child.pages = list(shared)
+        child.num_computed = parent.num_computed
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -193,14 +213,27 @@ class Scheduler:
     ) -> bool:
         """Give `request` pages for `num_tokens` tokens, preempting later requests if needed."""
         needed = math.ceil(num_tokens / self.pages.page_size) - len(request.pages)
-        while needed > self.pages.num_free:
+        while max(needed, 0) + (self._shared_write_page(request) is not None) > self.pages.num_free:
             victim = self._victim(exclude=request)
             if victim is None or not may_preempt:
                 return False
             self._preempt(victim, out)
         if needed > 0:
             request.pages.extend(self.pages.allocate(needed))
+        shared = self._shared_write_page(request)
+        if shared is not None:
+            fresh = self.pages.copy_on_write(request.pages[shared])
+            if fresh is not None:
+                self.copies.append((request.pages[shared], fresh))
+                request.pages[shared] = fresh
         return True
+
+    def _shared_write_page(self, request: Request) -> int | None:
+        """The index of the page the request writes next when another holder shares it."""
+        i = request.num_computed // self.pages.page_size
+        if i < len(request.pages) and self.pages.refcount(request.pages[i]) > 1:
+            return i
+        return None
 
     def _victim(self, exclude: Request) -> Request | None:
         candidates = [r for r in self.running if r is not exclude and _order(r) > _order(exclude)]

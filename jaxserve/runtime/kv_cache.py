@@ -13,6 +13,7 @@ from jaxserve.kernels.paged_attention.exact import pack
 # Page 0 is never handed to a request: padded tokens write there, and unused page-table entries
 # point there (masked by kv_lens), so padding never touches a live page.
 NULL_PAGE = 0
+COPY_PAIRS = 16  # page copies per device call (one compiled shape)
 
 
 def kv_format_for(weights: str, kernels: str) -> str:

@@ -43,7 +43,7 @@ from jaxserve.runtime import parallel
 from jaxserve.runtime.compile_cache import release_lowerings
 from jaxserve.runtime.distributed import mirrored
 from jaxserve.runtime.hooks import DeviceHooks
-from jaxserve.runtime.kv_cache import NULL_PAGE, KVCache
+from jaxserve.runtime.kv_cache import COPY_PAIRS, NULL_PAGE, KVCache
 from jaxserve.runtime.step import DecodeBatch, PrefillBatch, RowInputs, make_steps
 from jaxserve.runtime.warmup import WarmUp
 from jaxserve.sampling.chain import LogitsHook
@@ -215,6 +215,7 @@ class ModelRunner(WarmUp):
                 steps.decode,
                 steps.pool,
                 steps.verify,
+                steps.copy_pages,
             ):
                 step.clear_cache()
             self._shapes.clear()
@@ -381,6 +382,15 @@ class ModelRunner(WarmUp):
         self.num_real_tokens += int(out.num_generated.sum())
         self.num_padded_tokens += batch.token_ids.shape[0] * int(out.num_generated.max(initial=0))
         return out
+
+    @mirrored
+    def copy_pages(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Copy pages (source, destination) of the KV cache, `COPY_PAIRS` per device call."""
+        for i in range(0, len(pairs), COPY_PAIRS):
+            chunk = list(pairs[i : i + COPY_PAIRS])
+            chunk += [(NULL_PAGE, NULL_PAGE)] * (COPY_PAIRS - len(chunk))
+            self._guard("copy_pages", COPY_PAIRS)
+            self.kv = self.steps.copy_pages(self.kv, self._shared(np.asarray(chunk, np.int32)))
 
     @mirrored
     def verify(self, rows: Sequence[PrefillRow], *, num_tokens: int) -> VerifyResult:

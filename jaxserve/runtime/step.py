@@ -151,6 +151,7 @@ class Steps(NamedTuple):
     pool: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
     traces: TraceCounter
     verify: Callable[..., tuple[KVCache, SampleOutput]]
+    copy_pages: Callable[[KVCache, jax.Array], KVCache]
 
 
 def _row_state(rows: RowInputs, length: jax.Array, t: SamplingTensors, vocab: int) -> RowState:
@@ -432,7 +433,15 @@ def make_steps(
         pool=jax.jit(wrap(pool)),
         traces=traces,
         verify=jax.jit(wrap(verify), donate_argnames=("kv",)),
+        copy_pages=jax.jit(wrap(lambda kv, pairs: keep(copy_pages(kv, pairs))), donate_argnums=0),
     )
+
+
+def copy_pages(kv: KVCache, pairs: jax.Array) -> KVCache:
+    """Copy each page `pairs[i, 0]` of every layer and head onto page `pairs[i, 1]` (K, V and
+    their scales); padding pairs copy the null page onto itself."""
+    src, dst = pairs[:, 0], pairs[:, 1]
+    return jax.tree.map(lambda x: x.at[:, :, dst].set(x[:, :, src]), kv)
 
 
 def _forward(model, token_ids, kv, layout, probe):

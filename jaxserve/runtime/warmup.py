@@ -20,7 +20,7 @@ from jaxserve.engine.rows import (
     prefill_chunk_cap,
 )
 from jaxserve.runtime.distributed import mirrored
-from jaxserve.runtime.kv_cache import NULL_PAGE
+from jaxserve.runtime.kv_cache import COPY_PAIRS, NULL_PAGE
 from jaxserve.sampling.rows import SamplingRow
 
 
@@ -101,6 +101,8 @@ class WarmUp:
             self._guard("decode", batch.token_ids.shape, batch.page_table.shape, num_steps)
             args = (self.params, self.kv, batch, self.key, self.grammar)
             self.steps.decode.lower(*args, num_steps=num_steps).compile()
+            if rows == DECODE_ROW_BUCKETS[0] and pages == self.page_buckets[0]:
+                self._warm_copy()
         elif kind == "verify":
             rows_ = [PrefillRow([0] * tokens, 0, null)] * rows
             batch = self.prefill_batch(rows_, num_tokens=tokens, row_buckets=VERIFY_ROW_BUCKETS)
@@ -118,8 +120,16 @@ class WarmUp:
             self._guard("pool", (rows, tokens))
             self.steps.pool.lower(*self._pool_args(rows, tokens)).compile()
 
+    def _warm_copy(self) -> None:
+        """The page copy of a beam's fork (one shape)."""
+        pairs = self._shared(np.zeros((COPY_PAIRS, 2), np.int32))
+        self._guard("copy_pages", COPY_PAIRS)
+        self.steps.copy_pages.lower(self.kv, pairs).compile()
+
     def _warm_by_running(self, kind, rows, tokens, null, num_steps) -> None:
         if kind == "decode":
+            if rows == DECODE_ROW_BUCKETS[0] and null == [NULL_PAGE] * self.page_buckets[0]:
+                self.copy_pages([(NULL_PAGE, NULL_PAGE)])
             self.decode(
                 [DecodeRow(0, 0, null, SamplingRow(), remaining=0)] * rows, num_steps=num_steps
             )
