@@ -133,6 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         control_vectors=_named_paths(args.control_vector or [], "--control-vector"),
         speculative=args.speculative,
         num_speculative_tokens=args.num_speculative_tokens,
+        speculative_model=args.speculative_model,
+        speculative_weights=args.speculative_weights,
         lora_adapters=_named_paths(args.lora or [], "--lora"),
         max_loras=args.max_loras,
         max_lora_rank=args.max_lora_rank,
@@ -278,11 +280,22 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--speculative",
-        choices=("ngram",),
+        choices=("ngram", "draft"),
         default=None,
-        help="speculative decoding: ngram = drafts by prompt lookup (same tokens, fewer passes)",
+        help="speculative decoding (same tokens, fewer passes): ngram = drafts by prompt lookup, "
+        "draft = drafts by --speculative-model",
     )
     p.add_argument("--num-speculative-tokens", type=int, default=4, help="drafts per check at most")
+    p.add_argument(
+        "--speculative-model",
+        default=None,
+        help="the draft model of --speculative draft (a model name or path; same tokenizer)",
+    )
+    p.add_argument(
+        "--speculative-weights",
+        default="auto",
+        help="the draft model's weight format (auto, int8, f32, bf16)",
+    )
     p.add_argument(
         "--lora",
         action="append",

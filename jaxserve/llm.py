@@ -22,6 +22,7 @@ from jaxserve.models.build import build_model
 from jaxserve.outputs import RequestOutput
 from jaxserve.runtime.compile_cache import enable_compilation_cache
 from jaxserve.runtime.distributed import Broadcaster, device_count, is_leader, process_count
+from jaxserve.runtime.draft import draft_runner
 from jaxserve.runtime.kv_cache import kv_format_for
 from jaxserve.runtime.parallel import ParallelConfig, check_heads, make_mesh, prepare
 from jaxserve.runtime.runner import ModelRunner
@@ -110,6 +111,8 @@ class LLM:
         control_vectors: Mapping[str, str | Path] | None = None,
         speculative: str | SpeculativeConfig | None = None,
         num_speculative_tokens: int = SpeculativeConfig.num_tokens,
+        speculative_model: str | None = None,
+        speculative_weights: WeightFormat | Literal["auto"] = "auto",
         max_loras: int = EngineConfig.max_loras,
         max_lora_rank: int = EngineConfig.max_lora_rank,
         lora_adapters: Mapping[str, str | Path] | None = None,
@@ -133,7 +136,9 @@ class LLM:
             max_loras=max_loras,
             max_lora_rank=max_lora_rank,
             speculative=(
-                SpeculativeConfig(method=speculative, num_tokens=num_speculative_tokens)
+                SpeculativeConfig(
+                    method=speculative, model=speculative_model, num_tokens=num_speculative_tokens
+                )
                 if isinstance(speculative, str)
                 else speculative
             ),
@@ -205,8 +210,37 @@ class LLM:
                 max_batched_tokens=scheduler_config.max_num_batched_tokens,
                 num_steps=scheduler_config.decode_steps,
             )
+        spec = config.speculative
+        drafts = None
+        if spec is not None and spec.method == "draft":
+            if mesh is not None:
+                raise ValueError("a draft model is not supported with tensor or data parallel")
+            drafts = draft_runner(
+                spec.model,
+                weights=resolve_weights(speculative_weights),
+                kernels=mode,
+                target=self.config,
+                tokenizer=self.tokenizer,
+                num_pages=runner.num_pages,
+                page_size=config.page_size,
+                max_pages_per_row=max_pages_per_row(max_len, config.page_size),
+                quiet=quiet,
+            )
+            if warmup is True:
+                drafts.warmup(
+                    max_rows=spec.max_rows,
+                    max_prefill_rows=1,
+                    max_chunk=scheduler_config.prefill_chunk,
+                    max_batched_tokens=scheduler_config.prefill_chunk,
+                    num_steps=spec.num_tokens + 1,
+                )
         self.engine = Engine(
-            self.tokenizer, runner, config, scheduler_config, max_model_len=max_len
+            self.tokenizer,
+            runner,
+            config,
+            scheduler_config,
+            max_model_len=max_len,
+            draft_runner=drafts,
         )
         for name, path in control_vectors.items():
             self.load_control_vector(name, path)

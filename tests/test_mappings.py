@@ -10,7 +10,7 @@ import os
 import pytest
 
 from jaxserve import LLM, SamplingParams
-from jaxserve.engine import engine as engine_module
+from jaxserve.engine import background_warmup as engine_module
 from jaxserve.engine.mappings import mapping_use
 from jaxserve.runtime import runner as runner_module
 

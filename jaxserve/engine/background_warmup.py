@@ -6,15 +6,20 @@ from __future__ import annotations
 import logging
 import time
 
+from jaxserve.engine.drafter import Drafter
 from jaxserve.engine.mappings import WARMUP_STOP, mapping_use
+from jaxserve.engine.speculation import Speculator
 
 log = logging.getLogger("jaxserve.engine")
+DRAFT = "draft-"  # the prefix of the draft model's buckets
 
 
 class BackgroundWarmUp:
     """The warm-up half of `Engine` (it supplies `runner`, `scheduler` and the fields below)."""
 
     _to_warm: list[tuple[str, int, int, int]]
+    drafter: Drafter | None
+    speculator: Speculator | None
     warmup_total: int
     _warm_started: float
 
@@ -28,6 +33,15 @@ class BackgroundWarmUp:
             max_chunk=s.prefill_chunk,
             max_batched_tokens=s.max_num_batched_tokens,
         )
+        drafter = self.drafter
+        if drafter is not None:  # the draft model's decode and catch-up buckets
+            shapes = drafter.runner.warmup_shapes(
+                max_rows=self.speculator.config.max_rows,
+                max_prefill_rows=1,
+                max_chunk=drafter.chunk,
+                max_batched_tokens=drafter.chunk,
+            )
+            self._to_warm += [(DRAFT + kind, *rest) for kind, *rest in shapes]
         self.warmup_total = len(self._to_warm)
         self._warm_started = time.perf_counter()
 
@@ -57,9 +71,15 @@ class BackgroundWarmUp:
             self._to_warm.clear()
             self.runner.warmed_up()
             return False
-        self.runner.warm(self._to_warm[0], num_steps=self.scheduler.config.decode_steps)
+        kind, *rest = self._to_warm[0]
+        if kind.startswith(DRAFT):
+            self.drafter.runner.warm((kind[len(DRAFT) :], *rest), num_steps=self.drafter.steps)
+        else:
+            self.runner.warm(self._to_warm[0], num_steps=self.scheduler.config.decode_steps)
         if len(self._to_warm) == 1:
             self.runner.warmed_up()
+            if self.drafter is not None:
+                self.drafter.runner.warmed_up()
         self._to_warm.pop(0)  # counted done (`warmup_done`, read by other threads) only now
         elapsed = time.perf_counter() - self._warm_started
         log.info(

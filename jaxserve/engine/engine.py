@@ -28,6 +28,7 @@ from jaxserve.engine.background_warmup import BackgroundWarmUp
 from jaxserve.engine.beam import BeamSearches
 from jaxserve.engine.config import EngineConfig
 from jaxserve.engine.device import DecodeResult, PrefillResult, Runner
+from jaxserve.engine.drafter import Drafter
 from jaxserve.engine.embed import embed
 from jaxserve.engine.grammar_slots import GrammarSlots
 from jaxserve.engine.page_allocator import PageAllocator
@@ -73,7 +74,10 @@ class Engine(VerifySteps, BackgroundWarmUp):
         scheduler_config: SchedulerConfig,
         *,
         max_model_len: int,
+        draft_runner: Runner | None = None,
     ) -> None:
+        """`draft_runner`: the draft model of `speculative="draft"` (its KV cache laid out
+        like `runner`'s)."""
         self.tokenizer = tokenizer
         self.runner = runner
         self.config = config
@@ -104,6 +108,11 @@ class Engine(VerifySteps, BackgroundWarmUp):
         self.grammar_slots = GrammarSlots(runner.grammar_states, words)
         spec = config.speculative
         self.speculator = Speculator(spec) if spec is not None else None
+        self.drafter = None
+        if draft_runner is not None:
+            steps = spec.num_tokens if spec is not None else 0
+            chunk = scheduler_config.prefill_chunk
+            self.drafter = Drafter(draft_runner, chunk=chunk, max_tokens=steps)
         self._to_warm: list[tuple[str, int, int, int]] = []  # buckets left to compile (idle)
         self.warmup_total = 0
         self._warm_started = 0.0

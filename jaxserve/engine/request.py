@@ -45,6 +45,8 @@ class Request:
     matcher: Matcher | None = None  # the request's constraint, advanced per generated token
     capture: Capture | None = None  # research hooks: captured layers, steering, what was kept
     spec: SpecState | None = None  # speculative decoding: drafts per check, misses
+    draft_computed: int = 0  # tokens whose K/V the draft model's cache holds (`drafter.py`)
+    draft_written: int = 0  # of the last draft call: tokens written, right or not
     keep_pages: bool = False  # pages outlive the request until `Scheduler.release`
     output: RequestOutput = field(init=False)
     _pending: str = ""  # decoded text held back because it may begin a stop string

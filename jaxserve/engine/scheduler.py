@@ -242,7 +242,7 @@ class Scheduler:
     def _preempt(self, request: Request, out: SchedulerOutput) -> None:
         self.running.remove(request)
         self._release(request)
-        request.num_computed = 0
+        request.num_computed = request.draft_computed = 0
         request.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.append(request)

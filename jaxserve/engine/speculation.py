@@ -1,5 +1,6 @@
-"""Speculative decoding on the host side: n-gram prompt lookup proposes drafts, one forward pass
-checks them (`Runner.verify`), and each request adapts how many drafts it takes.
+"""Speculative decoding on the host side: n-gram prompt lookup (or a draft model,
+`drafter.py`) proposes drafts, one forward pass checks them (`Runner.verify`), and each
+request adapts how many drafts it takes.
 
 Drafts come from the request's own tokens (prompt and output): the most recent earlier place
 where its last `n` tokens occurred (n from `max_ngram` down to `min_ngram`), and the tokens that
@@ -24,12 +25,13 @@ import numpy as np
 if TYPE_CHECKING:
     from jaxserve.engine.request import Request
 
-SPECULATIVE_METHODS = ("ngram",)
+SPECULATIVE_METHODS = ("ngram", "draft")
 
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
     method: str = "ngram"
+    model: str | None = None  # the draft model (method "draft"): a pulled name or a path
     num_tokens: int = 4  # drafts per check at most (the compiled width is num_tokens + 1)
     max_ngram: int = 3
     min_ngram: int = 1
@@ -45,6 +47,8 @@ class SpeculativeConfig:
             raise ValueError(
                 f"speculative must be one of {SPECULATIVE_METHODS}, not {self.method!r}"
             )
+        if (self.method == "draft") != (self.model is not None):
+            raise ValueError('speculative_model is given with speculative="draft", and only then')
         if not 1 <= self.num_tokens <= 15:
             raise ValueError(f"num_speculative_tokens must be in [1, 15], got {self.num_tokens}")
         if not 1 <= self.min_ngram <= self.max_ngram:
@@ -96,18 +100,24 @@ class Speculator:
             and request.capture is None
         )
 
-    def drafts(self, request: Request, room: int) -> list[int]:
-        """The drafts for this step ([] when the request decodes normally); `room`: tokens
-        the request may still generate."""
+    def budget(self, request: Request, room: int) -> int:
+        """Drafts the request takes this step (0: it decodes normally); `room`: tokens it
+        may still generate."""
         if not self.eligible(request):
-            return []
+            return 0
         state = request.spec
         if state is None:
             state = request.spec = SpecState(k=self.config.num_tokens)
         if state.paused:
             state.paused -= 1
+            return 0
+        return min(state.k, room - 1)
+
+    def drafts(self, request: Request, room: int) -> list[int]:
+        """Prompt-lookup drafts for this step ([] when the request decodes normally)."""
+        k = self.budget(request, room)
+        if k <= 0:
             return []
-        k = min(state.k, room - 1)
         c = self.config
         return propose(request.all_token_ids, k, max_ngram=c.max_ngram, min_ngram=c.min_ngram)
 

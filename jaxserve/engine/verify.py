@@ -4,10 +4,12 @@ the first that differs from its draft (or ends it)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from jaxserve.engine.device import VerifyResult
+from jaxserve.engine.drafter import Drafter
 from jaxserve.engine.postprocess import check_finite, record_token, token_logprob
 from jaxserve.engine.request import StepEvent
 from jaxserve.engine.research import record_research
@@ -17,22 +19,36 @@ from jaxserve.engine.speculation import Speculator
 if TYPE_CHECKING:
     from jaxserve.engine.request import Request
 
+log = logging.getLogger("jaxserve.engine")
+
 
 class VerifySteps:
     """Mixed into `Engine`: splits decode rows into speculating and plain ones."""
 
     speculator: Speculator | None
+    drafter: Drafter | None
 
     def _drafts(self, requests: Sequence[Request], max_tokens: int) -> dict[Request, list[int]]:
         """The requests that speculate this step, with their drafts."""
         if self.speculator is None or len(requests) > self.speculator.config.max_rows:
             return {}
-        out = {}
-        for r in requests:
-            room = min(
+
+        def room(r: Request) -> int:
+            return min(
                 r.params.max_tokens - len(r.output.token_ids), r.max_len - r.num_tokens, max_tokens
             )
-            drafts = self.speculator.drafts(r, room)
+
+        if self.drafter is not None:
+            wanted = [(r, self.speculator.budget(r, room(r))) for r in requests]
+            try:
+                proposed = self.drafter.propose(wanted)
+            except Exception:  # the draft model's call failed: decode without drafts
+                log.exception("the draft model failed; decoding this step without drafts")
+                return {}
+            return {r: d for r, d in proposed.items() if d}
+        out = {}
+        for r in requests:
+            drafts = self.speculator.drafts(r, room(r))
             if drafts:
                 out[r] = drafts
         return out
@@ -78,5 +94,7 @@ class VerifySteps:
                 break
             accepted += 1
         self.speculator.accepted(request, len(drafts), accepted)
+        if self.drafter is not None:
+            self.drafter.checked(request)
         request.num_computed = request.num_tokens - 1
         return StepEvent(request.output, delta, tuple(new))
