@@ -5,10 +5,10 @@ index both: the draft's K/V of a request are valid for its first `Request.draft_
 tokens. Before drafting, a request's draft cache catches up on the tokens the target accepted
 since (prefill chunks of the draft model; needed only after steps that did not draft); then one
 draft decode call generates each row's k drafts greedily, and one more token, so that every
-draft is fed to the draft model too. A greedy draft is a point mass, so the engine's check (accept a draft when it
-equals the target's own draw at that position, `engine/verify.py`) is the standard rejection
-rule for it, and the output is the target's: the same tokens, greedy or seeded, as without
-speculation.
+draft is fed to the draft model too. A greedy draft is a point mass, so the engine's check
+(accept a draft when it equals the target's own draw at that position, `engine/verify.py`) is
+the standard rejection rule for it, and the output is the target's: the same tokens, greedy
+or seeded, as without speculation.
 """
 
 from __future__ import annotations
