@@ -1,6 +1,10 @@
-"""Speculative decoding by prompt lookup against plain decoding (SmolLM2, defaults, greedy).
+"""Speculative decoding against plain decoding (SmolLM2, defaults, greedy): by prompt lookup,
+or with `--method draft` by a draft model (`--draft-model`, default the target's own file, in
+`--draft-weights`; `--weights` sets the target's format).
 
     .venv/bin/python experiments/bench_speculative.py [--streams 1 8] [--tokens 192] [--k 4]
+    .venv/bin/python experiments/bench_speculative.py --method draft --weights f32 \\
+        --draft-weights int8 --streams 1
 
 Two workloads, chat-rendered: `editing` (the prompt holds code or text and asks for it back
 renamed, corrected or extended, so the answer mostly repeats the prompt) and `prose` (a short
@@ -68,21 +72,29 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=192)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--weights", default="auto", help="the target's weight format")
+    parser.add_argument("--method", choices=("ngram", "draft"), default="ngram")
+    parser.add_argument("--draft-model", default=None, help="with --method draft")
+    parser.add_argument("--draft-weights", default="auto")
     args = parser.parse_args()
     path = str(resolve_model(args.model))
-    common = dict(max_model_len=1024, max_num_seqs=max(args.streams))
+    common = dict(max_model_len=1024, max_num_seqs=max(args.streams), weights=args.weights)
     plain = LLM(path, **common)
-    spec = LLM(path, speculative="ngram", num_speculative_tokens=args.k, **common)
+    draft = {}
+    if args.method == "draft":
+        model = str(resolve_model(args.draft_model or args.model))
+        draft = dict(speculative_model=model, speculative_weights=args.draft_weights)
+    spec = LLM(path, speculative=args.method, num_speculative_tokens=args.k, **draft, **common)
     rows = []
     for name, pool in (("editing", EDITING), ("prose", PROSE)):
         for streams in args.streams:
             prompts = [pool[i % len(pool)] for i in range(streams)]
             run(plain, prompts, 16)  # compile
             run(spec, prompts, 16)
-            best = {"off": float("inf"), "ngram": float("inf")}
+            best = {"off": float("inf"), "on": float("inf")}
             before = spec.engine.speculator.num_proposed, spec.engine.speculator.num_accepted
             for _ in range(args.repeats):
-                for label, llm in (("off", plain), ("ngram", spec)):
+                for label, llm in (("off", plain), ("on", spec)):
                     seconds, outs = run(llm, prompts, args.tokens)
                     best[label] = min(best[label], seconds)
                     if label == "off":
@@ -92,10 +104,12 @@ def main() -> None:
             n = sum(len(t) for t in expected)
             proposed = spec.engine.speculator.num_proposed - before[0]
             accepted = spec.engine.speculator.num_accepted - before[1]
-            off, on = n / best["off"], n / best["ngram"]
+            off, on = n / best["off"], n / best["on"]
             rows.append((name, streams, off, on, accepted / max(proposed, 1)))
-            print(f"{name} x{streams}: off {off:.1f} tok/s, ngram {on:.1f} tok/s", flush=True)
-    print("\n| workload | streams | off tok/s | ngram tok/s | speed-up | drafts accepted |")
+            method = args.method
+            print(f"{name} x{streams}: off {off:.1f} tok/s, {method} {on:.1f} tok/s", flush=True)
+    head = f"| workload | streams | off tok/s | {args.method} tok/s | speed-up | drafts accepted |"
+    print("\n" + head)
     print("|---|---|---|---|---|---|")
     for name, streams, off, on, rate in rows:
         print(f"| {name} | {streams} | {off:.1f} | {on:.1f} | {on / off:.2f}x | {rate:.0%} |")

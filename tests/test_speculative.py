@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from jaxserve import LLM, SamplingParams
@@ -165,3 +166,41 @@ def test_a_request_whose_drafts_miss_slows_down_then_pauses():
     assert (speculator.num_proposed, speculator.num_accepted) == (18, 6)
     with pytest.raises(ValueError, match="speculative"):
         SpeculativeConfig(method="draft")
+
+
+def test_sampled_speculation_follows_the_models_distribution():
+    """On the mock model (a Markov chain whose probabilities are known), the first three tokens
+    of 3,000 seeded requests, every row speculating, follow the chain (chi-square)."""
+    from scipy import stats
+
+    from jaxserve.engine.scheduler import SchedulerConfig
+    from jaxserve.testing.mock_model import VOCAB, MockSetup, byte_id, mock_engine, mock_probs
+
+    config = SpeculativeConfig(num_tokens=3, max_rows=64, min_ngram=1)
+    engine = mock_engine(SchedulerConfig(max_num_seqs=64), MockSetup(speculative=config))
+    prompt = [byte_id(b) for b in b"abcdefabcd"]  # lookup drafts "e f a", the chain's likeliest
+    n = 3000
+    requests = [
+        engine.add_request(prompt, SamplingParams(max_tokens=3, seed=s, ignore_eos=True))
+        for s in range(n)
+    ]
+    while engine.has_unfinished():
+        engine.step()
+    assert engine.speculator.num_accepted > 0
+    counts: dict[tuple[int, ...], int] = {}
+    for r in requests:
+        key = tuple(r.output.token_ids)
+        counts[key] = counts.get(key, 0) + 1
+    expected: dict[tuple[int, ...], float] = {}
+    first = mock_probs(prompt[-1])
+    for a in range(VOCAB):
+        second = mock_probs(a)
+        for b in np.flatnonzero(first[a] * second * n >= 1):
+            third = mock_probs(int(b))
+            for c in np.flatnonzero(first[a] * second[b] * third * n >= 1):
+                expected[(a, int(b), int(c))] = first[a] * second[b] * third[c] * n
+    keys = [k for k, e in expected.items() if e >= 5]
+    seen = [counts.get(k, 0) for k in keys]
+    observed = np.array([*seen, n - sum(seen)])  # the last: every rarer sequence
+    want = np.array([expected[k] for k in keys] + [n - sum(expected[k] for k in keys)])
+    assert stats.chisquare(observed, want).pvalue > 1e-4

@@ -75,3 +75,22 @@ def test_metrics_count_drafts(pair):
     }
     assert lines['jaxserve_engine_draft_tokens_total{model="smol"}'] > 0
     assert 0 < lines['jaxserve_engine_accepted_draft_tokens_total{model="smol"}']
+
+
+def test_a_draft_model_gives_the_targets_text(pair, smollm2_path):
+    """SmolLM2 in f32 drafts for SmolLM2 in int8 (the default): the int8 model's text, with
+    most drafts accepted (the two formats agree on most greedy tokens)."""
+    plain, _ = pair
+    drafted = LLM(
+        str(smollm2_path),
+        max_model_len=512,
+        max_num_seqs=4,
+        speculative="draft",
+        speculative_model=str(smollm2_path),
+        speculative_weights="f32",
+    )
+    params = SamplingParams(max_tokens=64, temperature=0.0)
+    for a, b in zip(plain.chat(MESSAGES, params), drafted.chat(MESSAGES, params), strict=True):
+        assert a.token_ids == b.token_ids
+    speculator = drafted.engine.speculator
+    assert speculator.num_accepted > 0.5 * speculator.num_proposed > 0

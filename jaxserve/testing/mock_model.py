@@ -23,6 +23,7 @@ from jaxserve.config import ModelConfig
 from jaxserve.engine import Engine, EngineConfig
 from jaxserve.engine.admission import max_pages_per_row, num_pages_for
 from jaxserve.engine.scheduler import SchedulerConfig
+from jaxserve.engine.speculation import SpeculativeConfig
 from jaxserve.runtime.kv_cache import TokenLayout
 from jaxserve.runtime.runner import ModelRunner
 from jaxserve.sampling.chain import LogitsHook
@@ -116,6 +117,7 @@ class MockSetup:
     kv_cache_bytes: int = 2**20
     logits_hook: LogitsHook | None = None
     grammar_states: int = 64  # on-device constraint capacity (0: host masks only)
+    speculative: SpeculativeConfig | None = None  # n-gram speculation (a draft model: no)
 
 
 def mock_engine(scheduler: SchedulerConfig | None = None, setup: MockSetup | None = None) -> Engine:
@@ -127,8 +129,10 @@ def mock_engine(scheduler: SchedulerConfig | None = None, setup: MockSetup | Non
         kv_cache_bytes=setup.kv_cache_bytes,
         compilation_cache_dir="",
         grammar_states=setup.grammar_states,
+        speculative=setup.speculative,
     )
     tokenizer = mock_tokenizer()
+    spec = setup.speculative
     page_bytes = ModelRunner.bytes_per_page(config, engine_config.page_size)
     runner = ModelRunner(
         MockModel(config),
@@ -139,6 +143,8 @@ def mock_engine(scheduler: SchedulerConfig | None = None, setup: MockSetup | Non
         hook=setup.logits_hook,
         grammar_states=setup.grammar_states,
         token_bytes=[tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)],
+        verify_width=0 if spec is None else spec.num_tokens + 1,
+        verify_rows=0 if spec is None else spec.max_rows,
     )
     return Engine(
         tokenizer,
