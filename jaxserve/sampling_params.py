@@ -339,6 +339,8 @@ class SamplingParams:
         if self.n > self.width:
             _fail("n", f"at most beam_width ({self.width}) with use_beam_search", self.n)
         _check_int("beam_width", self.width, 1, MAX_BEAM_WIDTH)
+        if self.max_tokens < 1:
+            _fail("max_tokens", "at least 1 with use_beam_search", self.max_tokens)
         unsupported = {
             "stop": bool(self.stop),
             "prompt_logprobs": self.prompt_logprobs is not None,

@@ -207,6 +207,7 @@ def test_scheduler_copies_a_shared_page_on_write():
         (dict(use_beam_search=True, beam_width=2, n=3), "n"),
         (dict(use_beam_search=True, beam_width=11), "beam_width"),
         (dict(use_beam_search=True, mirostat=2), "mirostat"),
+        (dict(use_beam_search=True, max_tokens=0), "max_tokens"),
         (dict(use_beam_search=True, early_stopping="sometimes"), "early_stopping"),
         (dict(beam_width=2), "beam_width"),
         (dict(length_penalty=0.5), "length_penalty"),
