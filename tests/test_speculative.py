@@ -78,7 +78,7 @@ def test_rows_that_cannot_speculate_decode_beside_those_that_do(wide, plain):
     others = [
         dataclasses.replace(SAMPLED, repetition_penalty=1.3),
         dataclasses.replace(SAMPLED, mirostat=2),
-        dataclasses.replace(GREEDY, regex="(one|two|three| )+"),
+        dataclasses.replace(GREEDY, grammar="root ::= [a-z ]+", grammar_triggers=["one"]),
         dataclasses.replace(GREEDY, speculative=False),
         dataclasses.replace(GREEDY, stop=["three o"], ignore_eos=False),
         dataclasses.replace(SAMPLED, n=2),
@@ -204,3 +204,28 @@ def test_sampled_speculation_follows_the_models_distribution():
     observed = np.array([*seen, n - sum(seen)])  # the last: every rarer sequence
     want = np.array([expected[k] for k in keys] + [n - sum(expected[k] for k in keys)])
     assert stats.chisquare(observed, want).pvalue > 1e-4
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [{"regex": "(one|two|three| )+"}, {"choice": ["one two three one two three one", "two"]}],
+    ids=["regex", "choice"],
+)
+def test_constrained_rows_speculate_under_their_mask(spec, plain, constraint):
+    """A regular constraint is masked on device at every drafted position: a draft it forbids
+    is never accepted, the token drawn after the drafts obeys it too, and the text is the one
+    decoding without speculation gives (greedy and seeded)."""
+    from jaxserve.grammar import matches
+
+    speculator = spec.engine.speculator
+    before = speculator.num_proposed, speculator.num_accepted
+    for base in (GREEDY, SAMPLED):
+        params = dataclasses.replace(base, ignore_eos=False, **constraint)
+        request = spec.engine.add_request(spec.tokenize(PROMPTS[0]), params)
+        assert speculator.eligible(request)
+        spec.engine.abort(request)
+        ours = spec.generate(PROMPTS, params)
+        for a, b in zip(plain.generate(PROMPTS, params), ours, strict=True):
+            _same(a, b)
+            assert matches(constraint, b.text) or b.finish_reason == "length", b.text
+    assert speculator.num_proposed > before[0] and speculator.num_accepted > before[1]

@@ -53,6 +53,7 @@ class PrefillRow:
     sampling: SamplingRow = SamplingRow()
     prompt_targets: Sequence[int] = ()
     probe: ProbeRow = NO_PROBE
+    grammar_state: int = -1  # a speculative check's constraint state on device (-1: none)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jaxserve.grammar import Matcher
+
 if TYPE_CHECKING:
     from jaxserve.engine.request import Request
 
@@ -89,12 +91,13 @@ class Speculator:
 
     def eligible(self, request: Request) -> bool:
         """Speculation needs the plain chain: no token history (penalties, DRY, bad words),
-        no Mirostat, no constraint, no research hooks; and the request's own consent."""
+        no Mirostat, no research hooks, a constraint only if it is regular (masked on device
+        at every drafted position); and the request's own consent."""
         p = request.params
         return (
             p.speculative
             and p.n == 1
-            and request.matcher is None
+            and (request.matcher is None or type(request.matcher) is Matcher)
             and not p.uses_history
             and p.mirostat == 0
             and request.capture is None

@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING
 
 from jaxserve.engine.device import VerifyResult
 from jaxserve.engine.drafter import Drafter
+from jaxserve.engine.grammar_slots import GrammarSlots
 from jaxserve.engine.postprocess import check_finite, record_token, token_logprob
 from jaxserve.engine.request import StepEvent
 from jaxserve.engine.research import record_research
 from jaxserve.engine.rows import PrefillRow
 from jaxserve.engine.speculation import Speculator
+from jaxserve.grammar import Matcher
 
 if TYPE_CHECKING:
     from jaxserve.engine.request import Request
@@ -27,11 +29,16 @@ class VerifySteps:
 
     speculator: Speculator | None
     drafter: Drafter | None
+    grammar_slots: GrammarSlots
+    _check_states: dict[Request, int | None]
 
     def _drafts(self, requests: Sequence[Request], max_tokens: int) -> dict[Request, list[int]]:
         """The requests that speculate this step, with their drafts."""
         if self.speculator is None or len(requests) > self.speculator.config.max_rows:
             return {}
+        in_use = {r.matcher.grammar for r in requests if r.matcher is not None}
+        self._check_states = {r: self._device_state(r, in_use) for r in requests}
+        requests = [r for r in requests if self._check_states[r] is not None]
 
         def room(r: Request) -> int:
             return min(
@@ -45,13 +52,21 @@ class VerifySteps:
             except Exception:  # the draft model's call failed: decode without drafts
                 log.exception("the draft model failed; decoding this step without drafts")
                 return {}
-            return {r: d for r, d in proposed.items() if d}
-        out = {}
-        for r in requests:
-            drafts = self.speculator.drafts(r, room(r))
-            if drafts:
-                out[r] = drafts
-        return out
+        else:
+            proposed = {r: self.speculator.drafts(r, room(r)) for r in requests}
+        out = {r: _allowed(r, d) for r, d in proposed.items()}
+        return {r: d for r, d in out.items() if d}
+
+    def _device_state(self, request: Request, in_use: set) -> int | None:
+        """A checked row's constraint state on device (-1: none; None: its constraint is not
+        on device, so it does not speculate)."""
+        matcher = request.matcher
+        if matcher is None:
+            return -1
+        if type(matcher) is not Matcher:
+            return None
+        offset = self.grammar_slots.offset(matcher.grammar, in_use)
+        return None if offset is None else offset + matcher.state
 
     def _run_verify(self, drafts: dict[Request, list[int]]) -> list:
         requests = list(drafts)
@@ -70,11 +85,13 @@ class VerifySteps:
         return [e for _, e in done]
 
     def _verify_row(self, request: Request, drafts: list[int]) -> PrefillRow:
+        state = self._check_states[request]
         return PrefillRow(
             token_ids=[request.all_token_ids[-1], *drafts],
             start=request.num_tokens - 1,
             pages=request.pages,
-            sampling=self.sampling.row(request, request.num_tokens),
+            sampling=self.sampling.row(request, request.num_tokens, host_mask=state < 0),
+            grammar_state=state,
         )
 
     def _verified(
@@ -98,3 +115,17 @@ class VerifySteps:
             self.drafter.checked(request)
         request.num_computed = request.num_tokens - 1
         return StepEvent(request.output, delta, tuple(new))
+
+
+def _allowed(request: Request, drafts: list[int]) -> list[int]:
+    """The drafts up to the first the request's constraint forbids (or after which it is
+    complete): later ones could never be accepted."""
+    if request.matcher is None or not drafts:
+        return drafts
+    matcher = request.matcher.fork()
+    for i, token in enumerate(drafts):
+        if not matcher.accept_token(token):
+            return drafts[:i]
+        if matcher.is_complete() or matcher.is_terminated():
+            return drafts[: i + 1]
+    return drafts

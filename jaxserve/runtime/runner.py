@@ -398,7 +398,10 @@ class ModelRunner(WarmUp):
         width), the draw after each position (`runtime.step`'s `verify`)."""
         batch = self.prefill_batch(rows, num_tokens=num_tokens, row_buckets=VERIFY_ROW_BUCKETS)
         self._guard("verify", batch.token_ids.shape, batch.page_table.shape)
-        self.kv, out = self.steps.verify(self.params, self.kv, batch, self.key)
+        states = np.full(batch.token_ids.shape[0], -1, np.int32)
+        states[: len(rows)] = [r.grammar_state for r in rows]
+        args = (self.params, self.kv, batch, self.key, self.grammar, self._rows(states))
+        self.kv, out = self.steps.verify(*args)
         self.num_real_tokens += sum(len(r.token_ids) for r in rows)
         self.num_padded_tokens += batch.token_ids.size
         return VerifyResult(*self._host(out, len(rows)))

@@ -375,7 +375,12 @@ def make_steps(
         return keep(c.kv), out
 
     def verify(
-        params: nnx.State, kv: KVCache, batch: PrefillBatch, key: jax.Array
+        params: nnx.State,
+        kv: KVCache,
+        batch: PrefillBatch,
+        key: jax.Array,
+        grammar: DeviceGrammarTables,
+        grammar_state: jax.Array,
     ) -> tuple[KVCache, SampleOutput]:
         """Speculative decoding's check: each row is its last token (not yet cached, at
         `start`) followed by draft tokens, all written to the cache in one forward pass; the
@@ -383,7 +388,10 @@ def make_steps(
         position's key, the row's chain), so a draft is accepted when it equals the draw and
         the accepted tokens are the ones decoding alone would give. Returns the draws,
         `[B, T]` in every field. Rows need no token history (no penalties, DRY or bad words:
-        their counts are not advanced between positions) and no Mirostat."""
+        their counts are not advanced between positions) and no Mirostat. A row with a
+        constraint state on device (`grammar_state` [B], -1: none) draws each position under
+        the mask of the state its tokens so far reach (a draft the constraint forbids is never
+        drawn, so it is rejected there)."""
         model = nnx.merge(graphdef, params)
         t = batch.token_ids.shape[1]
         layout = TokenLayout.build(
@@ -396,14 +404,17 @@ def make_steps(
         h, kv = model.hidden(batch.token_ids, kv, layout)
         logits = head(model, h)
         vocab = model.config.vocab_size
-        draws = []
+        draws, sampling = [], batch.sampling
         for i in range(t):
             rows = dataclasses.replace(batch.rows, num_generated=batch.rows.num_generated + i)
-            state = _row_state(rows, batch.start + 1 + i, batch.sampling, vocab)
+            state = _row_state(rows, batch.start + 1 + i, sampling, vocab)
+            bitmask, use_bitmask = mask_rows(
+                grammar, grammar_state, sampling.bitmask, sampling.use_bitmask
+            )
             draws.append(
                 sample(
                     logits[:, i],
-                    batch.sampling,
+                    dataclasses.replace(sampling, bitmask=bitmask, use_bitmask=use_bitmask),
                     state,
                     key,
                     want_logprobs=batch.rows.want_logprobs,
@@ -411,6 +422,8 @@ def make_steps(
                     kernels=model.config.kernels,
                 )
             )
+            if i + 1 < t:  # the state after the next input (a draft)
+                grammar_state = advance_rows(grammar, grammar_state, batch.token_ids[:, i + 1])
         return keep(kv), jax.tree.map(lambda *x: jnp.stack(x, axis=1), *draws)
 
     traces = TraceCounter()

@@ -107,7 +107,9 @@ class WarmUp:
             rows_ = [PrefillRow([0] * tokens, 0, null)] * rows
             batch = self.prefill_batch(rows_, num_tokens=tokens, row_buckets=VERIFY_ROW_BUCKETS)
             self._guard("verify", batch.token_ids.shape, batch.page_table.shape)
-            self.steps.verify.lower(self.params, self.kv, batch, self.key).compile()
+            states = self._rows(np.full(batch.token_ids.shape[0], -1, np.int32))
+            args = (self.params, self.kv, batch, self.key, self.grammar, states)
+            self.steps.verify.lower(*args).compile()
         else:
             batch = self.prefill_batch([PrefillRow([0] * tokens, 0, null)] * rows)
             num_rows, num_tokens = batch.token_ids.shape
