@@ -85,7 +85,7 @@ def test_requests_go_to_the_model_they_name(server, expected):
             sdk.completions.create(model="nope", prompt=PROMPT, max_tokens=2)
     message = info.value.body["message"]
     assert "nope" in message and all(name in message for name in ("a", "first", "b"))
-    with httpx.Client(base_url=url) as client:  # no `model`: the first model
+    with httpx.Client(base_url=url, timeout=60) as client:  # no `model`: the first model
         r = client.post("/v1/completions", json=GREEDY).json()
         assert r["choices"][0]["text"] == expected["a"]
         health = client.get("/health").json()

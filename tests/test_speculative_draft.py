@@ -75,7 +75,8 @@ def test_preemption_resets_the_draft_cache(tiny_gguf, expected):
 
 
 def test_the_background_warm_up_compiles_the_draft_models_buckets(tiny_gguf, tiny_gguf_untied):
-    llm = _draft(tiny_gguf, tiny_gguf_untied, max_num_seqs=4, warmup="background")
+    small = dict(max_model_len=64, max_num_seqs=2, prefill_chunk=16, max_num_batched_tokens=16)
+    llm = _draft(tiny_gguf, tiny_gguf_untied, warmup="background", **small)
     engine = llm.engine
     assert any(kind.startswith("draft-") for kind, *_ in engine.warmup_pending())
     while engine.warm_one():
