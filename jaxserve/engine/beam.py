@@ -34,6 +34,12 @@ if TYPE_CHECKING:
     from jaxserve.engine.engine import Engine
 
 
+def num_candidates(num_stop_ids: int, width: int) -> int:
+    """Candidates ranked per round: transformers' `max(2, 1 + stop ids) x width`, within the
+    device's top-20 logprobs."""
+    return min(max(2, 1 + num_stop_ids) * width, MAX_LOGPROBS)
+
+
 @dataclass
 class Beam:
     """A partial sequence: its tokens, their summed logprob, and what each step reported."""
@@ -65,7 +71,7 @@ class Search:
 
     @property
     def num_candidates(self) -> int:
-        return min(max(2, 1 + len(self.stop_ids)) * self.width, MAX_LOGPROBS)
+        return num_candidates(len(self.stop_ids), self.width)
 
     def round_done(self) -> bool:
         return all(beam.step is not None and beam.step.finished for beam in self.running)
@@ -85,7 +91,7 @@ class BeamSearches:
         """Queue the first step (the prompt) and return the first of the search's results."""
         engine = self.engine
         stop_ids = frozenset(engine.sampling.stop_ids(params))
-        k = min(max(2, 1 + len(stop_ids)) * params.width, MAX_LOGPROBS)
+        k = num_candidates(len(stop_ids), params.width)
         step_params = dataclasses.replace(
             params,
             use_beam_search=False,
@@ -197,16 +203,18 @@ class BeamSearches:
         candidates = candidates[: search.num_candidates]
         continuing: list[Beam] = []
         ended: list[tuple[float, Beam]] = []
+        penalty = search.results[0].params.length_penalty
         for i, (score, _, _, token, logprob, parent, entry) in enumerate(candidates):
-            child = self._extend(search, parent, token, logprob, entry, score)
-            if child is None:
+            completes = self._completes(search, parent, token)
+            if completes is None:
                 continue  # the constraint forbids it
-            hits = token in search.stop_ids or child.ended or t + 1 >= search.limit
-            if not hits:
-                if len(continuing) < width:
-                    continuing.append(child)
-            elif i < width:
-                ended.append((score / (t + 1) ** search.results[0].params.length_penalty, child))
+            hits = token in search.stop_ids or completes or t + 1 >= search.limit
+            if not hits and len(continuing) < width:
+                continuing.append(self._extend(search, parent, token, logprob, entry, score))
+            elif hits and i < width:
+                child = self._extend(search, parent, token, logprob, entry, score)
+                child.ended = completes
+                ended.append((score / (t + 1) ** penalty, child))
         self._update_finished(search, ended)
         done = self._is_done(search, continuing, t + 1, all_hit=len(continuing) == 0)
         parents = search.running
@@ -220,27 +228,36 @@ class BeamSearches:
             return self._results(search, continuing)
         return []
 
+    @staticmethod
+    def _completes(search: Search, parent: Beam, token: int) -> bool | None:
+        """Whether `token` completes the parent's constraint (None: the constraint forbids
+        it; False without one). The parent's matcher is left as it was."""
+        matcher = parent.matcher
+        if matcher is None:
+            return False
+        if not matcher.accept_token(token):
+            return None
+        done = matcher.is_complete() or matcher.is_terminated()
+        matcher.rollback(1)
+        return done and token not in search.stop_ids
+
+    @staticmethod
     def _extend(
-        self,
         search: Search,
         parent: Beam,
         token: int,
         logprob: float,
         entry: TokenLogprob,
         score: float,
-    ) -> Beam | None:
-        matcher, ended = None, False
+    ) -> Beam:
+        """The parent's beam with `token` (an allowed one) appended."""
+        matcher = None
         if parent.matcher is not None:
             matcher = parent.matcher.fork()
-            if not matcher.accept_token(token):
-                return None
-            ended = token not in search.stop_ids and (
-                matcher.is_complete() or matcher.is_terminated()
-            )
+            matcher.accept_token(token)
         k = search.results[0].params.logprobs or 0
         record = TokenLogprob(token, logprob, entry.top[:k])
         child = Beam(parent.tokens + [token], score, parent.entries + [record], matcher)
-        child.ended = ended
         child.step = parent.step  # the step whose pages it forks from
         return child
 
