@@ -47,8 +47,8 @@ class ModelConfig:
     # Attention and int8 matmuls: pure-jnp references ("reference", XLA; the CPU default),
     # Pallas kernels ("pallas", TPU/GPU) or Pallas in interpret mode ("interpret", CPU tests).
     kernels: str = "reference"
-    # KV cache format (`jaxserve.runtime.kv_cache.KVCache`): "f32" or "bf16" values, or "fixed"
-    # (the fixed-point split the batch-invariant reference attention multiplies exactly).
+    # KV cache format (`jaxserve.runtime.kv_cache.KVCache`): "f32" or "bf16" values, or "q8_0"
+    # (int8 blocks of 32 with f32 scales, which the batch-invariant attention multiplies exactly).
     kv_format: str = "f32"
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ import pytest
 from jaxserve import LLM, SamplingParams
 from jaxserve.outputs import RequestOutput
 from tests.engine_run import run_requests
+from tests.kv_pages import kv_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +114,7 @@ def test_chunked_prefill_preemption_and_one_token_steps_change_nothing(smollm2_p
         prefill_chunk=32,
         decode_steps=1,
         max_num_batched_tokens=64,
-        kv_cache_bytes=24 * 2 * 30 * 16 * 3 * (2 * 64 + 4),  # 24 pages of 16 tokens
+        kv_cache_bytes=kv_bytes(smollm2_path, 24),  # 24 pages of 16 tokens
     )
     batch = fillers(8, seed=1) + TARGETS
     outs = run_requests(small, batch)

@@ -86,6 +86,12 @@ def test_float_attention_fails_that_check():
     assert not np.array_equal(decoded, prefilled)
 
 
+def dequantized(x: jax.Array) -> jax.Array:
+    q, scale = pack(x)
+    blocks = q.reshape(*scale.shape, -1).astype(jnp.float32) * scale[..., None]
+    return blocks.reshape(x.shape)
+
+
 def test_exact_attention_stays_close_to_float_attention():
     position = np.arange(LENGTH, dtype=np.int32)[None]
     table = jnp.asarray(np.array([PAGES], np.int32))
@@ -93,9 +99,15 @@ def test_exact_attention_stays_close_to_float_attention():
     lens = jnp.asarray([LENGTH], jnp.int32)
     q = QUERIES[None]
     ours = np.asarray(run_exact(q, table, jnp.asarray(position), lens))
-    ref = np.asarray(ref_attention(q, K, V, kv_lens=lens, **args))
     assert np.isfinite(ours).all()
-    # 15-bit fixed point: errors of the order of an f16 cache's, far below 1e-2.
-    np.testing.assert_allclose(ours, ref, atol=2e-3)
-    assert np.abs(ours - ref).mean() < 1e-4
-    assert not np.array_equal(ours, ref)  # fixed point, not float: close, not equal
+    # Over the cache as stored (q8_0 blocks), the integer dots with 15-bit queries and
+    # probabilities are as close as an f16 computation.
+    stored = np.asarray(ref_attention(q, dequantized(K), dequantized(V), kv_lens=lens, **args))
+    np.testing.assert_allclose(ours, stored, atol=2e-3)
+    assert np.abs(ours - stored).mean() < 1e-4
+    # Against the float cache, the int8 blocks add a q8_0 cache's rounding (~1% of a block's
+    # largest entry; these keys, 2x a standard normal, make scores of up to ~30).
+    ref = np.asarray(ref_attention(q, K, V, kv_lens=lens, **args))
+    err = np.abs(ours - ref)
+    assert err.max() < 5e-2 and err.mean() < 5e-3
+    assert not np.array_equal(ours, ref)  # quantized, not float: close, not equal

@@ -7,6 +7,7 @@ sizes and GQA/MQA ratios.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from jaxserve.kernels import (
     ref_quant_matmul,
     ref_quant_matmul_int4,
 )
-from jaxserve.kernels.quant_matmul import matmul_w8a8, pack_int4
+from jaxserve.kernels.quant_matmul import matmul_w8a8, matmul_w8a8_many, pack_int4
 
 ATTN_TOL = 2e-5  # online softmax page by page vs one softmax: f32 rounding only
 
@@ -159,6 +160,20 @@ def test_w8a8_matmul_is_close_to_the_dequantized_product_and_row_invariant(block
     np.testing.assert_allclose(got, want, atol=0.02 * float(np.abs(want).max()))
     for rows in (1, 3):
         np.testing.assert_array_equal(np.asarray(matmul_w8a8(x[:rows], w, scales)), got[:rows])
+
+
+def test_w8a8_projections_of_one_input_share_a_loop_with_the_same_bits():
+    """q/k/v and gate/up run as one block loop: each output is bitwise its own call's."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 5, 576)), jnp.float32)
+    weights = [_int8_weights(rng, 576, n, 64) for n in (576, 192, 192)]
+    together = jax.jit(matmul_w8a8_many)(x, weights)
+    for (w, scales), got in zip(weights, together, strict=True):
+        np.testing.assert_array_equal(
+            np.asarray(got), np.asarray(jax.jit(matmul_w8a8)(x, w, scales))
+        )
+    with pytest.raises(ValueError, match="block count"):
+        matmul_w8a8_many(x, [weights[0], _int8_weights(rng, 576, 64, 32)])
 
 
 @pytest.mark.parametrize(

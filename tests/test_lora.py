@@ -221,7 +221,7 @@ def test_int8_tables_follow_the_float_ones(peft_case):
 
     folder, adapter_dir, _, root = peft_case
     twin = GGUFModelFile.open(write_gguf_twin(folder, root / "twin8.gguf"))
-    config = dataclasses.replace(twin.config, kv_format="fixed")
+    config = dataclasses.replace(twin.config, kv_format="q8_0")
     adapter = load_lora(adapter_dir, config)
     model = build_model(config, twin.load_weights("int8"))
     hooks = DeviceHooks(

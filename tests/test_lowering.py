@@ -215,7 +215,7 @@ def test_auto_picks_kernels_only_where_they_lower(caplog):
 def test_lowering_runner_keeps_the_engine_cache_format():
     small = dataclasses.replace(SMOLLM2, num_layers=1)
     assert lowering_runner(small, weights="bf16").kv.k.dtype == jnp.bfloat16
-    assert lowering_runner(small, weights="int8", kernels="reference").kv.is_fixed
+    assert lowering_runner(small, weights="int8", kernels="reference").kv.is_quantized
 
 
 def test_bf16_weights_generate_like_f32(tiny_gguf):

@@ -15,6 +15,7 @@ from jaxserve import LLM, SamplingParams
 from jaxserve.errors import QueueFullError
 from jaxserve.loading.control_vector import write_control_vector
 from jaxserve.sampling.uncertainty import measures
+from tests.kv_pages import kv_bytes
 from tests.numpy_llama import NumpyLlama
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
@@ -271,7 +272,9 @@ def test_n_sequences_share_the_prompts_hidden_states(llm):
 
 def test_preemption_keeps_every_position_once(tiny_gguf):
     # room for about two sequences: the later ones are preempted and recomputed
-    llm = _llm(tiny_gguf, weights="int8", kv_cache_bytes=8 * 4608)  # 7 pages of 16 tokens
+    llm = _llm(
+        tiny_gguf, weights="int8", kv_cache_bytes=kv_bytes(tiny_gguf, 8)
+    )  # 7 pages of 16 tokens
     params = _with(
         GREEDY,
         max_tokens=20,

@@ -11,6 +11,7 @@ import pytest
 
 from jaxserve import LLM, SamplingParams
 from jaxserve.engine.speculation import SpecState, SpeculativeConfig, Speculator, propose
+from tests.kv_pages import kv_bytes
 
 PROMPTS = [
     "one two three one two three one two three one two",
@@ -96,7 +97,9 @@ def test_rows_that_cannot_speculate_decode_beside_those_that_do(wide, plain):
 
 def test_preemption_and_a_short_context(tiny_gguf, plain):
     # 7 pages of 16 tokens for 8 requests: later ones are preempted and recomputed
-    small = _llm(tiny_gguf, speculative="ngram", kv_cache_bytes=8 * 4608, max_model_len=64)
+    small = _llm(
+        tiny_gguf, speculative="ngram", kv_cache_bytes=kv_bytes(tiny_gguf, 8), max_model_len=64
+    )
     params = dataclasses.replace(GREEDY, max_tokens=60)
     outs = small.generate(PROMPTS * 2, params)
     assert small.engine.scheduler.num_preemptions > 0

@@ -14,7 +14,7 @@ class EngineConfig:
 
     weights: WeightFormat = "int8"
     page_size: int = 16
-    kv_cache_bytes: int = 512 * 2**20  # int8 SmolLM2: 1412 pages of 16 tokens (64 rows of 350)
+    kv_cache_bytes: int = 512 * 2**20  # int8 SmolLM2: 2589 pages of 16 tokens (64 rows of 640)
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     compilation_cache_dir: str | None = None  # None: <model cache>/xla; "": off

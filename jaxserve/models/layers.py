@@ -4,12 +4,14 @@ and `attention`, the one switch between the pure-jnp references and the Pallas k
 
 Weights are kept `[in, out]`; int8 weights carry one scale per block of 32 or 64 input values
 and multiply activations quantized per block too, with exact int32 accumulation
-(`matmul_w8a8`). With int8 weights and a "fixed" KV cache (`exact_attention`: integer dots), a
+(`matmul_w8a8`). With int8 weights and a "q8_0" KV cache (`exact_attention`: integer dots), a
 row's numbers do not depend on the rows computed beside it; f32 weights use float dots, which
 do.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 from jaxserve.kernels import paged_attention, prefill_attention, quant_matmul
 from jaxserve.kernels.paged_attention import ref_attention
 from jaxserve.kernels.paged_attention.exact import exact_attention
-from jaxserve.kernels.quant_matmul import matmul_w8a8
+from jaxserve.kernels.quant_matmul import matmul_w8a8, matmul_w8a8_many
 from jaxserve.loading.weights import QuantArray, Weight
 from jaxserve.runtime.kv_cache import KVCache
 from jaxserve.runtime.parallel import model_mesh, per_device, row_axis
@@ -61,9 +63,19 @@ class Linear(nnx.Module):
             y = self._kernel(x, self.w[...], self.scales[...])
         else:
             y = matmul_w8a8(x, self.w[...], self.scales[...])
+        return self._biased(y)
+
+    def _biased(self, y: jax.Array) -> jax.Array:
         if self.bias is None:
             return y
         return y + self.bias[...].reshape((1,) * (y.ndim - 1) + self.bias.shape)
+
+    @property
+    def blocks(self) -> int | None:
+        """Input blocks of an int8 weight on the reference path (None otherwise)."""
+        if self.scales is None or self.kernels != "reference":
+            return None
+        return self.scales.shape[0]
 
     def _kernel(self, x: jax.Array, w: jax.Array, scales: jax.Array) -> jax.Array:
         """The Pallas int8 matmul, on each device's columns or rows under tensor parallel."""
@@ -87,6 +99,16 @@ class Linear(nnx.Module):
             split = P("model", None)
             return per_device(run_rows, (P(*lead, "model"), split, split), P())(x, w, scales)
         return per_device(run, (P(), P(), P()), P())(x, w, scales)
+
+
+def linear_group(linears: Sequence[Callable[[jax.Array], jax.Array]], x: jax.Array) -> list:
+    """Several projections of one input (q/k/v, gate/up). Int8 weights with the same block count
+    share one block loop (`matmul_w8a8_many`: the same bits as one call each, fewer ops)."""
+    blocks = {getattr(linear, "blocks", None) for linear in linears}
+    if len(linears) < 2 or len(blocks) != 1 or None in blocks:
+        return [linear(x) for linear in linears]
+    ys = matmul_w8a8_many(x, [(linear.w[...], linear.scales[...]) for linear in linears])
+    return [linear._biased(y) for linear, y in zip(linears, ys, strict=True)]
 
 
 class Embedding(nnx.Module):
@@ -160,13 +182,13 @@ def attention(
 ) -> jax.Array:
     """Attention of q [B, T, H, D] over the paged cache (see `ref_attention`).
 
-    A "fixed" cache runs `exact_attention` (integer dots, batch-invariant, decode and prefill
+    A "q8_0" cache runs `exact_attention` (integer dots, batch-invariant, decode and prefill
     alike); an f32 cache runs the pure-jnp `ref_attention` ("reference", exact float math for
     f32 weights) or, with "pallas"/"interpret", the decode kernel for one query per row (at
     position kv_lens - 1) and the chunked-prefill kernel otherwise.
     """
     args = dict(layer=layer, page_table=page_table, scale=scale, window=window)
-    if kv.is_fixed:
+    if kv.is_quantized:
         k_pages, v_pages = (kv.k, kv.k_scale), (kv.v, kv.v_scale)
         return exact_attention(
             q, k_pages, v_pages, q_positions=q_positions, kv_lens=kv_lens, **args

@@ -20,6 +20,7 @@ import numpy as np
 from jaxserve.config import ModelConfig
 from jaxserve.loading.lora import PROJECTIONS
 from jaxserve.loading.lora import projection_shape as projection_dims
+from jaxserve.models.layers import linear_group
 
 Project = Callable[[str, Callable[[jax.Array], jax.Array], jax.Array], jax.Array]
 
@@ -31,7 +32,7 @@ class Plain:
         return linear(x)
 
     def group(self, names: Sequence[str], linears: Sequence[Callable], x: jax.Array) -> list:
-        return [linear(x) for linear in linears]
+        return linear_group(linears, x)
 
 
 plain = Plain()
@@ -108,7 +109,7 @@ class LayerLoRA:
     ) -> list[jax.Array]:
         """Projections of one input (q/k/v, gate/up): their adapters share the input's
         quantization and one first dot."""
-        ys = [linear(x) for linear in linears]
+        ys = linear_group(linears, x)
         used = [i for i, name in enumerate(names) if name in self.a]
         if not used:
             return ys

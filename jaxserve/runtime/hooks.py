@@ -38,7 +38,7 @@ class DeviceHooks:
         self._rows, self._shared = put_rows, put_shared
         shape = (steering_slots + 1, config.num_layers, config.hidden_size)
         self.steering = put_shared(np.zeros(shape, np.float32))
-        self.exact = config.kv_format == "fixed"  # int8 weights: integer LoRA dots too
+        self.exact = config.kv_format == "q8_0"  # int8 weights: integer LoRA dots too
         table = LoRATable.zeros(config, lora_slots, lora_rank, exact=self.exact)
         self.lora = jax.tree.map(lambda x: put_shared(np.asarray(x)), table)
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxserve.config import ModelConfig
-from jaxserve.kernels.paged_attention.exact import pack
+from jaxserve.kernels.paged_attention.exact import block_size, pack
 
 # Page 0 is never handed to a request: padded tokens write there, and unused page-table entries
 # point there (masked by kv_lens), so padding never touches a live page.
@@ -18,10 +18,10 @@ COPY_PAIRS = 16  # page copies per device call (one compiled shape)
 
 def kv_format_for(weights: str, kernels: str) -> str:
     """The cache format the engine keeps for a weight format and kernel mode: int8 weights on
-    the reference path cache the fixed-point split the batch-invariant attention multiplies,
+    the reference path cache int8 blocks (q8_0) the batch-invariant attention multiplies,
     bf16 weights cache bf16, anything else f32."""
     if weights == "int8" and kernels == "reference":
-        return "fixed"
+        return "q8_0"
     return "bf16" if weights == "bf16" else "f32"
 
 
@@ -32,19 +32,20 @@ class KVCache:
 
     - "f32" / "bf16": `k`, `v` are the values (the Pallas kernels and float weights read them;
       bf16 with bf16 weights, the accelerator default);
-    - "fixed": each cached key / value vector is stored once, when written, as the 15-bit
-      fixed-point split that `exact_attention` multiplies with integer dots: `k`, `v` hold
-      `[hi | lo]` int8 side by side, `k_scale`, `v_scale` one f32 scale per (layer, kv head,
-      page, slot). Half the bytes of f32, and nothing re-split per step.
+    - "q8_0": each cached key / value vector is stored once, when written, as int8 blocks
+      of 32 values with one f32 scale each (llama.cpp's q8_0 KV cache), which
+      `exact_attention` multiplies with integer dots: `k`, `v` hold the int8 values,
+      `k_scale`, `v_scale` the scales of each (layer, kv head, page, slot). A little over a
+      quarter of the bytes of f32, and nothing re-quantized per step.
     """
 
-    k: jax.Array  # [L, KH, N, S, D] f32, or [L, KH, N, S, 2D] int8; one row per (l, kh, page)
+    k: jax.Array  # [L, KH, N, S, D] f32 / bf16 / int8; one row per (l, kh, page)
     v: jax.Array
-    k_scale: jax.Array | None = None  # [L, KH, N, S] f32
+    k_scale: jax.Array | None = None  # [L, KH, N, S, D / 32] f32
     v_scale: jax.Array | None = None
 
     @property
-    def is_fixed(self) -> bool:
+    def is_quantized(self) -> bool:
         return self.k_scale is not None
 
     @classmethod
@@ -53,22 +54,24 @@ class KVCache:
         if config.kv_format in ("f32", "bf16"):
             dtype = jnp.float32 if config.kv_format == "f32" else jnp.bfloat16
             return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
-        packed = (*shape[:-1], 2 * config.head_dim)
-        parts = [jnp.zeros(packed, jnp.int8) for _ in range(2)]
-        scales = [jnp.ones(shape[:-1], jnp.float32) for _ in range(2)]
+        parts = [jnp.zeros(shape, jnp.int8) for _ in range(2)]
+        blocks = (*shape[:-1], config.head_dim // block_size(config.head_dim))
+        scales = [jnp.ones(blocks, jnp.float32) for _ in range(2)]
         return cls(*parts, *scales)
 
     @staticmethod
     def bytes_per_page(config: ModelConfig, page_size: int) -> int:
-        per_vector = {"f32": 4 * config.head_dim, "bf16": 2 * config.head_dim}.get(
-            config.kv_format, 2 * config.head_dim + 4
-        )
-        return 2 * config.num_layers * page_size * config.num_kv_heads * per_vector
+        d = config.head_dim
+        if config.kv_format in ("f32", "bf16"):
+            pair = 2 * d * (4 if config.kv_format == "f32" else 2)
+        else:  # int8 keys and values and their f32 block scales
+            pair = 2 * (d + 4 * (d // block_size(d)))
+        return config.num_layers * page_size * config.num_kv_heads * pair
 
     def write(self, layer: jax.Array, layout: TokenLayout, k: jax.Array, v: jax.Array) -> KVCache:
         """Store k, v [B, T, KH, D] (f32) at `layer`, in each token's (page, slot)."""
         at = (layer, slice(None), layout.write_page, layout.write_slot)
-        if not self.is_fixed:
+        if not self.is_quantized:
             dtype = self.k.dtype
             return KVCache(
                 k=self.k.at[at].set(k.astype(dtype)), v=self.v.at[at].set(v.astype(dtype))

@@ -9,6 +9,8 @@ low nibble, row 2i + 1 in the high one), stored as `q + 8`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 
@@ -39,27 +41,42 @@ def matmul_w8a8(x: jax.Array, w: jax.Array, scales: jax.Array) -> jax.Array:
     epilogue of one batched per-block dot grew with rows x blocks). Groups of up to 6 blocks
     keep the loop short for small batches.
     """
-    lead, (n, out) = x.shape[:-1], w.shape
-    k = scales.shape[0]
-    block = n // k
+    return matmul_w8a8_many(x, [(w, scales)])[0]
+
+
+def matmul_w8a8_many(
+    x: jax.Array, weights: Sequence[tuple[jax.Array, jax.Array]]
+) -> list[jax.Array]:
+    """`matmul_w8a8(x, w, scales)` for several weights of one input (q/k/v, gate/up) with the
+    same block count: `x` quantized once and one block loop for all of them, each output
+    bitwise what its own call gives (the same integer dots and the same per-element sums)."""
+    n = x.shape[-1]
+    k = weights[0][1].shape[0]
+    if any(s.shape[0] != k or w.shape[0] != n for w, s in weights):
+        raise ValueError("matmul_w8a8_many: weights must share the input size and block count")
+    lead, block = x.shape[:-1], n // k
     group = max(g for g in range(1, 7) if k % g == 0)
     xb = x.reshape(-1, k, block)
     rows = xb.shape[0]
     x_scale = jnp.max(jnp.abs(xb), axis=-1) / 127.0  # [R, K]
     safe = jnp.where(x_scale == 0.0, 1.0, x_scale)
     xq = jnp.round(xb / safe[..., None]).astype(jnp.int8).reshape(rows, k // group, group, block)
-    wb = w.reshape(k // group, group, block, out)
     x_scale = x_scale.reshape(rows, k // group, group)
-    scales = scales.reshape(k // group, group, out)
+    wbs = [w.reshape(k // group, group, block, w.shape[1]) for w, _ in weights]
+    sbs = [s.reshape(k // group, group, s.shape[1]) for _, s in weights]
 
-    def blocks(i: jax.Array, y: jax.Array) -> jax.Array:
-        acc = jnp.einsum("rgc,gco->gro", xq[:, i], wb[i], preferred_element_type=jnp.int32)
-        for j in range(group):  # exact int32 per block, then scaled and added in block order
-            y = y + acc[j].astype(jnp.float32) * (x_scale[:, i, j, None] * scales[i, j][None, :])
-        return y
+    def blocks(i: jax.Array, ys: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        out = []
+        for y, wb, sb in zip(ys, wbs, sbs, strict=True):
+            acc = jnp.einsum("rgc,gco->gro", xq[:, i], wb[i], preferred_element_type=jnp.int32)
+            for j in range(group):  # exact int32 per block, then scaled and added in block order
+                y = y + acc[j].astype(jnp.float32) * (x_scale[:, i, j, None] * sb[i, j][None, :])
+            out.append(y)
+        return tuple(out)
 
-    y = jax.lax.fori_loop(0, k // group, blocks, jnp.zeros((rows, out), jnp.float32))
-    return y.reshape(*lead, out)
+    zeros = tuple(jnp.zeros((rows, w.shape[1]), jnp.float32) for w, _ in weights)
+    ys = jax.lax.fori_loop(0, k // group, blocks, zeros)
+    return [y.reshape(*lead, y.shape[-1]) for y in ys]
 
 
 def pack_int4(q: jax.Array) -> jax.Array:
