@@ -34,6 +34,7 @@ from jaxserve.api.serving_embedding import MAX_INPUTS, embed
 from jaxserve.api.tool_calls import ToolUse, chat_prompt, history_tool_calls, tool_use
 from jaxserve.errors import JaxserveError
 from jaxserve.grammar.tool_parser import parse_tool_calls
+from jaxserve.text.tokenizer import encode_prompt
 
 log = logging.getLogger("jaxserve.api")
 CODES = {
@@ -99,7 +100,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             served = self._start(request.model, request.constraint)
             kind = request.WhichOneof("prompt")
             if kind == "text":
-                ids, text = served.tokenizer.encode(request.text), request.text
+                ids, text = encode_prompt(served.tokenizer, request.text), request.text
             elif kind == "token_ids":
                 ids, text = list(request.token_ids.ids), None
             else:
@@ -149,7 +150,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 _, ids = self._render(served, _messages(request), True, ToolUse())
             else:
                 add = not request.HasField("add_special_tokens") or request.add_special_tokens
-                ids = served.tokenizer.encode(request.text, add_special=add)
+                ids = encode_prompt(served.tokenizer, request.text, add_special=add)
             tokens = [served.tokenizer.id_to_piece(i) for i in ids]
             return pb.TokenizeResponse(
                 token_ids=ids, tokens=tokens, max_model_len=served.max_model_len
@@ -182,7 +183,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 where = f"inputs[{i}]"
                 kind = item.WhichOneof("input")
                 if kind == "text" and item.text:
-                    ids.append(served.tokenizer.encode(item.text))
+                    ids.append(encode_prompt(served.tokenizer, item.text))
                 elif kind == "token_ids" and item.token_ids.ids:
                     ids.append(list(item.token_ids.ids))
                 else:

@@ -39,6 +39,7 @@ from jaxserve.api.serving_completion import create_completion
 from jaxserve.api.serving_embedding import create_embedding
 from jaxserve.api.tool_calls import ToolUse, chat_prompt
 from jaxserve.errors import JaxserveError
+from jaxserve.text.tokenizer import encode_prompt
 
 __all__ = ["Served", "ServerConfig", "ServerState", "create_app"]
 
@@ -121,7 +122,9 @@ def create_app(
                 raise bad_request(f"The chat template failed: {error}", "messages") from None
             ids = served.tokenizer.encode(text, add_special=False, parse_special=True)
         else:
-            ids = served.tokenizer.encode(body.prompt or "", add_special=body.add_special_tokens)
+            ids = encode_prompt(
+                served.tokenizer, body.prompt or "", add_special=body.add_special_tokens
+            )
         out: dict[str, Any] = {
             "count": len(ids),
             "max_model_len": served.max_model_len,

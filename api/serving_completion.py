@@ -31,7 +31,7 @@ from jaxserve.api.server_state import Served, ServerState
 from jaxserve.outputs import TokenLogprob
 from jaxserve.sampling_params import MAX_LOGPROBS
 from jaxserve.text.fim import fim_prompt, fim_tokens
-from jaxserve.text.tokenizer import Tokenizer
+from jaxserve.text.tokenizer import Tokenizer, encode_prompt
 
 HANDLED = frozenset(
     {
@@ -67,7 +67,7 @@ def prompts_of(body: CompletionRequest, tokenizer: Tokenizer) -> list[tuple[list
     out = []
     for item in items:
         if isinstance(item, str):
-            out.append((tokenizer.encode(item), item))
+            out.append((encode_prompt(tokenizer, item), item))
             continue
         if any(not 0 <= t < tokenizer.vocab_size for t in item):
             message = f"prompt token ids must be in [0, {tokenizer.vocab_size})"

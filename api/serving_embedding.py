@@ -16,7 +16,7 @@ from jaxserve.api.errors import APIError, bad_request
 from jaxserve.api.protocol import EmbeddingRequest
 from jaxserve.api.server_state import Served, ServerState
 from jaxserve.errors import ContextLengthError
-from jaxserve.text.tokenizer import Tokenizer
+from jaxserve.text.tokenizer import Tokenizer, encode_prompt
 
 MAX_INPUTS = 2048  # OpenAI's limit of inputs per request
 
@@ -38,7 +38,7 @@ def inputs_of(body: EmbeddingRequest, tokenizer: Tokenizer) -> list[list[int]]:
         if not item:
             raise bad_request(f"{where} must not be empty", "input")
         if isinstance(item, str):
-            out.append(tokenizer.encode(item))
+            out.append(encode_prompt(tokenizer, item))
             continue
         if any(not 0 <= t < tokenizer.vocab_size for t in item):
             message = f"{where}: token ids must be in [0, {tokenizer.vocab_size})"

@@ -29,6 +29,7 @@ from jaxserve.runtime.runner import ModelRunner
 from jaxserve.sampling.chain import LogitsHook
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.text.chat_template import ChatTemplate
+from jaxserve.text.tokenizer import encode_prompt
 
 Prompt = str | Sequence[int]
 Message = dict[str, Any]
@@ -276,8 +277,12 @@ class LLM:
         path = self.model_file.path.resolve()
         return path.parent / "converted" if root in path.parents else None
 
-    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        return self.tokenizer.encode(text, add_special=add_special)
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = False
+    ) -> list[int]:
+        """`text`'s ids as llama.cpp's `llama_tokenize` gives them; `parse_special=True` gives
+        the ids `generate` uses for a text prompt (special-token texts become their ids)."""
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(token_ids)
@@ -353,7 +358,7 @@ class LLM:
         An embedding is the mean of the input's final hidden states (after the final norm) over
         its tokens, L2-normalized, so a dot product of two is their cosine similarity."""
         items = [texts] if _is_single_prompt(texts) else list(texts)  # type: ignore[list-item]
-        ids = [self.tokenizer.encode(t) if isinstance(t, str) else list(t) for t in items]
+        ids = [encode_prompt(self.tokenizer, t) if isinstance(t, str) else list(t) for t in items]
         return self.engine.embed(ids)
 
     def chat(
@@ -408,7 +413,7 @@ class LLM:
 
     def _add(self, prompt: Prompt, params: SamplingParams):
         if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
+            ids = encode_prompt(self.tokenizer, prompt)
             return self.engine.add_request(ids, params, prompt=prompt)
         return self.engine.add_request(list(prompt), params)
 

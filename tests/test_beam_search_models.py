@@ -12,7 +12,10 @@ from jaxserve import LLM, SamplingParams
 
 pytestmark = pytest.mark.slow
 
-PROMPT = "<|im_start|>user\nName a fruit that is yellow.<|im_end|>\n<|im_start|>assistant\n"
+PROMPT = (  # longer than a page, so a repeat finds it in the prefix cache
+    "<|im_start|>system\nYou are a helpful assistant who answers in a few words.<|im_end|>\n"
+    "<|im_start|>user\nName a fruit that is yellow.<|im_end|>\n<|im_start|>assistant\n"
+)
 
 
 @pytest.fixture(scope="module")

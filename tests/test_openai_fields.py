@@ -93,3 +93,20 @@ def test_chat_template_kwargs_reach_the_template(client, llm):
             assert error["param"] == "chat_template_kwargs"
     finally:
         llm.template = original
+
+
+def test_special_token_texts_in_a_prompt_are_their_tokens(client, llm):
+    """A hand-written chat prompt means what it says, as in llama-server and vLLM: its
+    `<|im_start|>` is the control token, on /v1/completions, /tokenize and in `LLM.generate`
+    (`LLM.tokenize` keeps llama.cpp's default, plain text, unless asked)."""
+    prompt = "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+    ids = client.post("/tokenize", json={"prompt": prompt}).json()["tokens"]
+    assert ids.count(1) == 2  # id 1: <|im_start|>, twice
+    assert ids == llm.tokenize(prompt, parse_special=True)
+    plain = llm.tokenize(prompt)  # as plain text: the same characters as bytes
+    assert 1 not in plain and len(plain) > len(ids)
+    body = {"prompt": prompt, "max_tokens": 1, "echo": True, "logprobs": 0, "temperature": 0}
+    choice = client.post("/v1/completions", json=body).json()
+    assert choice["usage"]["prompt_tokens"] == len(ids)
+    out = llm.generate(prompt, SamplingParams(max_tokens=1, temperature=0.0))[0]
+    assert out.prompt_token_ids == ids

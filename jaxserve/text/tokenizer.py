@@ -184,6 +184,12 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str: ...
 
 
+def encode_prompt(tokenizer: Tokenizer, text: str, *, add_special: bool = True) -> list[int]:
+    """A prompt text's ids as the servers users compare with tokenize one (llama-server and vLLM):
+    special-token texts written in it (`<|im_start|>`, `<start_of_turn>`) become their ids."""
+    return tokenizer.encode(text, add_special=add_special, parse_special=True)
+
+
 class GGUFTokenizer:
     """Text <-> token ids for one GGUF vocabulary, matching llama.cpp; see `from_metadata`.
 
