@@ -222,7 +222,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             text = chat_prompt(messages, use, served, add)
         except JaxserveError as error:
             raise bad_request(f"The chat template failed: {error}", "messages") from None
-        return text, served.tokenizer.encode(text, add_special=False, parse_special=True)
+        return text, encode_prompt(served.tokenizer, text, add_special=False)
 
     @staticmethod
     def _job(

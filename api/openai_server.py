@@ -120,7 +120,7 @@ def create_app(
                 text = chat_prompt(messages, ToolUse(), served, body.add_generation_prompt)
             except JaxserveError as error:
                 raise bad_request(f"The chat template failed: {error}", "messages") from None
-            ids = served.tokenizer.encode(text, add_special=False, parse_special=True)
+            ids = encode_prompt(served.tokenizer, text, add_special=False)
         else:
             ids = encode_prompt(
                 served.tokenizer, body.prompt or "", add_special=body.add_special_tokens

@@ -33,6 +33,7 @@ from jaxserve.api.tool_calls import (
 from jaxserve.errors import JaxserveError
 from jaxserve.grammar.tool_parser import ToolCallParser, parse_tool_calls
 from jaxserve.sampling_params import CONSTRAINT_FIELDS, MAX_LOGPROBS
+from jaxserve.text.tokenizer import encode_prompt
 
 HANDLED = frozenset(
     {
@@ -146,7 +147,7 @@ async def create_chat_completion(
         raise bad_request(f"The chat template failed: {error}", "messages") from None
     except ValueError as error:  # a variable the renderer sets itself
         raise bad_request(str(error), "chat_template_kwargs") from None
-    ids = served.tokenizer.encode(text, add_special=False, parse_special=True)
+    ids = encode_prompt(served.tokenizer, text, add_special=False)
     fixed: dict[str, Any] = {"max_tokens": _max_tokens(body, served, len(ids))}
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")

@@ -12,6 +12,7 @@ from jaxserve.engine import EngineConfig, SchedulerConfig
 from jaxserve.errors import JaxserveError
 from jaxserve.loading.pull import DEFAULT_MODEL, KNOWN_MODELS, pull, resolve_model
 from jaxserve.sampling_params import SamplingParams
+from jaxserve.text.tokenizer import encode_prompt
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -82,7 +83,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
             break
         messages.append({"role": "user", "content": line})
         prompt = llm.render_chat(messages)
-        ids = llm.tokenizer.encode(prompt, add_special=False, parse_special=True)
+        ids = encode_prompt(llm.tokenizer, prompt, add_special=False)
         reply = ""
         for delta in llm.stream(ids, params):
             reply += delta

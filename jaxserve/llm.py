@@ -375,7 +375,7 @@ class LLM:
             self.render_chat(c, add_generation_prompt=add_generation_prompt) for c in conversations
         ]
         return self.generate(
-            [self.tokenizer.encode(p, add_special=False, parse_special=True) for p in prompts],
+            [encode_prompt(self.tokenizer, p, add_special=False) for p in prompts],
             params,
         )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from jaxserve.text.tokenizer import Tokenizer, TokenType
+from jaxserve.text.tokenizer import Tokenizer, TokenType, encode_prompt
 
 SPELLINGS = (
     ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder, SmolLM-style vocabularies
@@ -29,7 +29,7 @@ def fim_tokens(tokenizer: Tokenizer) -> tuple[int, int, int] | None:
 
 
 def _special_id(tokenizer: Tokenizer, text: str) -> int | None:
-    ids = tokenizer.encode(text, add_special=False, parse_special=True)
+    ids = encode_prompt(tokenizer, text, add_special=False)
     if len(ids) != 1 or tokenizer.token_type(ids[0]) == TokenType.NORMAL:
         return None
     return ids[0]
